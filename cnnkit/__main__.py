@@ -1,0 +1,6 @@
+"""`python -m cnnkit` runs the same CLI as the `cnnkit` console script."""
+
+from cnnkit.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""train / evaluate / predict / summarize as plain functions: everything the CLI does.
+
+Errors a user can cause surface as CnnkitError; the CLI turns them into exit code 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnkit.config import Spec, load_spec
+from cnnkit.data.batches import Split, make_splits, scale
+from cnnkit.data.images import collect_images, prepare_image
+from cnnkit.data.sources import SOURCES, Dataset
+from cnnkit.display import render_text, summary_table
+from cnnkit.errors import CheckpointError
+from cnnkit.metrics import confusion_matrix, per_class_report
+from cnnkit.model import Sequential, SummaryRow
+from cnnkit.registry import LOSSES, OPTIMIZERS
+from cnnkit.runs import (
+    atomic_write_text,
+    create_run_dir,
+    load_checkpoint,
+    load_run_spec,
+    resolve_checkpoint,
+    write_json,
+)
+from cnnkit.training import Reporter, SilentReporter, evaluate_split, fit
+
+
+@dataclass
+class ModelSummary:
+    title: str
+    rows: list[SummaryRow]
+    totals: dict[str, int]
+
+
+def summarize(spec: Spec) -> ModelSummary:
+    """Layers, output shapes, parameters and MACs, from the spec alone (no data, no weights)."""
+    model = Sequential.from_spec(spec)
+    rows = model.summary_rows()
+    trainable = sum(r.params for r in rows)
+    totals = {
+        "trainable": trainable,
+        "non_trainable": 0,
+        "total": trainable,
+        "bytes": trainable * 4,  # float32
+        "macs": sum(r.macs for r in rows),
+    }
+    return ModelSummary(f'Model: "{spec.name}"', rows, totals)
+
+
+def spec_from_spec_or_run(path: str | Path) -> Spec:
+    """`summary` accepts a spec file or a run directory (its config.yaml)."""
+    path = Path(path)
+    return load_run_spec(path) if path.is_dir() else load_spec(path)
+
+
+def load_dataset(spec: Spec) -> Dataset:
+    source = SOURCES[spec.data["source"]]
+    return source.load(spec.data, spec.file.parent if spec.file else None)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+
+
+def train(
+    spec: Spec,
+    out: Path = Path("runs"),
+    reporter: Reporter | None = None,
+    on_run_dir=None,
+) -> TrainResult:
+    """Load data, build the model from the seed, train, and write the run directory."""
+    dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
+    splits = make_splits(dataset, spec.data)
+    model = Sequential.from_spec(spec).build(spec.seed)
+    loss_fn = LOSSES[spec.loss["name"]](**_options(spec.loss))
+    optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
+
+    run_dir = create_run_dir(Path(out), spec.name)
+    if on_run_dir:
+        on_run_dir(run_dir)
+    atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
+    info = summarize(spec)
+    table = summary_table(info.title, info.rows, info.totals)
+    atomic_write_text(run_dir / "summary.txt", render_text(table))
+    history = fit(model, loss_fn, optimizer, splits, spec, run_dir, reporter or SilentReporter())
+    return TrainResult(run_dir, history)
+
+
+def _options(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != "name"}
+
+
+def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Sequential, Path, dict]:
+    """The run's spec and its model with the chosen checkpoint's weights."""
+    spec = load_run_spec(run_dir)
+    path = resolve_checkpoint(run_dir, checkpoint)
+    arrays, meta = load_checkpoint(path)
+    if meta.get("spec_hash") not in (None, spec.hash()):
+        raise CheckpointError(
+            "checkpoint was written for a different model or data spec than this run's config.yaml",
+            where=str(path),
+        )
+    model = Sequential.from_spec(spec).build(spec.seed)
+    model.load_params(arrays, str(path))
+    return spec, model, path, meta
+
+
+def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = None) -> dict:
+    """Test-set loss, accuracy, per-class report and confusion matrix; writes evaluation.json."""
+    run_dir = Path(run_dir)
+    spec, model, path, meta = load_model(run_dir, checkpoint)
+    splits = make_splits(load_dataset(spec), spec.data)
+    loss_fn = LOSSES[spec.loss["name"]](**_options(spec.loss))
+    test: Split = splits.test
+    result = evaluate_split(
+        model, loss_fn, test, spec.data["rescale"], batch_size or spec.train["eval_batch_size"]
+    )
+    predicted = result.probabilities.argmax(axis=1)
+    matrix = confusion_matrix(test.y, predicted, len(splits.class_names))
+    report = {
+        "run": str(run_dir),
+        "checkpoint": str(path),
+        "epoch": meta.get("epoch"),
+        "samples": len(test),
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+        "class_names": splits.class_names,
+        "per_class": per_class_report(matrix, splits.class_names),
+        "confusion_matrix": matrix.tolist(),
+    }
+    write_json(run_dir / "evaluation.json", report)
+    return report
+
+
+def predict(
+    images: list[str | Path],
+    run_dir: Path,
+    checkpoint: str = "best",
+    top_k: int = 3,
+    invert: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (folders are expanded)."""
+    spec, model, path, meta = load_model(Path(run_dir), checkpoint)
+    source = SOURCES[spec.data["source"]]
+    files = collect_images(images)
+    shape = tuple(spec.model["input_shape"])
+    prepared = [
+        prepare_image(f, shape, source.background, source.centre_digits, invert) for f in files
+    ]
+    x = scale(np.stack([p.array for p in prepared]), spec.data["rescale"])
+    probs = model.predict_proba(x)
+    names = meta.get("class_names") or [str(i) for i in range(probs.shape[1])]
+    k = max(1, min(top_k, probs.shape[1]))
+    results = []
+    for file, p, row in zip(files, prepared, probs, strict=True):
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append(
+            {
+                "image": str(file),
+                "inverted": p.inverted,
+                "top": [{"class": names[i], "probability": float(row[i])} for i in order],
+            }
+        )
+    return results

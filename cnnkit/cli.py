@@ -1,0 +1,121 @@
+"""Typer commands only: parse options, call cnnkit.api, print with cnnkit.display.
+
+A CnnkitError (bad spec, data, image or checkpoint) is printed as one panel, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cnnkit import api, display
+from cnnkit.config import load_spec
+from cnnkit.errors import CnnkitError
+
+app = typer.Typer(
+    help="Train, evaluate and use convolutional networks on the CPU from one YAML spec.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CheckpointOpt = Annotated[
+    str, typer.Option("--checkpoint", "-c", help="best, last, or a path to an .npz checkpoint.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+@app.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Override train.batch_size.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
+) -> None:
+    """Train the model of SPEC and write a new run directory under --out."""
+    overrides = {
+        key: value
+        for key, value in (
+            ("train.epochs", epochs),
+            ("train.batch_size", batch_size),
+            ("seed", seed),
+        )
+        if value is not None
+    }
+    parsed = load_spec(spec, overrides)
+    with display.RichReporter(parsed.metrics) as reporter:
+        result = api.train(
+            parsed,
+            out=out,
+            reporter=reporter,
+            on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
+        )
+    best = max(result.history, key=lambda r: r.get("val_accuracy", r["accuracy"]))
+    metric = "val_accuracy" if "val_accuracy" in best else "accuracy"
+    display.console.print(
+        f"Done. Best {metric} {best[metric]:.4f} at epoch {best['epoch']}.\n"
+        f"Run directory: [bold]{result.run_dir}[/bold]\n"
+        f"Next: cnnkit evaluate {result.run_dir}"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `cnnkit train`.")],
+    checkpoint: CheckpointOpt = "best",
+    as_json: JsonOpt = False,
+) -> None:
+    """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    report = api.evaluate(run, checkpoint)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for table in display.evaluation_tables(report):
+        display.console.print(table)
+    display.console.print(f"Wrote {Path(run) / 'evaluation.json'}")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run directory to load the model from.")],
+    checkpoint: CheckpointOpt = "best",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show.")] = 3,
+    invert: Annotated[
+        bool | None,
+        typer.Option(
+            "--invert/--no-invert",
+            help="Force or forbid inverting dark-on-light images (default: decide per image).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify image files with a trained run: top-k classes and probabilities."""
+    results = api.predict(images, run, checkpoint, top_k, invert)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    display.console.print(display.predictions_table(results))
+
+
+@app.command()
+def summary(
+    spec_or_run: Annotated[Path, typer.Argument(help="YAML spec or run directory.")],
+) -> None:
+    """Keras-style model summary: layers, output shapes, parameters, MACs. Loads no data."""
+    info = api.summarize(api.spec_from_spec_or_run(spec_or_run))
+    display.console.print(display.summary_table(info.title, info.rows, info.totals))
+
+
+def main() -> None:
+    try:
+        app()
+    except CnnkitError as error:
+        display.print_error(error)
+        raise SystemExit(error.exit_code) from None

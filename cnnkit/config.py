@@ -1,0 +1,364 @@
+"""YAML spec -> validated, fully resolved Spec, before any array is allocated.
+
+Every error names the file, the YAML path (and line) and what would be valid. Shapes are
+inferred layer by layer here, so a kernel bigger than its input is reported before training.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.data.sources import SOURCES
+from cnnkit.errors import SpecError
+from cnnkit.layers.base import Layer
+from cnnkit.metrics import METRICS
+from cnnkit.options import Option, did_you_mean, join_path, require_mapping, resolve_options
+from cnnkit.registry import LOSSES, OPTIMIZERS, canonical_layer, layer_names
+
+
+def _name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
+        raise SpecError(
+            f"expected a run name (letters, digits, - and _), found {value!r}", where=path
+        )
+    return value
+
+
+def _path_or_null(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"expected a folder path, found {value!r}", where=path)
+    return value
+
+
+def _input_shape(value: Any, path: str) -> list[int]:
+    ok = (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    )
+    if not ok:
+        raise SpecError(
+            f"expected [height, width, channels] with positive integers, found {value!r}",
+            where=path,
+            hint="Example: input_shape: [28, 28, 1] (channels last, as Keras).",
+        )
+    return list(value)
+
+
+TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
+
+DATA_OPTIONS = {
+    "source": Option("str", choices=tuple(SOURCES), doc="e.g. mnist"),
+    "path": Option(_path_or_null, default=None),
+    "validation": Option("str", default="test", choices=("test", "split", "none")),
+    "validation_split": Option(
+        "float_or_null",
+        default=None,
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_min=True,
+        exclusive_max=True,
+    ),
+    "rescale": Option("float", default=1.0 / 255.0, minimum=0.0, exclusive_min=True),
+    "max_train_samples": Option("int_or_null", default=None, minimum=1),
+    "max_test_samples": Option("int_or_null", default=None, minimum=1),
+}
+
+MODEL_OPTIONS = {
+    "input_shape": Option(_input_shape, default=None),
+    "layers": Option(lambda v, p: v, doc="a list of layers"),
+}
+
+TRAIN_OPTIONS = {
+    "epochs": Option("int", default=10, minimum=1),
+    "batch_size": Option("int", default=32, minimum=1),
+    "shuffle": Option("bool", default=True),
+    "eval_batch_size": Option("int", default=500, minimum=1),
+}
+
+
+@dataclass
+class Spec:
+    """The resolved spec: plain data (what config.yaml holds) plus the shape-checked layers."""
+
+    name: str
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    optimizer: dict[str, Any]
+    metrics: list[str]
+    train: dict[str, Any]
+    file: Path | None = None
+    layers: list[Layer] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "data": copy.deepcopy(self.data),
+            "model": {
+                "input_shape": list(self.model["input_shape"]),
+                "layers": [{layer.keras_name: layer.get_config()} for layer in self.layers],
+            },
+            "loss": copy.deepcopy(self.loss),
+            "optimizer": copy.deepcopy(self.optimizer),
+            "metrics": list(self.metrics),
+            "train": copy.deepcopy(self.train),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def hash(self) -> str:
+        """Identity of the model and data (not of training length): checkpoints carry it."""
+        d = self.to_dict()
+        key = {"model": d["model"], "data": d["data"], "loss": d["loss"]}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def num_classes(self) -> int:
+        return SOURCES[self.data["source"]].num_classes
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read and validate a YAML spec file; overrides are dotted keys ('train.epochs': 3)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(
+            "is a folder, not a spec file",
+            where=str(path),
+            hint="Give a YAML spec such as configs/mnist.yaml (or a run folder to `summary`).",
+        )
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(
+            "spec file not found", where=str(path), hint="Ready specs are in configs/."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file: {exc}", where=str(path)) from None
+    return parse_spec(text, path, overrides)
+
+
+def parse_spec(text: str, file: Path | None = None, overrides: dict | None = None) -> Spec:
+    where = str(file) if file else "spec"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"not valid YAML{line}: {problem}", where=where) from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw if isinstance(raw, dict) else {}, key, value)
+    try:
+        spec = validate(raw, default_name=file.stem if file else "run")
+    except SpecError as exc:
+        line = _line_of(text, exc.where or "")
+        exc.where = f"{where}, {exc.where}{f' (line {line})' if line else ''}"
+        raise
+    spec.file = file
+    return spec
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            return  # validation will report the malformed section
+    node[last] = value
+
+
+def validate(raw: Any, default_name: str = "run") -> Spec:
+    top = require_mapping(raw, "", "a YAML mapping at the top level (name:, data:, model:, ...)")
+    for key in top:
+        if key not in TOP_LEVEL:
+            raise SpecError(
+                f"unknown key '{key}'",
+                where=str(key),
+                hint=f"{did_you_mean(key, TOP_LEVEL)}Valid top-level keys: {', '.join(TOP_LEVEL)}.",
+            )
+    name = _name(top.get("name", default_name), "name")
+    seed = Option("int", minimum=0).check(top.get("seed", 42), "seed")
+    if "data" not in top:
+        raise SpecError(
+            "missing the 'data' section", where="spec", hint="Add data: {source: mnist}."
+        )
+    data = resolve_options(top["data"], DATA_OPTIONS, "data")
+    if data["validation_split"] is not None:
+        if "validation" in top["data"] and data["validation"] != "split":
+            raise SpecError(
+                "both validation and validation_split are set",
+                where="data.validation",
+                hint="Keep one: validation: test, or validation_split: 0.1.",
+            )
+        data["validation"] = "split"
+    elif data["validation"] == "split":
+        raise SpecError(
+            "validation: split needs validation_split",
+            where="data.validation",
+            hint="Add validation_split: 0.1 (the last 10% of the training set).",
+        )
+    source = SOURCES[data["source"]]
+    if data["path"] is None:
+        data["path"] = source.default_path
+
+    if "model" not in top:
+        raise SpecError(
+            "missing the 'model' section", where="spec", hint="Add model: {layers: [...]}."
+        )
+    model = resolve_options(top["model"], MODEL_OPTIONS, "model")
+    if model["input_shape"] is None:
+        model["input_shape"] = list(source.input_shape)
+    if list(model["input_shape"]) != list(source.input_shape):
+        raise SpecError(
+            f"input_shape {model['input_shape']} does not match the {data['source']} images "
+            f"{list(source.input_shape)}",
+            where="model.input_shape",
+            hint=f"Use input_shape: {list(source.input_shape)}.",
+        )
+    layers = build_layers(model["layers"], tuple(model["input_shape"]))
+
+    loss = _named_section(top.get("loss", "categorical_crossentropy"), LOSSES, "loss")
+    optimizer = _named_section(top.get("optimizer", "adam"), OPTIMIZERS, "optimizer")
+    metrics = Option("list_of_str", choices=METRICS).check(
+        top.get("metrics", ["accuracy"]), "metrics"
+    )
+    train = resolve_options(top.get("train"), TRAIN_OPTIONS, "train")
+
+    spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, layers=layers)
+    check_head(spec)
+    return spec
+
+
+def build_layers(raw_layers: Any, input_shape: tuple[int, ...]) -> list[Layer]:
+    """Instantiate layers from the spec list and infer every shape (no arrays yet)."""
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise SpecError(
+            "expected a non-empty list of layers",
+            where="model.layers",
+            hint="Example:\n  layers:\n    - Conv2D: {filters: 32, kernel_size: 3}\n"
+            "    - Flatten: {}\n    - Dense: {units: 10, activation: softmax}",
+        )
+    layers: list[Layer] = []
+    shape = input_shape
+    for i, entry in enumerate(raw_layers):
+        path = f"model.layers[{i}]"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise SpecError(
+                f"expected one layer written as `- LayerName: {{options}}`, found {entry!r}",
+                where=path,
+                hint=f"Valid layers: {', '.join(layer_names())}.",
+            )
+        ((type_name, options),) = entry.items()
+        cls = canonical_layer(str(type_name))
+        if cls is None:
+            raise SpecError(
+                f"unknown layer '{type_name}'",
+                where=path,
+                hint=f"{did_you_mean(type_name, layer_names())}"
+                f"Valid layers: {', '.join(layer_names())}.",
+            )
+        if cls.keras_name == "Activation" and isinstance(options, str):
+            options = {"activation": options}  # `- Activation: relu` shorthand
+        layer_path = join_path(path, str(type_name))
+        resolved = resolve_options(
+            options, cls.OPTIONS, layer_path, what=f"{cls.keras_name} option"
+        )
+        layer = cls(resolved, i, where=layer_path)
+        shape = layer.infer_shape(shape)
+        layers.append(layer)
+    return layers
+
+
+def _named_section(value: Any, table: dict, path: str) -> dict[str, Any]:
+    """`loss: name` or `loss: {name: ..., option: ...}` (same for optimizer)."""
+    if isinstance(value, str):
+        given: dict[str, Any] = {"name": value}
+    else:
+        given = dict(require_mapping(value, path, f"a {path} name or a mapping with name:"))
+    if "name" not in given:
+        raise SpecError(f"missing '{path}.name'", where=path, hint=f"Valid: {', '.join(table)}.")
+    name = Option("str", choices=tuple(table)).check(given.pop("name"), join_path(path, "name"))
+    options = resolve_options(given, table[name].OPTIONS, path, what=f"{name} option")
+    return {"name": name, **options}
+
+
+def check_head(spec: Spec) -> None:
+    """The last layer must fit the loss and the dataset's class count."""
+    last = spec.layers[-1]
+    if last.output_shape is None or len(last.output_shape) != 1:
+        raise SpecError(
+            f"the model ends in {last.keras_name} with output shape {last.output_shape}; "
+            "a classifier ends in a flat vector of class scores",
+            where=last.where,
+            hint=f"End with - Dense: {{units: {spec.num_classes}, activation: softmax}}.",
+        )
+    units = last.output_shape[0]
+    if units != spec.num_classes:
+        raise SpecError(
+            f"the last layer has {units} outputs but {spec.data['source']} has "
+            f"{spec.num_classes} classes",
+            where=last.where,
+            hint=f"Use units: {spec.num_classes} in the last Dense layer.",
+        )
+    activation = last.options.get("activation", "linear")
+    from_logits = spec.loss.get("from_logits", False)
+    if from_logits and activation != "linear":
+        raise SpecError(
+            f"loss {spec.loss['name']} has from_logits: true but the last layer applies "
+            f"{activation}",
+            where="loss.from_logits",
+            hint="Use activation: linear on the last layer, or drop from_logits.",
+        )
+    if not from_logits and activation != "softmax":
+        raise SpecError(
+            f"{spec.loss['name']} expects probabilities, but the last layer's activation is "
+            f"{activation}",
+            where=last.where,
+            hint="Add activation: softmax to the last layer (or set loss.from_logits: true).",
+        )
+
+
+# -- error locations ---------------------------------------------------------------------
+
+
+def _line_of(text: str, path: str) -> int | None:
+    """1-based line of a YAML path like 'model.layers[2].Conv2D.filters', or of its parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    parts = [p for p in re.split(r"\.|\[(\d+)\]", path) if p]
+    line = None
+    for part in parts:
+        if node is None:
+            break
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

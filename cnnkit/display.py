@@ -1,0 +1,186 @@
+"""Everything a person reads in the terminal: Rich tables, progress bars and error panels."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from cnnkit.errors import CnnkitError
+from cnnkit.model import SummaryRow
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.2f} GB"
+
+
+def summary_table(title: str, rows: list[SummaryRow], totals: dict[str, int]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+    table.add_column("Layer (type)")
+    table.add_column("Output Shape")
+    table.add_column("Param #", justify="right")
+    table.add_column("MACs / image", justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row.name} ({row.type})", row.output_shape, f"{row.params:,}", f"{row.macs:,}"
+        )
+    table.caption = (
+        f"Total params: {totals['total']:,} ({human_bytes(totals['bytes'])})\n"
+        f"Trainable params: {totals['trainable']:,}\n"
+        f"Non-trainable params: {totals['non_trainable']:,}\n"
+        f"MACs / image (forward): {totals['macs']:,}"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def render_text(renderable: Any, width: int = 100) -> str:
+    """Plain text of a Rich renderable (for summary.txt)."""
+    recorder = Console(width=width, record=True, file=io.StringIO())
+    recorder.print(renderable)
+    return recorder.export_text()
+
+
+def print_error(error: CnnkitError) -> None:
+    body = f"[bold]{escape(error.message)}[/bold]"
+    if error.where:
+        body = f"[cyan]{escape(error.where)}[/cyan]\n{body}"
+    if error.hint:
+        body += f"\n\n{escape(error.hint)}"
+    error_console.print(Panel(body, title="cnnkit: error", title_align="left", border_style="red"))
+
+
+class RichReporter:
+    """Progress bar per epoch (step, loss, accuracy, images/s, ETA) and one line per epoch."""
+
+    def __init__(self, metrics: list[str]):
+        self.metrics = metrics
+        self.progress = Progress(
+            TextColumn("[bold]Epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+            TextColumn("{task.fields[ips]:,.0f} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.epochs = epochs
+        self.task = self.progress.add_task(
+            "train", total=steps, epoch=f"{epoch}/{epochs}", loss=0.0, acc=0.0, ips=0.0
+        )
+
+    def step(self, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
+        self.progress.update(self.task, completed=step, loss=loss, acc=accuracy, ips=images_per_s)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        parts = [f"loss {row['loss']:.4f}", f"accuracy {row['accuracy']:.4f}"]
+        if "val_loss" in row:
+            parts += [f"val_loss {row['val_loss']:.4f}", f"val_accuracy {row['val_accuracy']:.4f}"]
+        parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
+        self.progress.console.print(
+            f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + "  ".join(parts)
+        )
+
+
+def evaluation_tables(result: dict[str, Any]) -> list[Any]:
+    """Overall metrics, the per-class report and the confusion matrix."""
+    names = result["class_names"]
+    head = Table(box=box.SIMPLE, show_header=False)
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    head.add_row("checkpoint", str(result["checkpoint"]))
+    head.add_row("samples", f"{result['samples']:,}")
+    head.add_row("loss", f"{result['loss']:.4f}")
+    head.add_row("accuracy", f"{result['accuracy']:.4f}")
+
+    report = Table(title="Per class", box=box.SIMPLE_HEAVY, title_justify="left")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        report.add_column(col, justify="left" if col == "class" else "right")
+    for row in result["per_class"]["classes"]:
+        report.add_row(
+            row["class"],
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            f"{row['support']:,}",
+        )
+    for avg in ("macro", "weighted"):
+        r = result["per_class"][avg]
+        report.add_row(
+            f"[italic]{avg} avg",
+            f"{r['precision']:.4f}",
+            f"{r['recall']:.4f}",
+            f"{r['f1']:.4f}",
+            f"{result['samples']:,}",
+        )
+
+    matrix = Table(
+        title="Confusion matrix (rows: true, columns: predicted)",
+        box=box.SIMPLE,
+        title_justify="left",
+    )
+    matrix.add_column("")
+    for name in names:
+        matrix.add_column(name, justify="right")
+    for i, name in enumerate(names):
+        cells = []
+        for j, count in enumerate(result["confusion_matrix"][i]):
+            text = f"{count:,}"
+            if i == j:
+                text = f"[green]{text}"
+            elif count:
+                text = f"[red]{text}"
+            else:
+                text = f"[dim]{text}"
+            cells.append(text)
+        matrix.add_row(f"[bold]{name}", *cells)
+    return [head, report, matrix]
+
+
+def predictions_table(predictions: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAVY)
+    table.add_column("image")
+    table.add_column("prediction", style="bold")
+    table.add_column("probability", justify="right")
+    table.add_column("top-k")
+    for p in predictions:
+        top = p["top"]
+        rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top[1:])
+        note = "  (inverted)" if p.get("inverted") else ""
+        table.add_row(p["image"] + note, top[0]["class"], f"{top[0]['probability']:.4f}", rest)
+    return table

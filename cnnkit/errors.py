@@ -1,0 +1,41 @@
+"""The one family of errors a user can cause.
+
+The CLI prints a CnnkitError as one readable message and exits with code 2; anything else is a
+bug and may show a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CnnkitError(Exception):
+    """An error caused by input (spec, data, image, checkpoint), not by a bug."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where  # the file, YAML path or image the error is about
+        self.hint = hint  # what would be valid / what to do next
+
+    def __str__(self) -> str:
+        parts = [f"{self.where}: {self.message}" if self.where else self.message]
+        if self.hint:
+            parts.append(self.hint)
+        return "\n".join(parts)
+
+
+class SpecError(CnnkitError):
+    """The YAML spec is malformed, has unknown keys, wrong types or impossible shapes."""
+
+
+class DataError(CnnkitError):
+    """A dataset file is missing, corrupt or does not match its checksum."""
+
+
+class CheckpointError(CnnkitError):
+    """A checkpoint or run directory is missing, corrupt or does not fit the model."""
+
+
+class ImageError(CnnkitError):
+    """An image given to `predict` cannot be read or converted."""

@@ -1,0 +1,106 @@
+"""The layer contract every layer family implements.
+
+A layer is created from its resolved spec options, infers its output shape from its input
+shape (raising SpecError before any array exists if the input is too small), allocates its
+parameters in `build`, and implements forward / backward on batches of NHWC arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cnnkit.activations import ACTIVATIONS
+from cnnkit.errors import SpecError
+from cnnkit.options import Option
+
+Shape = tuple[int, ...]  # one sample's shape, without the batch axis
+
+
+class Layer:
+    type_name: ClassVar[str] = "layer"  # canonical snake_case name used in specs and summaries
+    keras_name: ClassVar[str] = "Layer"  # Keras spelling, accepted in specs too
+    aliases: ClassVar[tuple[str, ...]] = ()
+    OPTIONS: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, options: dict[str, Any], index: int, where: str = ""):
+        self.options = options
+        self.index = index  # position in the spec's layer list: names checkpoint keys
+        self.where = where  # YAML path, for error messages
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.input_shape: Shape | None = None
+        self.output_shape: Shape | None = None
+
+    # -- shapes (no arrays) -------------------------------------------------------------
+    def infer_shape(self, input_shape: Shape) -> Shape:
+        """Remember and return the output shape; raise SpecError if the input does not fit."""
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(self.compute_output_shape(self.input_shape))
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def param_shapes(self) -> dict[str, Shape]:
+        """Trainable parameter shapes, known once infer_shape has run."""
+        return {}
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image in the forward pass."""
+        return 0
+
+    def shape_error(self, message: str, hint: str | None = None) -> SpecError:
+        return SpecError(
+            f"{self.keras_name} {message} (input shape {format_shape(self.input_shape)})",
+            where=self.where,
+            hint=hint,
+        )
+
+    # -- arrays -------------------------------------------------------------------------
+    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
+        """Allocate parameters (after infer_shape). Layers without parameters do nothing."""
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Given dLoss/dOutput, store parameter gradients in self.grads, return dLoss/dInput."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+class ActivationMixin:
+    """The `activation` option of Conv2D and Dense, with a switch for the fused output head.
+
+    When the last layer ends in softmax and the loss is cross-entropy, the model sets
+    `returns_logits` so the layer skips its activation and the loss works on logits
+    (numerically stable); the model applies the activation itself when predicting.
+    """
+
+    returns_logits: bool = False
+
+    def _activation_name(self) -> str:
+        return self.options.get("activation") or "linear"
+
+    def activate(self, z: np.ndarray) -> np.ndarray:
+        self._z = z
+        if self.returns_logits:
+            self._a = z
+            return z
+        self._a = ACTIVATIONS[self._activation_name()][0](z)
+        return self._a
+
+    def activate_backward(self, dy: np.ndarray) -> np.ndarray:
+        if self.returns_logits:
+            return dy
+        return ACTIVATIONS[self._activation_name()][1](self._z, self._a, dy)
+
+
+def format_shape(shape: Shape | None) -> str:
+    if shape is None:
+        return "?"
+    return "(None, " + ", ".join(str(s) for s in shape) + ")"

@@ -1,0 +1,101 @@
+"""Conv2D: 2-D convolution over NHWC inputs with (kh, kw, in_channels, filters) kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.activations import ACTIVATIONS
+from cnnkit.initializers import INITIALIZERS, initialize
+from cnnkit.kernels.conv import (
+    conv2d_backward_input,
+    conv2d_backward_weights,
+    conv2d_forward,
+    conv_output_size,
+)
+from cnnkit.layers.base import ActivationMixin, Layer, Shape
+from cnnkit.options import Option
+
+
+class Conv2D(ActivationMixin, Layer):
+    type_name = "conv2d"
+    keras_name = "Conv2D"
+    aliases = ("convolution2d", "Convolution2D")
+    OPTIONS = {
+        "filters": Option("int", minimum=1, doc="number of output channels, e.g. 32"),
+        "kernel_size": Option("int_or_pair", minimum=1, doc="e.g. 3 or [3, 3]"),
+        "strides": Option("int_or_pair", default=[1, 1], minimum=1),
+        "padding": Option("str", default="valid", choices=("valid", "same")),
+        "dilation_rate": Option("int_or_pair", default=[1, 1], minimum=1),
+        "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
+        "use_bias": Option("bool", default=True),
+        "kernel_initializer": Option("str", default="glorot_uniform", choices=INITIALIZERS),
+        "bias_initializer": Option("str", default="zeros", choices=INITIALIZERS),
+    }
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise self.shape_error(
+                "needs an image-shaped input (height, width, channels)",
+                hint="Put Conv2D before Flatten/Dense, and give model.input_shape as [H, W, C].",
+            )
+        h, w, _ = input_shape
+        (kh, kw), (sh, sw) = self.options["kernel_size"], self.options["strides"]
+        dh, dw = self.options["dilation_rate"]
+        eff = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+        if self.options["padding"] == "valid" and (eff[0] > h or eff[1] > w):
+            raise self.shape_error(
+                f"kernel {eff[0]}×{eff[1]} (kernel_size {kh}×{kw}, dilation {dh}×{dw}) is "
+                f"bigger than its {h}×{w} input",
+                hint="Use a smaller kernel_size, padding: same, or fewer pooling layers before it.",
+            )
+        oh, self.pad_top = conv_output_size(h, kh, sh, dh, self.options["padding"])
+        ow, self.pad_left = conv_output_size(w, kw, sw, dw, self.options["padding"])
+        return (oh, ow, self.options["filters"])
+
+    def param_shapes(self) -> dict[str, Shape]:
+        kh, kw = self.options["kernel_size"]
+        shapes = {"kernel": (kh, kw, self.input_shape[2], self.options["filters"])}
+        if self.options["use_bias"]:
+            shapes["bias"] = (self.options["filters"],)
+        return shapes
+
+    def macs(self) -> int:
+        kh, kw = self.options["kernel_size"]
+        oh, ow, f = self.output_shape
+        return oh * ow * f * kh * kw * self.input_shape[2]
+
+    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
+        shapes = self.param_shapes()
+        self.params["kernel"] = initialize(
+            self.options["kernel_initializer"], shapes["kernel"], rng, dtype
+        )
+        if "bias" in shapes:
+            self.params["bias"] = initialize(
+                self.options["bias_initializer"], shapes["bias"], rng, dtype
+            )
+
+    def _bias(self, dtype) -> np.ndarray:
+        bias = self.params.get("bias")
+        return bias if bias is not None else np.zeros(self.options["filters"], dtype)
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
+        w = self.params["kernel"]
+        out = np.empty((x.shape[0], *self.output_shape), dtype=x.dtype)
+        conv2d_forward(x, w, self._bias(x.dtype), sh, sw, dh, dw, self.pad_top, self.pad_left, out)
+        self._x = x
+        return self.activate(out)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dz = np.ascontiguousarray(self.activate_backward(dy))
+        (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
+        w, x = self.params["kernel"], self._x
+        dw_out = np.empty_like(w)
+        db_out = np.empty(w.shape[3], dtype=x.dtype)
+        conv2d_backward_weights(x, dz, sh, sw, dh, dw, self.pad_top, self.pad_left, dw_out, db_out)
+        self.grads["kernel"] = dw_out
+        if "bias" in self.params:
+            self.grads["bias"] = db_out
+        dx = np.empty_like(x)
+        conv2d_backward_input(dz, w, sh, sw, dh, dw, self.pad_top, self.pad_left, dx)
+        return dx

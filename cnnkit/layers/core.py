@@ -1,0 +1,116 @@
+"""Dense, Flatten, Dropout and Activation: the layers that are not convolutions or pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.activations import ACTIVATIONS
+from cnnkit.initializers import INITIALIZERS, initialize
+from cnnkit.layers.base import ActivationMixin, Layer, Shape
+from cnnkit.options import Option
+
+
+class Dense(ActivationMixin, Layer):
+    type_name = "dense"
+    keras_name = "Dense"
+    OPTIONS = {
+        "units": Option("int", minimum=1, doc="number of outputs, e.g. 128"),
+        "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
+        "use_bias": Option("bool", default=True),
+        "kernel_initializer": Option("str", default="glorot_uniform", choices=INITIALIZERS),
+        "bias_initializer": Option("str", default="zeros", choices=INITIALIZERS),
+    }
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 1:
+            raise self.shape_error(
+                "needs a flat input", hint="Add `- Flatten: {}` before this Dense layer."
+            )
+        return (self.options["units"],)
+
+    def param_shapes(self) -> dict[str, Shape]:
+        shapes = {"kernel": (self.input_shape[0], self.options["units"])}
+        if self.options["use_bias"]:
+            shapes["bias"] = (self.options["units"],)
+        return shapes
+
+    def macs(self) -> int:
+        return self.input_shape[0] * self.options["units"]
+
+    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
+        shapes = self.param_shapes()
+        self.params["kernel"] = initialize(
+            self.options["kernel_initializer"], shapes["kernel"], rng, dtype
+        )
+        if "bias" in shapes:
+            self.params["bias"] = initialize(
+                self.options["bias_initializer"], shapes["bias"], rng, dtype
+            )
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self._x = x
+        z = x @ self.params["kernel"]
+        if "bias" in self.params:
+            z += self.params["bias"]
+        return self.activate(z)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dz = self.activate_backward(dy)
+        self.grads["kernel"] = self._x.T @ dz
+        if "bias" in self.params:
+            self.grads["bias"] = dz.sum(axis=0)
+        return dz @ self.params["kernel"].T
+
+
+class Flatten(Layer):
+    """Flattens (H, W, C) in that order (channels fastest), as Keras does for channels-last."""
+
+    type_name = "flatten"
+    keras_name = "Flatten"
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self._x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy.reshape(self._x_shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout: zero a `rate` fraction in training, scale the rest by 1/(1-rate)."""
+
+    type_name = "dropout"
+    keras_name = "Dropout"
+    OPTIONS = {
+        "rate": Option("float", minimum=0.0, maximum=1.0, exclusive_max=True, doc="e.g. 0.2"),
+    }
+    rng: np.random.Generator | None = None  # set by the model from the spec's seed
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        rate = self.options["rate"]
+        if not training or rate == 0.0:
+            self._mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= rate
+        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
+        return x * self._mask
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy if self._mask is None else dy * self._mask
+
+
+class Activation(ActivationMixin, Layer):
+    type_name = "activation"
+    keras_name = "Activation"
+    OPTIONS = {
+        "activation": Option("str", choices=tuple(ACTIVATIONS), doc="e.g. relu"),
+    }
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        return self.activate(x)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.activate_backward(dy)

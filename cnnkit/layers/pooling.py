@@ -1,0 +1,87 @@
+"""MaxPooling2D and AveragePooling2D over NHWC inputs (strides default to pool_size, as Keras)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.kernels.conv import conv_output_size
+from cnnkit.kernels.pool import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+from cnnkit.layers.base import Layer, Shape
+from cnnkit.options import Option
+
+
+def _strides_or_null(value, path):
+    return None if value is None else Option("int_or_pair", minimum=1).check(value, path)
+
+
+class _Pooling2D(Layer):
+    OPTIONS = {
+        "pool_size": Option("int_or_pair", default=[2, 2], minimum=1),
+        "strides": Option(_strides_or_null, default=None),
+        "padding": Option("str", default="valid", choices=("valid", "same")),
+    }
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise self.shape_error("needs an image-shaped input (height, width, channels)")
+        h, w, c = input_shape
+        ph, pw = self.options["pool_size"]
+        self.strides = self.options["strides"] or [ph, pw]
+        if self.options["padding"] == "valid" and (ph > h or pw > w):
+            raise self.shape_error(
+                f"pool_size {ph}×{pw} is bigger than its {h}×{w} input",
+                hint="Use a smaller pool_size, padding: same, or remove a pooling layer.",
+            )
+        oh, self.pad_top = conv_output_size(h, ph, self.strides[0], 1, self.options["padding"])
+        ow, self.pad_left = conv_output_size(w, pw, self.strides[1], 1, self.options["padding"])
+        return (oh, ow, c)
+
+    def get_config(self):
+        config = dict(self.options)
+        config["strides"] = list(self.strides) if self.output_shape else config["strides"]
+        return config
+
+
+class MaxPooling2D(_Pooling2D):
+    type_name = "max_pooling2d"
+    keras_name = "MaxPooling2D"
+    aliases = ("MaxPool2D", "max_pool2d")
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        out = np.empty((x.shape[0], *self.output_shape), dtype=x.dtype)
+        self._argmax = np.empty(out.shape, dtype=np.int64)
+        (ph, pw), (sh, sw) = self.options["pool_size"], self.strides
+        maxpool2d_forward(x, ph, pw, sh, sw, self.pad_top, self.pad_left, out, self._argmax)
+        self._x_shape = x.shape
+        return out
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dx = np.empty(self._x_shape, dtype=dy.dtype)
+        maxpool2d_backward(np.ascontiguousarray(dy), self._argmax, dx)
+        return dx
+
+
+class AveragePooling2D(_Pooling2D):
+    type_name = "average_pooling2d"
+    keras_name = "AveragePooling2D"
+    aliases = ("AvgPool2D", "avg_pool2d")
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        out = np.empty((x.shape[0], *self.output_shape), dtype=x.dtype)
+        (ph, pw), (sh, sw) = self.options["pool_size"], self.strides
+        avgpool2d_forward(x, ph, pw, sh, sw, self.pad_top, self.pad_left, out)
+        self._x_shape = x.shape
+        return out
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dx = np.empty(self._x_shape, dtype=dy.dtype)
+        (ph, pw), (sh, sw) = self.options["pool_size"], self.strides
+        avgpool2d_backward(
+            np.ascontiguousarray(dy), ph, pw, sh, sw, self.pad_top, self.pad_left, dx
+        )
+        return dx

@@ -1,0 +1,134 @@
+"""Sequential: the layer stack of a spec, with forward, backward, parameters and summary rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnkit.activations import ACTIVATIONS
+from cnnkit.config import Spec, build_layers
+from cnnkit.errors import CheckpointError
+from cnnkit.layers.base import ActivationMixin, Layer, format_shape
+from cnnkit.layers.core import Dropout
+from cnnkit.registry import LOSSES
+from cnnkit.seeding import random_stream
+
+
+@dataclass
+class SummaryRow:
+    name: str  # Keras-style instance name: conv2d, conv2d_1, dense, dense_1 ...
+    type: str
+    output_shape: str
+    params: int
+    macs: int
+
+
+class Sequential:
+    def __init__(self, layers: list[Layer], input_shape: tuple[int, ...]):
+        self.layers = layers
+        self.input_shape = tuple(input_shape)
+        # The last layer's activation is applied by the model, not the layer, when the loss
+        # works on logits (softmax + cross-entropy fused for stability).
+        self.head_activation = "linear"
+
+    @classmethod
+    def from_spec(cls, spec: Spec) -> Sequential:
+        """Fresh layer objects from the resolved spec (shapes inferred, nothing allocated)."""
+        raw = spec.to_dict()["model"]
+        layers = build_layers(raw["layers"], tuple(raw["input_shape"]))
+        model = cls(layers, raw["input_shape"])
+        # check_head guaranteed the last layer ends in the loss's activation (or is linear with
+        # from_logits); either way it hands logits to the loss and the model applies the head.
+        model.head_activation = LOSSES[spec.loss["name"]].head_activation
+        last = layers[-1]
+        if isinstance(last, ActivationMixin):
+            last.returns_logits = True
+        return model
+
+    # -- parameters ----------------------------------------------------------------------
+    def build(self, seed: int, dtype=np.float32) -> Sequential:
+        """Allocate weights from `seed`; dropout masks draw from their own seeded stream."""
+        init_rng = random_stream(seed, "init")
+        self.dropout_rng = random_stream(seed, "dropout")
+        for layer in self.layers:
+            layer.build(init_rng, np.dtype(dtype))
+            if isinstance(layer, Dropout):
+                layer.rng = self.dropout_rng
+        return self
+
+    def named_params(self) -> dict[str, np.ndarray]:
+        return {
+            f"layers.{layer.index}.{name}": array
+            for layer in self.layers
+            for name, array in layer.params.items()
+        }
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        return {
+            f"layers.{layer.index}.{name}": array
+            for layer in self.layers
+            for name, array in layer.grads.items()
+        }
+
+    def load_params(self, arrays: dict[str, np.ndarray], source: str) -> None:
+        """Copy checkpoint arrays into the layers, checking every key and shape."""
+        expected = {
+            f"layers.{layer.index}.{name}": (layer, name, shape)
+            for layer in self.layers
+            for name, shape in layer.param_shapes().items()
+        }
+        missing = sorted(set(expected) - set(arrays))
+        extra = sorted(set(arrays) - set(expected))
+        if missing or extra:
+            raise CheckpointError(
+                "checkpoint does not fit the model: "
+                + (f"missing {', '.join(missing)}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unexpected {', '.join(extra)}" if extra else ""),
+                where=source,
+            )
+        for key, (layer, name, shape) in expected.items():
+            array = arrays[key]
+            if tuple(array.shape) != tuple(shape):
+                raise CheckpointError(
+                    f"{key} ({layer.keras_name}, layer {layer.index}) has shape "
+                    f"{tuple(array.shape)} in the checkpoint, the model needs {tuple(shape)}",
+                    where=source,
+                )
+            dtype = layer.params[name].dtype if name in layer.params else np.float32
+            layer.params[name] = np.array(array, dtype=dtype)
+
+    # -- computation ---------------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Outputs of the last layer before its fused head activation (logits)."""
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        grad = dlogits
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        logits = self.forward(x, training=False)
+        return ACTIVATIONS[self.head_activation][0](logits)
+
+    # -- description ---------------------------------------------------------------------
+    def summary_rows(self) -> list[SummaryRow]:
+        counts: dict[str, int] = {}
+        rows = []
+        for layer in self.layers:
+            n = counts.get(layer.type_name, 0)
+            counts[layer.type_name] = n + 1
+            rows.append(
+                SummaryRow(
+                    name=layer.type_name if n == 0 else f"{layer.type_name}_{n}",
+                    type=layer.keras_name,
+                    output_shape=format_shape(layer.output_shape),
+                    params=sum(int(np.prod(s)) for s in layer.param_shapes().values()),
+                    macs=layer.macs(),
+                )
+            )
+        return rows

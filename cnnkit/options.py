@@ -1,0 +1,202 @@
+"""Declarative option checking shared by the spec sections and the layers.
+
+A section (or a layer) declares its options as a dict of `Option`s; `resolve_options` checks a
+user mapping against it and returns a new dict with every default filled in. Every error names
+the YAML path, says what was found and what would be valid, and suggests the closest key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cnnkit.errors import SpecError
+
+REQUIRED = object()  # sentinel: the option has no default
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The valid name closest to a misspelt one (case-insensitive), or None."""
+    lowered = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.5)
+    return lowered[match[0]] if match else None
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    near = closest(word, choices)
+    return f"did you mean '{near}'? " if near else ""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its kind, its default and, for strings, the valid choices.
+
+    kind is one of: int, float, bool, str, int_or_pair, float_or_null, int_or_null, list_of_str,
+    or a callable (value, path) -> value for anything special.
+    """
+
+    kind: str | Callable[[Any, str], Any]
+    default: Any = REQUIRED
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None  # inclusive
+    maximum: float | None = None  # inclusive
+    exclusive_min: bool = False
+    exclusive_max: bool = False
+    doc: str = ""
+
+    def check(self, value: Any, path: str) -> Any:
+        if callable(self.kind):
+            return self.kind(value, path)
+        checker = _CHECKERS[self.kind]
+        value = checker(self, value, path)
+        return value
+
+    def _range(self, value: float, path: str) -> None:
+        lo, hi = self.minimum, self.maximum
+        bad_lo = lo is not None and (value <= lo if self.exclusive_min else value < lo)
+        bad_hi = hi is not None and (value >= hi if self.exclusive_max else value > hi)
+        if bad_lo or bad_hi:
+            left = "(" if self.exclusive_min else "["
+            right = ")" if self.exclusive_max else "]"
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise SpecError(
+                f"{value!r} is out of range",
+                where=path,
+                hint=f"Valid: {left}{lo_s}, {hi_s}{right}.",
+            )
+
+
+def _check_int(opt: Option, value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"expected an integer, found {_type_name(value)} ({value!r})", where=path)
+    opt._range(value, path)
+    return value
+
+
+def _check_float(opt: Option, value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"expected a number, found {_type_name(value)} ({value!r})", where=path)
+    opt._range(float(value), path)
+    return float(value)
+
+
+def _check_bool(opt: Option, value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(
+            f"expected true or false, found {_type_name(value)} ({value!r})", where=path
+        )
+    return value
+
+
+def _check_str(opt: Option, value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        valid = f" Valid: {', '.join(opt.choices)}." if opt.choices else ""
+        raise SpecError(
+            f"expected a string, found {_type_name(value)} ({value!r})", where=path, hint=valid
+        )
+    if opt.choices is not None:
+        canonical = {c.lower(): c for c in opt.choices}
+        if value.lower() not in canonical:
+            raise SpecError(
+                f"'{value}' is not a valid value",
+                where=path,
+                hint=f"{did_you_mean(value, opt.choices)}Valid: {', '.join(opt.choices)}.",
+            )
+        return canonical[value.lower()]
+    return value
+
+
+def _check_int_or_pair(opt: Option, value: Any, path: str) -> list[int]:
+    """Keras accepts `3` or `[3, 3]` (or `(3, 3)`) for sizes and strides."""
+    items = value if isinstance(value, (list, tuple)) else [value, value]
+    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise SpecError(
+            f"expected an integer or a pair of integers, found {value!r}",
+            where=path,
+            hint="Valid: 3 or [3, 3] (height, width).",
+        )
+    for v in items:
+        opt._range(v, path)
+    return [int(items[0]), int(items[1])]
+
+
+def _check_float_or_null(opt: Option, value: Any, path: str) -> float | None:
+    return None if value is None else _check_float(opt, value, path)
+
+
+def _check_int_or_null(opt: Option, value: Any, path: str) -> int | None:
+    return None if value is None else _check_int(opt, value, path)
+
+
+def _check_list_of_str(opt: Option, value: Any, path: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise SpecError(f"expected a list, found {_type_name(value)} ({value!r})", where=path)
+    return [_check_str(opt, v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+_CHECKERS: dict[str, Callable[[Option, Any, str], Any]] = {
+    "int": _check_int,
+    "float": _check_float,
+    "bool": _check_bool,
+    "str": _check_str,
+    "int_or_pair": _check_int_or_pair,
+    "float_or_null": _check_float_or_null,
+    "int_or_null": _check_int_or_null,
+    "list_of_str": _check_list_of_str,
+}
+
+
+def require_mapping(value: Any, path: str, what: str = "a mapping of options") -> Mapping:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"expected {what} (key: value), found {_type_name(value)} ({value!r})", where=path
+        )
+    return value
+
+
+def resolve_options(
+    given: Any, options: Mapping[str, Option], path: str, what: str = "option"
+) -> dict[str, Any]:
+    """Check `given` against `options`; return every option with defaults filled in."""
+    given = require_mapping(given, path)
+    for key in given:
+        if key not in options:
+            raise SpecError(
+                f"unknown {what} '{key}'",
+                where=join_path(path, key),
+                hint=f"{did_you_mean(key, list(options))}Valid: {', '.join(options)}.",
+            )
+    resolved: dict[str, Any] = {}
+    for key, opt in options.items():
+        if key in given:
+            resolved[key] = opt.check(given[key], join_path(path, key))
+        elif opt.default is REQUIRED:
+            raise SpecError(
+                f"missing required {what} '{key}'",
+                where=path or "the spec",
+                hint=f"Add `{key}: ...`{' (' + opt.doc + ')' if opt.doc else ''}.",
+            )
+        else:
+            resolved[key] = opt.default
+    return resolved
+
+
+def join_path(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)

@@ -1,0 +1,15 @@
+"""One seed in the spec -> independent, reproducible random streams for each use.
+
+Separate streams mean that, say, adding a Dropout layer does not change the shuffling order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STREAMS = ("init", "dropout", "shuffle")
+
+
+def random_stream(seed: int, name: str) -> np.random.Generator:
+    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return np.random.default_rng(children[STREAMS.index(name)])

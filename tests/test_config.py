@@ -1,0 +1,171 @@
+"""Spec validation: every error names its YAML path (and line) and says what would be valid."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from cnnkit.api import summarize
+from cnnkit.config import load_spec, parse_spec
+from cnnkit.errors import SpecError
+
+BASIC = """\
+name: basic
+seed: 42
+data:
+  source: mnist
+  validation: test
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - Conv2D: {filters: 32, kernel_size: 3, activation: relu}
+    - MaxPooling2D: {pool_size: 2}
+    - Flatten: {}
+    - Dense: {units: 128, activation: relu}
+    - Dense: {units: 10, activation: softmax}
+loss: categorical_crossentropy
+optimizer: {name: adam, learning_rate: 0.001}
+metrics: [accuracy]
+train: {epochs: 10, batch_size: 200, shuffle: true}
+"""
+
+
+def spec_error(text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        parse_spec(textwrap.dedent(text))
+    return info.value
+
+
+def test_basic_spec_resolves_keras_defaults():
+    spec = parse_spec(BASIC)
+    conv, pool = spec.layers[0].get_config(), spec.layers[1].get_config()
+    assert conv["strides"] == [1, 1] and conv["padding"] == "valid" and conv["use_bias"] is True
+    assert conv["kernel_size"] == [3, 3] and conv["kernel_initializer"] == "glorot_uniform"
+    assert pool["strides"] == [2, 2]  # Keras: strides default to pool_size
+    assert [layer.output_shape for layer in spec.layers] == [
+        (26, 26, 32),
+        (13, 13, 32),
+        (5408,),
+        (128,),
+        (10,),
+    ]
+    assert spec.to_dict()["optimizer"] == {
+        "name": "adam",
+        "learning_rate": 0.001,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
+    }
+
+
+def test_resolved_spec_round_trips_through_config_yaml():
+    spec = parse_spec(BASIC)
+    again = parse_spec(spec.to_yaml())
+    assert again.to_dict() == spec.to_dict()
+    assert again.hash() == spec.hash()
+
+
+def test_summary_counts_parameters_as_keras():
+    info = summarize(parse_spec(BASIC))
+    assert info.totals["total"] == 693_962
+    assert [r.params for r in info.rows] == [320, 0, 0, 692_352, 1_290]
+    assert info.rows[0].macs == 26 * 26 * 32 * 9
+
+
+def test_snake_case_and_keras_names_are_the_same_layers():
+    snake = BASIC.replace("Conv2D", "conv2d").replace("MaxPooling2D", "max_pooling2d")
+    snake = snake.replace("Flatten", "flatten").replace("Dense", "dense")
+    assert parse_spec(snake).to_dict() == parse_spec(BASIC).to_dict()
+
+
+def test_unknown_top_level_key_suggests_closest():
+    err = spec_error(BASIC.replace("optimizer:", "optimiser:"))
+    assert "optimiser" in err.where and "line 15" in err.where
+    assert "did you mean 'optimizer'" in err.hint
+
+
+def test_unknown_layer_option_names_the_path_and_suggests():
+    err = spec_error(BASIC.replace("filters: 32", "filter: 32"))
+    assert "model.layers[0].Conv2D.filter" in err.where and "line 9" in err.where
+    assert "did you mean 'filters'" in err.hint
+
+
+def test_unknown_layer_name_suggests_closest():
+    err = spec_error(BASIC.replace("MaxPooling2D", "MaxPoling2D"))
+    assert "model.layers[1]" in err.where
+    assert "did you mean 'MaxPooling2D'" in err.hint
+
+
+def test_wrong_type_names_path_and_expected_type():
+    err = spec_error(BASIC.replace("filters: 32", "filters: '32'"))
+    assert "model.layers[0].Conv2D.filters" in err.where
+    assert "expected an integer" in err.message
+
+
+def test_wrong_value_lists_valid_values():
+    err = spec_error(BASIC.replace("activation: relu}", "activation: relux}", 1))
+    assert "model.layers[0].Conv2D.activation" in err.where
+    assert "did you mean 'relu'" in err.hint and "sigmoid" in err.hint
+    err = spec_error(BASIC.replace("{pool_size: 2}", "{pool_size: 2, padding: full}"))
+    assert "valid, same" in err.hint
+
+
+def test_out_of_range_value():
+    err = spec_error(BASIC.replace("epochs: 10", "epochs: 0"))
+    assert err.where.endswith("train.epochs (line 17)")
+    assert "out of range" in err.message
+
+
+def test_kernel_bigger_than_input_names_layer_and_shapes():
+    text = BASIC.replace(
+        "- Flatten: {}",
+        "- Conv2D: {filters: 8, kernel_size: 5}\n    - MaxPooling2D: {pool_size: 2}\n"
+        "    - Conv2D: {filters: 8, kernel_size: 5}\n    - Flatten: {}",
+    )
+    err = spec_error(text)  # 28 -conv3-> 26 -pool-> 13 -conv5-> 9 -pool-> 4 -conv5-> too small
+    assert "model.layers[4].Conv2D" in err.where
+    assert "5×5" in err.message and "4×4" in err.message
+    assert "(None, 4, 4, 8)" in err.message
+
+
+def test_dense_on_image_input_says_add_flatten():
+    err = spec_error(BASIC.replace("    - Flatten: {}\n", ""))
+    assert "model.layers[2].Dense" in err.where
+    assert "Flatten" in err.hint
+
+
+def test_class_count_mismatch_names_both():
+    err = spec_error(BASIC.replace("units: 10", "units: 7"))
+    assert "7 outputs" in err.message and "10 classes" in err.message
+
+
+def test_cross_entropy_needs_softmax_head():
+    err = spec_error(BASIC.replace("units: 10, activation: softmax", "units: 10, activation: relu"))
+    assert "softmax" in err.hint
+
+
+def test_yaml_syntax_error_has_line():
+    err = spec_error("name: x\nmodel: {layers: [\n")
+    assert "not valid YAML" in err.message and "line" in err.message
+
+
+def test_validation_and_split_conflict():
+    err = spec_error(BASIC.replace("validation: test", "validation: test\n  validation_split: 0.1"))
+    assert "data.validation" in err.where
+
+
+def test_validation_split_alone_is_resolved():
+    spec = parse_spec(BASIC.replace("validation: test", "validation_split: 0.1"))
+    assert spec.data["validation"] == "split" and spec.data["validation_split"] == 0.1
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "nope.yaml")
+    assert "not found" in info.value.message and "nope.yaml" in info.value.where
+
+
+def test_overrides_apply_before_validation():
+    spec = parse_spec(BASIC, overrides={"train.epochs": 3, "seed": 7})
+    assert spec.train["epochs"] == 3 and spec.seed == 7

@@ -28,6 +28,7 @@ from cnnkit.runs import (
     resolve_checkpoint,
     write_json,
 )
+from cnnkit.threads import configure_threads
 from cnnkit.training import Reporter, SilentReporter, evaluate_split, fit
 
 
@@ -77,6 +78,7 @@ def train(
     on_run_dir=None,
 ) -> TrainResult:
     """Load data, build the model from the seed, train, and write the run directory."""
+    configure_threads()
     dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
     splits = make_splits(dataset, spec.data)
     model = Sequential.from_spec(spec).build(spec.seed)
@@ -100,6 +102,7 @@ def _options(section: dict[str, Any]) -> dict[str, Any]:
 
 def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Sequential, Path, dict]:
     """The run's spec and its model with the chosen checkpoint's weights."""
+    configure_threads()
     spec = load_run_spec(run_dir)
     path = resolve_checkpoint(run_dir, checkpoint)
     arrays, meta = load_checkpoint(path)

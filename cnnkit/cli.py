@@ -119,3 +119,7 @@ def main() -> None:
     except CnnkitError as error:
         display.print_error(error)
         raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically after each epoch, so what is on disk is whole.
+        display.error_console.print("Interrupted. Checkpoints of finished epochs are kept.")
+        raise SystemExit(130) from None

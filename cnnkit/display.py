@@ -113,7 +113,7 @@ class RichReporter:
             parts += [f"val_loss {row['val_loss']:.4f}", f"val_accuracy {row['val_accuracy']:.4f}"]
         parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
         self.progress.console.print(
-            f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + "  ".join(parts)
+            f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + "  ".join(parts), soft_wrap=True
         )
 
 

@@ -38,6 +38,7 @@ class Sequential:
         raw = spec.to_dict()["model"]
         layers = build_layers(raw["layers"], tuple(raw["input_shape"]))
         model = cls(layers, raw["input_shape"])
+        layers[0].needs_input_grad = False
         # check_head guaranteed the last layer ends in the loss's activation (or is linear with
         # from_logits); either way it hands logits to the loss and the model applies the head.
         model.head_activation = LOSSES[spec.loss["name"]].head_activation

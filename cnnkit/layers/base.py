@@ -32,6 +32,9 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
+        # False for the first layer: nobody needs dLoss/dImage, and for Conv2D skipping it
+        # saves a whole backward convolution.
+        self.needs_input_grad = True
 
     # -- shapes (no arrays) -------------------------------------------------------------
     def infer_shape(self, input_shape: Shape) -> Shape:
@@ -66,7 +69,8 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Given dLoss/dOutput, store parameter gradients in self.grads, return dLoss/dInput."""
+        """Given dLoss/dOutput, store parameter gradients in self.grads, return dLoss/dInput
+        (or None when needs_input_grad is False and the layer can skip computing it)."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Conv2D(ActivationMixin, Layer):
         self._x = x
         return self.activate(out)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         dz = np.ascontiguousarray(self.activate_backward(dy))
         (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
         w, x = self.params["kernel"], self._x
@@ -96,6 +96,8 @@ class Conv2D(ActivationMixin, Layer):
         self.grads["kernel"] = dw_out
         if "bias" in self.params:
             self.grads["bias"] = db_out
+        if not self.needs_input_grad:
+            return None
         dx = np.empty_like(x)
         conv2d_backward_input(dz, w, sh, sw, dh, dw, self.pad_top, self.pad_left, dx)
         return dx

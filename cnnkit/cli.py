@@ -49,7 +49,7 @@ def train(
         if value is not None
     }
     parsed = load_spec(spec, overrides)
-    with display.RichReporter(parsed.metrics) as reporter:
+    with display.RichReporter() as reporter:
         result = api.train(
             parsed,
             out=out,

@@ -73,8 +73,7 @@ def print_error(error: CnnkitError) -> None:
 class RichReporter:
     """Progress bar per epoch (step, loss, accuracy, images/s, ETA) and one line per epoch."""
 
-    def __init__(self, metrics: list[str]):
-        self.metrics = metrics
+    def __init__(self):
         self.progress = Progress(
             TextColumn("[bold]Epoch {task.fields[epoch]}"),
             BarColumn(),

@@ -34,7 +34,13 @@ METRICS_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "sec
 
 def create_run_dir(out_root: Path, name: str) -> Path:
     """runs/<name>, or runs/<name>-2, -3 ... : an existing run is never reused or overwritten."""
-    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot create the output folder: {exc.strerror}", where=str(out_root),
+            hint="Give --out a folder you can write to.",
+        ) from None
     for n in range(1, 10_000):
         candidate = out_root / (name if n == 1 else f"{name}-{n}")
         try:

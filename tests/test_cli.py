@@ -137,8 +137,14 @@ def test_predict_images_and_folders(run_dir: Path, workdir: Path):
     images = read_idx(ROOT / "datasets" / "mnist" / "t10k-images-idx3-ubyte.gz")[:3]
     folder = workdir / "digits"
     folder.mkdir(exist_ok=True)
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"digit{i}.png")
+    # PNG, JPEG and BMP; grayscale, RGB and RGBA (transparent background, as paint programs save)
+    Image.fromarray(images[0]).save(folder / "digit0.png")
+    Image.fromarray(images[1]).convert("RGB").save(folder / "digit1.jpg", quality=95)
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = images[2]  # black strokes, alpha = ink: composited on white -> inverted
+    Image.fromarray(rgba, "RGBA").save(folder / "digit2.png")
+    Image.fromarray(images[0]).save(folder / "digit3.bmp")
+    (folder / "notes.txt").write_text("not an image: ignored inside folders")
     # dark on light and larger, as drawn in a paint program: must be inverted
     Image.fromarray(255 - images[0]).resize((112, 112)).save(workdir / "drawn.png")
     result = cnnkit(
@@ -157,10 +163,13 @@ def test_predict_images_and_folders(run_dir: Path, workdir: Path):
     assert [Path(p["image"]).name for p in predictions] == [
         "drawn.png",
         "digit0.png",
-        "digit1.png",
+        "digit1.jpg",
         "digit2.png",
+        "digit3.bmp",
     ]
-    assert predictions[0]["inverted"] is True and predictions[1]["inverted"] is False
+    assert [p["inverted"] for p in predictions] == [True, False, False, True, False]
+    # the same digit as PNG and BMP gives the same probabilities
+    assert predictions[1]["top"] == predictions[4]["top"]
     for p in predictions:
         probs = [t["probability"] for t in p["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001

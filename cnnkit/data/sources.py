@@ -23,10 +23,6 @@ class Dataset:
     y_test: np.ndarray
     class_names: list[str]
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])
-
 
 def resolve_data_dir(path: str, spec_dir: Path | None) -> Path:
     """A relative data path is looked up in the working directory, next to the spec, then in

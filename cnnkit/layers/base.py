@@ -13,6 +13,7 @@ import numpy as np
 
 from cnnkit.activations import ACTIVATIONS
 from cnnkit.errors import SpecError
+from cnnkit.initializers import INITIALIZERS, initialize
 from cnnkit.options import Option
 
 Shape = tuple[int, ...]  # one sample's shape, without the batch axis
@@ -102,6 +103,22 @@ class ActivationMixin:
         if self.returns_logits:
             return dy
         return ACTIVATIONS[self._activation_name()][1](self._z, self._a, dy)
+
+
+class KernelBiasMixin:
+    """Conv2D and Dense: an activation, a kernel and an optional bias, Keras' options for them,
+    and `build` from `param_shapes()` (which the layer defines)."""
+
+    WEIGHT_OPTIONS: ClassVar[dict[str, Option]] = {
+        "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
+        "use_bias": Option("bool", default=True),
+        "kernel_initializer": Option("str", default="glorot_uniform", choices=INITIALIZERS),
+        "bias_initializer": Option("str", default="zeros", choices=INITIALIZERS),
+    }
+
+    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
+        for name, shape in self.param_shapes().items():
+            self.params[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
 
 
 def format_shape(shape: Shape | None) -> str:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.activations import ACTIVATIONS
-from cnnkit.initializers import INITIALIZERS, initialize
 from cnnkit.kernels.conv import (
     conv2d_backward_input,
     conv2d_backward_weights,
     conv2d_forward,
     conv_output_size,
 )
-from cnnkit.layers.base import ActivationMixin, Layer, Shape
+from cnnkit.layers.base import ActivationMixin, KernelBiasMixin, Layer, Shape
 from cnnkit.options import Option
 
 
-class Conv2D(ActivationMixin, Layer):
+class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
     type_name = "conv2d"
     keras_name = "Conv2D"
     aliases = ("convolution2d", "Convolution2D")
@@ -26,10 +24,7 @@ class Conv2D(ActivationMixin, Layer):
         "strides": Option("int_or_pair", default=[1, 1], minimum=1),
         "padding": Option("str", default="valid", choices=("valid", "same")),
         "dilation_rate": Option("int_or_pair", default=[1, 1], minimum=1),
-        "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
-        "use_bias": Option("bool", default=True),
-        "kernel_initializer": Option("str", default="glorot_uniform", choices=INITIALIZERS),
-        "bias_initializer": Option("str", default="zeros", choices=INITIALIZERS),
+        **KernelBiasMixin.WEIGHT_OPTIONS,
     }
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -63,16 +58,6 @@ class Conv2D(ActivationMixin, Layer):
         kh, kw = self.options["kernel_size"]
         oh, ow, f = self.output_shape
         return oh * ow * f * kh * kw * self.input_shape[2]
-
-    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
-        shapes = self.param_shapes()
-        self.params["kernel"] = initialize(
-            self.options["kernel_initializer"], shapes["kernel"], rng, dtype
-        )
-        if "bias" in shapes:
-            self.params["bias"] = initialize(
-                self.options["bias_initializer"], shapes["bias"], rng, dtype
-            )
 
     def _bias(self, dtype) -> np.ndarray:
         bias = self.params.get("bias")

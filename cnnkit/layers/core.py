@@ -5,20 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from cnnkit.activations import ACTIVATIONS
-from cnnkit.initializers import INITIALIZERS, initialize
-from cnnkit.layers.base import ActivationMixin, Layer, Shape
+from cnnkit.layers.base import ActivationMixin, KernelBiasMixin, Layer, Shape
 from cnnkit.options import Option
 
 
-class Dense(ActivationMixin, Layer):
+class Dense(KernelBiasMixin, ActivationMixin, Layer):
     type_name = "dense"
     keras_name = "Dense"
     OPTIONS = {
         "units": Option("int", minimum=1, doc="number of outputs, e.g. 128"),
-        "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
-        "use_bias": Option("bool", default=True),
-        "kernel_initializer": Option("str", default="glorot_uniform", choices=INITIALIZERS),
-        "bias_initializer": Option("str", default="zeros", choices=INITIALIZERS),
+        **KernelBiasMixin.WEIGHT_OPTIONS,
     }
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -36,16 +32,6 @@ class Dense(ActivationMixin, Layer):
 
     def macs(self) -> int:
         return self.input_shape[0] * self.options["units"]
-
-    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
-        shapes = self.param_shapes()
-        self.params["kernel"] = initialize(
-            self.options["kernel_initializer"], shapes["kernel"], rng, dtype
-        )
-        if "bias" in shapes:
-            self.params["bias"] = initialize(
-                self.options["bias_initializer"], shapes["bias"], rng, dtype
-            )
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         self._x = x

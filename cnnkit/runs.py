@@ -38,7 +38,8 @@ def create_run_dir(out_root: Path, name: str) -> Path:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(
-            f"cannot create the output folder: {exc.strerror}", where=str(out_root),
+            f"cannot create the output folder: {exc.strerror}",
+            where=str(out_root),
             hint="Give --out a folder you can write to.",
         ) from None
     for n in range(1, 10_000):

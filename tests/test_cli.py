@@ -168,8 +168,11 @@ def test_predict_images_and_folders(run_dir: Path, workdir: Path):
         "digit3.bmp",
     ]
     assert [p["inverted"] for p in predictions] == [True, False, False, True, False]
-    # the same digit as PNG and BMP gives the same probabilities
-    assert predictions[1]["top"] == predictions[4]["top"]
+    # the same digit as PNG and BMP gives the same classes and probabilities (up to BLAS
+    # rounding, which depends on the row's position in the batch)
+    same = zip(predictions[1]["top"], predictions[4]["top"], strict=True)
+    for a, b in same:
+        assert a["class"] == b["class"] and a["probability"] == pytest.approx(b["probability"])
     for p in predictions:
         probs = [t["probability"] for t in p["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001

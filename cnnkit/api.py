@@ -62,7 +62,8 @@ def spec_from_spec_or_run(path: str | Path) -> Spec:
 
 def load_dataset(spec: Spec) -> Dataset:
     source = SOURCES[spec.data["source"]]
-    return source.load(spec.data, spec.file.parent if spec.file else None)
+    spec_dir = spec.file.parent if spec.file else None
+    return source.load(spec.data, spec_dir, tuple(spec.model["input_shape"]))
 
 
 @dataclass
@@ -82,6 +83,8 @@ def train(
     dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
     splits = make_splits(dataset, spec.data)
     model = Sequential.from_spec(spec).build(spec.seed)
+    if spec.model.get("weights"):
+        load_initial_weights(model, spec)
     loss_fn = LOSSES[spec.loss["name"]](**_options(spec.loss))
     optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
 
@@ -94,6 +97,28 @@ def train(
     atomic_write_text(run_dir / "summary.txt", render_text(table))
     history = fit(model, loss_fn, optimizer, splits, spec, run_dir, reporter or SilentReporter())
     return TrainResult(run_dir, history)
+
+
+def load_initial_weights(model: Sequential, spec: Spec) -> Path:
+    """model.weights: start from a checkpoint (fine-tuning). A run directory means its best.npz.
+
+    Every layer's arrays must match the model's shapes; a mismatch names the layer and both
+    shapes (loading only some layers silently would hide a wrong spec)."""
+    given = Path(spec.model["weights"]).expanduser()
+    candidates = [given] if given.is_absolute() else [Path.cwd() / given]
+    if spec.file is not None and not given.is_absolute():
+        candidates.append(spec.file.parent / given)
+    found = next((c for c in candidates if c.exists()), candidates[0])
+    path = resolve_checkpoint(found, "best") if found.is_dir() else found
+    if not path.is_file():
+        raise CheckpointError(
+            "model.weights: checkpoint not found",
+            where=str(path),
+            hint="Give an .npz checkpoint or a run directory (its best.npz is used).",
+        )
+    arrays, _ = load_checkpoint(path)
+    model.load_params(arrays, f"{path} (model.weights)")
+    return path
 
 
 def _options(section: dict[str, Any]) -> dict[str, Any]:

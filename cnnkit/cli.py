@@ -36,6 +36,10 @@ def train(
         int | None, typer.Option("--batch-size", min=1, help="Override train.batch_size.")
     ] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Start from this checkpoint (.npz) or run directory: model.weights."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
 ) -> None:
     """Train the model of SPEC and write a new run directory under --out."""
@@ -45,6 +49,7 @@ def train(
             ("train.epochs", epochs),
             ("train.batch_size", batch_size),
             ("seed", seed),
+            ("model.weights", str(weights) if weights else None),
         )
         if value is not None
     }

@@ -40,6 +40,17 @@ def _path_or_null(value: Any, path: str) -> str | None:
     return value
 
 
+def _weights_path(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SpecError(
+            f"expected the path of a checkpoint (.npz) or a run directory, found {value!r}",
+            where=path,
+        )
+    return value
+
+
 def _input_shape(value: Any, path: str) -> list[int]:
     ok = (
         isinstance(value, list)
@@ -51,6 +62,25 @@ def _input_shape(value: Any, path: str) -> list[int]:
             f"expected [height, width, channels] with positive integers, found {value!r}",
             where=path,
             hint="Example: input_shape: [28, 28, 1] (channels last, as Keras).",
+        )
+    return list(value)
+
+
+def _class_subset(value: Any, path: str) -> list[int] | None:
+    """data.classes: [3, 8] keeps those classes of the source, relabelled 0, 1, ... in order."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        and len(set(value)) == len(value)
+    )
+    if not ok:
+        raise SpecError(
+            f"expected a list of at least two different class indices, found {value!r}",
+            where=path,
+            hint="Example: classes: [3, 8] (a binary task: 3 -> label 0, 8 -> label 1).",
         )
     return list(value)
 
@@ -72,10 +102,13 @@ DATA_OPTIONS = {
     "rescale": Option("float", default=1.0 / 255.0, minimum=0.0, exclusive_min=True),
     "max_train_samples": Option("int_or_null", default=None, minimum=1),
     "max_test_samples": Option("int_or_null", default=None, minimum=1),
+    "classes": Option(_class_subset, default=None),
+    "num_classes": Option("int_or_null", default=None, minimum=1),
 }
 
 MODEL_OPTIONS = {
     "input_shape": Option(_input_shape, default=None),
+    "weights": Option(_weights_path, default=None),
     "layers": Option(lambda v, p: v, doc="a list of layers"),
 }
 
@@ -128,7 +161,9 @@ class Spec:
 
     @property
     def num_classes(self) -> int:
-        return SOURCES[self.data["source"]].num_classes
+        if self.data.get("classes"):
+            return len(self.data["classes"])
+        return SOURCES[self.data["source"]].num_classes or self.data["num_classes"]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -218,6 +253,7 @@ def validate(raw: Any, default_name: str = "run") -> Spec:
     source = SOURCES[data["source"]]
     if data["path"] is None:
         data["path"] = source.default_path
+    _check_source_options(data, source)
 
     if "model" not in top:
         raise SpecError(
@@ -225,8 +261,14 @@ def validate(raw: Any, default_name: str = "run") -> Spec:
         )
     model = resolve_options(top["model"], MODEL_OPTIONS, "model")
     if model["input_shape"] is None:
+        if source.input_shape is None:
+            raise SpecError(
+                f"the {data['source']} source needs model.input_shape",
+                where="model",
+                hint="Add input_shape: [height, width, channels], e.g. [227, 227, 3].",
+            )
         model["input_shape"] = list(source.input_shape)
-    if list(model["input_shape"]) != list(source.input_shape):
+    if source.input_shape is not None and list(model["input_shape"]) != list(source.input_shape):
         raise SpecError(
             f"input_shape {model['input_shape']} does not match the {data['source']} images "
             f"{list(source.input_shape)}",
@@ -245,6 +287,29 @@ def validate(raw: Any, default_name: str = "run") -> Spec:
     spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, layers=layers)
     check_head(spec)
     return spec
+
+
+def _check_source_options(data: dict[str, Any], source) -> None:
+    """Options that only make sense for some sources, and class subsets within range."""
+    if source.num_classes is None and data["num_classes"] is None:
+        raise SpecError(
+            f"the {data['source']} source needs num_classes",
+            where="data",
+            hint="Add num_classes: 10 (any count of at least 1).",
+        )
+    if source.num_classes is not None and data["num_classes"] is not None:
+        raise SpecError(
+            f"num_classes is set by the {data['source']} data itself ({source.num_classes})",
+            where="data.num_classes",
+            hint="Remove num_classes, or use classes: [..] to train on a subset of them.",
+        )
+    available = source.num_classes or data["num_classes"]
+    for i, c in enumerate(data["classes"] or []):
+        if c >= available:
+            raise SpecError(
+                f"class {c} does not exist: {data['source']} has classes 0 to {available - 1}",
+                where=f"data.classes[{i}]",
+            )
 
 
 def build_layers(raw_layers: Any, input_shape: tuple[int, ...]) -> list[Layer]:

@@ -28,15 +28,21 @@ class Splits:
 
 
 def make_splits(dataset: Dataset, data: dict) -> Splits:
-    """Apply max_*_samples and the validation choice of the spec's data section.
+    """Apply classes, max_*_samples and the validation choice of the spec's data section.
 
     validation_split takes the *last* fraction of the training set, before shuffling, as
     Keras' fit(validation_split=...) does.
     """
-    n_train = data.get("max_train_samples") or len(dataset.y_train)
-    n_test = data.get("max_test_samples") or len(dataset.y_test)
-    train = Split(dataset.x_train[:n_train], dataset.y_train[:n_train])
-    test = Split(dataset.x_test[:n_test], dataset.y_test[:n_test])
+    class_names = dataset.class_names
+    train = Split(dataset.x_train, dataset.y_train)
+    test = Split(dataset.x_test, dataset.y_test)
+    if data.get("classes"):
+        train, test = _select(train, data["classes"]), _select(test, data["classes"])
+        class_names = [dataset.class_names[c] for c in data["classes"]]
+    n_train = data.get("max_train_samples") or len(train)
+    n_test = data.get("max_test_samples") or len(test)
+    train = Split(train.x[:n_train], train.y[:n_train])
+    test = Split(test.x[:n_test], test.y[:n_test])
     validation = None
     if data.get("validation_split"):
         n_val = max(1, int(round(len(train) * data["validation_split"])))
@@ -44,7 +50,15 @@ def make_splits(dataset: Dataset, data: dict) -> Splits:
         train = Split(train.x[:-n_val], train.y[:-n_val])
     elif data.get("validation") == "test":
         validation = test
-    return Splits(train, validation, test, dataset.class_names)
+    return Splits(train, validation, test, class_names)
+
+
+def _select(split: Split, classes: list[int]) -> Split:
+    """Keep the images of `classes`, relabelled 0, 1, ... in the order given."""
+    relabel = np.full(int(max(classes)) + 1, -1, dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    keep = np.isin(split.y, classes)
+    return Split(split.x[keep], relabel[split.y[keep]])
 
 
 def scale(x: np.ndarray, rescale: float) -> np.ndarray:

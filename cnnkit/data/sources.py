@@ -69,7 +69,7 @@ def _checked_idx(directory: Path, name: str, md5s: tuple[str, ...], source: str)
     return read_idx(path)
 
 
-def load_mnist(options: dict[str, Any], spec_dir: Path | None) -> Dataset:
+def load_mnist(options: dict[str, Any], spec_dir: Path | None, input_shape: tuple) -> Dataset:
     directory = resolve_data_dir(options.get("path") or "datasets/mnist", spec_dir)
     arrays = [_checked_idx(directory, n, m, "MNIST") for n, m in MNIST_FILES.items()]
     x_train, y_train, x_test, y_test = arrays
@@ -82,14 +82,33 @@ def load_mnist(options: dict[str, Any], spec_dir: Path | None) -> Dataset:
     )
 
 
+def load_synthetic(options: dict[str, Any], spec_dir: Path | None, input_shape: tuple) -> Dataset:
+    """Seeded random images and labels of any shape and class count: for summaries of models
+    with no dataset at hand (AlexNet) and for benchmarks. Nothing is learnable here."""
+    rng = np.random.default_rng(options.get("synthetic_seed", 0))
+    n_train = options.get("max_train_samples") or SYNTHETIC_TRAIN
+    n_test = options.get("max_test_samples") or SYNTHETIC_TEST
+    k = options["num_classes"]
+    return Dataset(
+        x_train=rng.integers(0, 256, size=(n_train, *input_shape), dtype=np.uint8),
+        y_train=rng.integers(0, k, size=n_train).astype(np.int64),
+        x_test=rng.integers(0, 256, size=(n_test, *input_shape), dtype=np.uint8),
+        y_test=rng.integers(0, k, size=n_test).astype(np.int64),
+        class_names=[str(i) for i in range(k)],
+    )
+
+
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256  # images made when max_*_samples is not set
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What the spec checker needs to know without loading a single file."""
 
-    load: Callable[[dict[str, Any], Path | None], Dataset]
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    default_path: str
+    load: Callable[[dict[str, Any], Path | None, tuple], Dataset]
+    input_shape: tuple[int, int, int] | None  # None: any shape, taken from model.input_shape
+    num_classes: int | None  # None: set by data.num_classes
+    default_path: str | None
     # "dark" when images are light strokes on a dark background (MNIST): predict inverts
     # dark-on-light user images to match. None when there is no such convention.
     background: str | None = None
@@ -102,4 +121,5 @@ SOURCES: dict[str, SourceInfo] = {
     "mnist": SourceInfo(
         load_mnist, (28, 28, 1), 10, "datasets/mnist", background="dark", centre_digits=True
     ),
+    "synthetic": SourceInfo(load_synthetic, None, None, None),
 }

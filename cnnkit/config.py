@@ -203,8 +203,12 @@ def parse_spec(text: str, file: Path | None = None, overrides: dict | None = Non
     try:
         spec = validate(raw, default_name=file.stem if file else "run")
     except SpecError as exc:
-        line = _line_of(text, exc.where or "")
-        exc.where = f"{where}, {exc.where}{f' (line {line})' if line else ''}"
+        position = _position_of(text, exc.where or "")
+        if position:
+            exc.where = f"{where}:{position[0]}:{position[1]} {exc.where}"
+            exc.context = _source_excerpt(text, *position)
+        else:
+            exc.where = f"{where}: {exc.where}"
         raise
     spec.file = file
     return spec
@@ -404,26 +408,33 @@ def check_head(spec: Spec) -> None:
 # -- error locations ---------------------------------------------------------------------
 
 
-def _line_of(text: str, path: str) -> int | None:
-    """1-based line of a YAML path like 'model.layers[2].Conv2D.filters', or of its parent."""
+def _position_of(text: str, path: str) -> tuple[int, int] | None:
+    """1-based (line, column) of a YAML path like 'model.layers[2].Conv2D.filters': the key's
+    position, or the deepest parent that exists (a missing key points at its section)."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
         return None
     parts = [p for p in re.split(r"\.|\[(\d+)\]", path) if p]
-    line = None
+    mark = None
     for part in parts:
-        if node is None:
-            break
         if isinstance(node, yaml.MappingNode):
             match = next((kv for kv in node.value if kv[0].value == part), None)
             if match is None:
                 break
-            line = match[0].start_mark.line + 1
-            node = match[1]
+            mark, node = match[0].start_mark, match[1]
         elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
             node = node.value[int(part)]
-            line = node.start_mark.line + 1
+            mark = node.start_mark
         else:
             break
-    return line
+    return (mark.line + 1, mark.column + 1) if mark else None
+
+
+def _source_excerpt(text: str, line: int, column: int) -> str:
+    """The offending line of the file with a caret under the column, as compilers show it."""
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return ""
+    gutter = f"{line:>4} | "
+    return f"{gutter}{lines[line - 1]}\n{' ' * (len(gutter) + column - 1)}^"

@@ -65,6 +65,8 @@ def print_error(error: CnnkitError) -> None:
     body = f"[bold]{escape(error.message)}[/bold]"
     if error.where:
         body = f"[cyan]{escape(error.where)}[/cyan]\n{body}"
+    if error.context:
+        body += f"\n\n[dim]{escape(error.context)}[/dim]"
     if error.hint:
         body += f"\n\n{escape(error.hint)}"
     error_console.print(Panel(body, title="cnnkit: error", title_align="left", border_style="red"))

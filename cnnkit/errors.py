@@ -17,9 +17,12 @@ class CnnkitError(Exception):
         self.message = message
         self.where = where  # the file, YAML path or image the error is about
         self.hint = hint  # what would be valid / what to do next
+        self.context = ""  # e.g. the offending line of the spec file, shown verbatim
 
     def __str__(self) -> str:
         parts = [f"{self.where}: {self.message}" if self.where else self.message]
+        if self.context:
+            parts.append(self.context)
         if self.hint:
             parts.append(self.hint)
         return "\n".join(parts)

@@ -81,13 +81,19 @@ def test_snake_case_and_keras_names_are_the_same_layers():
 
 def test_unknown_top_level_key_suggests_closest():
     err = spec_error(BASIC.replace("optimizer:", "optimiser:"))
-    assert "optimiser" in err.where and "line 15" in err.where
+    assert err.where == "spec:15:1 optimiser"  # file:line:column YAML-path
+    assert err.context.splitlines()[
+        0
+    ] == "  15 | optimizer: {name: adam, learning_rate: 0.001}".replace("optimizer", "optimiser")
     assert "did you mean 'optimizer'" in err.hint
 
 
 def test_unknown_layer_option_names_the_path_and_suggests():
     err = spec_error(BASIC.replace("filters: 32", "filter: 32"))
-    assert "model.layers[0].Conv2D.filter" in err.where and "line 9" in err.where
+    assert err.where == "spec:9:16 model.layers[0].Conv2D.filter"
+    # the caret stands under the offending key
+    source, caret = err.context.splitlines()
+    assert source[caret.index("^") :].startswith("filter: 32")
     assert "did you mean 'filters'" in err.hint
 
 
@@ -113,7 +119,7 @@ def test_wrong_value_lists_valid_values():
 
 def test_out_of_range_value():
     err = spec_error(BASIC.replace("epochs: 10", "epochs: 0"))
-    assert err.where.endswith("train.epochs (line 17)")
+    assert err.where == "spec:17:9 train.epochs"
     assert "out of range" in err.message
 
 

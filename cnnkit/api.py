@@ -16,8 +16,8 @@ from cnnkit.data.batches import Split, make_splits, scale
 from cnnkit.data.images import collect_images, prepare_image
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
-from cnnkit.errors import CheckpointError
-from cnnkit.metrics import confusion_matrix, per_class_report
+from cnnkit.errors import CheckpointError, DataError
+from cnnkit.metrics import MetricSet, per_class_report
 from cnnkit.model import Sequential, SummaryRow
 from cnnkit.registry import LOSSES, OPTIMIZERS
 from cnnkit.runs import (
@@ -43,12 +43,14 @@ def summarize(spec: Spec) -> ModelSummary:
     """Layers, output shapes, parameters and MACs, from the spec alone (no data, no weights)."""
     model = Sequential.from_spec(spec)
     rows = model.summary_rows()
-    trainable = sum(r.params for r in rows)
+    # as Keras: BatchNormalization's moving statistics are non-trainable params
+    non_trainable = sum(r.non_trainable for r in rows)
+    total = sum(r.params for r in rows)
     totals = {
-        "trainable": trainable,
-        "non_trainable": 0,
-        "total": trainable,
-        "bytes": trainable * 4,  # float32
+        "trainable": total - non_trainable,
+        "non_trainable": non_trainable,
+        "total": total,
+        "bytes": total * 4,  # float32
         "macs": sum(r.macs for r in rows),
     }
     return ModelSummary(f'Model: "{spec.name}"', rows, totals)
@@ -61,9 +63,7 @@ def spec_from_spec_or_run(path: str | Path) -> Spec:
 
 
 def load_dataset(spec: Spec) -> Dataset:
-    source = SOURCES[spec.data["source"]]
-    spec_dir = spec.file.parent if spec.file else None
-    return source.load(spec.data, spec_dir, tuple(spec.model["input_shape"]))
+    return SOURCES[spec.data["source"]].load(spec)
 
 
 @dataclass
@@ -77,6 +77,7 @@ def train(
     out: Path = Path("runs"),
     reporter: Reporter | None = None,
     on_run_dir=None,
+    on_note=None,
 ) -> TrainResult:
     """Load data, build the model from the seed, train, and write the run directory."""
     configure_threads()
@@ -85,17 +86,28 @@ def train(
     model = Sequential.from_spec(spec).build(spec.seed)
     if spec.model.get("weights"):
         load_initial_weights(model, spec)
-    loss_fn = LOSSES[spec.loss["name"]](**_options(spec.loss))
+    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
 
     run_dir = create_run_dir(Path(out), spec.name)
     if on_run_dir:
         on_run_dir(run_dir)
+    notes = list(dataset.notes)
+    if dataset.skipped:
+        atomic_write_text(run_dir / "skipped_images.txt", "\n".join(dataset.skipped) + "\n")
+        notes.append(
+            f"{len(dataset.skipped)} unreadable images skipped (data.skip_bad_images); "
+            f"listed in {run_dir / 'skipped_images.txt'}"
+        )
+    for note in notes if on_note else ():
+        on_note(note)
     atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
     info = summarize(spec)
     table = summary_table(info.title, info.rows, info.totals)
     atomic_write_text(run_dir / "summary.txt", render_text(table))
-    history = fit(model, loss_fn, optimizer, splits, spec, run_dir, reporter or SilentReporter())
+    history = fit(
+        model, loss_fn, optimizer, splits, spec, run_dir, reporter or SilentReporter(), on_note
+    )
     return TrainResult(run_dir, history)
 
 
@@ -146,20 +158,31 @@ def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = N
     run_dir = Path(run_dir)
     spec, model, path, meta = load_model(run_dir, checkpoint)
     splits = make_splits(load_dataset(spec), spec.data)
-    loss_fn = LOSSES[spec.loss["name"]](**_options(spec.loss))
-    test: Split = splits.test
-    result = evaluate_split(
-        model, loss_fn, test, spec.data["rescale"], batch_size or spec.train["eval_batch_size"]
-    )
-    predicted = result.probabilities.argmax(axis=1)
-    matrix = confusion_matrix(test.y, predicted, len(splits.class_names))
+    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    test: Split | None = splits.test
+    evaluated = "test"
+    if test is None:  # e.g. an image folder without test/: say so instead of failing
+        test, evaluated = splits.validation, "validation"
+    if test is None:
+        raise DataError(
+            "the data has no test or validation split to evaluate on",
+            where=str(spec.data.get("path") or spec.data["source"]),
+            hint="Add a test/ folder, or set data.validation_split.",
+        )
+    batch_size = batch_size or spec.train["eval_batch_size"]
+    metric_set = MetricSet.from_spec(spec)
+    result = evaluate_split(model, loss_fn, test, spec.data["rescale"], batch_size, metric_set)
+    matrix = metric_set.confusion  # the predictions the metrics counted (one sigmoid: p > 0.5)
     report = {
         "run": str(run_dir),
         "checkpoint": str(path),
         "epoch": meta.get("epoch"),
+        "split": evaluated,
         "samples": len(test),
         "loss": result.loss,
         "accuracy": result.accuracy,
+        # the spec's metrics (macro precision/recall/f1; exact ROC auc, null if one class only)
+        "metrics": {k: (None if np.isnan(v) else v) for k, v in result.metrics.items()},
         "class_names": splits.class_names,
         "per_class": per_class_report(matrix, splits.class_names),
         "confusion_matrix": matrix.tolist(),
@@ -184,7 +207,9 @@ def predict(
         prepare_image(f, shape, source.background, source.centre_digits, invert) for f in files
     ]
     x = scale(np.stack([p.array for p in prepared]), spec.data["rescale"])
-    probs = model.predict_proba(x)
+    # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
+    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    probs = loss_fn.class_probabilities(model.forward(x, training=False))
     names = meta.get("class_names") or [str(i) for i in range(probs.shape[1])]
     k = max(1, min(top_k, probs.shape[1]))
     results = []

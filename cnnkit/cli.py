@@ -60,6 +60,7 @@ def train(
             out=out,
             reporter=reporter,
             on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
+            on_note=lambda text: display.console.print(f"[yellow]Note:[/yellow] {text}"),
         )
     best = max(result.history, key=lambda r: r.get("val_accuracy", r["accuracy"]))
     metric = "val_accuracy" if "val_accuracy" in best else "accuracy"
@@ -116,6 +117,32 @@ def summary(
     """Keras-style model summary: layers, output shapes, parameters, MACs. Loads no data."""
     info = api.summarize(api.spec_from_spec_or_run(spec_or_run))
     display.console.print(display.summary_table(info.title, info.rows, info.totals))
+
+
+data_app = typer.Typer(help="Data tools: make example datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("make-shapes")
+def make_shapes(
+    folder: Annotated[Path, typer.Argument(help="New (or empty) folder to write into.")],
+    size: Annotated[int, typer.Option(min=8, help="Image width and height in pixels.")] = 64,
+    per_class: Annotated[
+        int, typer.Option("--per-class", min=1, help="Training images per class.")
+    ] = 300,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same images.")] = 0,
+) -> None:
+    """Write a deterministic RGB folder dataset of circles, squares and triangles.
+
+    Example: cnnkit data make-shapes datasets/shapes
+    """
+    from cnnkit.data.shapes import make_shapes as write
+
+    counts = write(folder, size=size, per_class=per_class, seed=seed)
+    display.console.print(
+        f"Wrote {', '.join(f'{n:,} {split}' for split, n in counts.items())} images "
+        f"({size}×{size} RGB) to [bold]{folder}[/bold]"
+    )
 
 
 def main() -> None:

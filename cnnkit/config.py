@@ -16,12 +16,20 @@ from typing import Any
 
 import yaml
 
+from cnnkit.callbacks import CALLBACK_SECTIONS, DEFAULT_MONITORS, resolve_monitor
 from cnnkit.data.sources import SOURCES
 from cnnkit.errors import SpecError
 from cnnkit.layers.base import Layer
-from cnnkit.metrics import METRICS
+from cnnkit.metrics import (
+    check_metrics,
+    head_classes,
+    metric_column,
+    metric_entries,
+    parse_metrics,
+)
 from cnnkit.options import Option, did_you_mean, join_path, require_mapping, resolve_options
 from cnnkit.registry import LOSSES, OPTIMIZERS, canonical_layer, layer_names
+from cnnkit.schedules import SCHEDULES
 
 
 def _name(value: Any, path: str) -> str:
@@ -66,6 +74,10 @@ def _input_shape(value: Any, path: str) -> list[int]:
     return list(value)
 
 
+def _pair_or_null(value: Any, path: str) -> list[int] | None:
+    return None if value is None else Option("int_or_pair", minimum=1).check(value, path)
+
+
 def _class_subset(value: Any, path: str) -> list[int] | None:
     """data.classes: [3, 8] keeps those classes of the source, relabelled 0, 1, ... in order."""
     if value is None:
@@ -86,6 +98,7 @@ def _class_subset(value: Any, path: str) -> list[int] | None:
 
 
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
+TOP_LEVEL += ("schedule", "callbacks")
 
 DATA_OPTIONS = {
     "source": Option("str", choices=tuple(SOURCES), doc="e.g. mnist"),
@@ -103,8 +116,23 @@ DATA_OPTIONS = {
     "max_train_samples": Option("int_or_null", default=None, minimum=1),
     "max_test_samples": Option("int_or_null", default=None, minimum=1),
     "classes": Option(_class_subset, default=None),
+    # source-specific (SourceInfo.options): synthetic
     "num_classes": Option("int_or_null", default=None, minimum=1),
+    # source-specific: folder (Keras flow_from_directory's names and defaults)
+    "target_size": Option(_pair_or_null, default=None),
+    "color_mode": Option("str", default="rgb", choices=("grayscale", "rgb", "rgba")),
+    "class_mode": Option("str", default="categorical", choices=("categorical", "binary", "sparse")),
+    "interpolation": Option("str", default="nearest", choices=("nearest", "bilinear", "bicubic")),
+    "skip_bad_images": Option("bool", default=False),
 }
+SOURCE_SPECIFIC = (
+    "num_classes",
+    "target_size",
+    "color_mode",
+    "class_mode",
+    "interpolation",
+    "skip_bad_images",
+)
 
 MODEL_OPTIONS = {
     "input_shape": Option(_input_shape, default=None),
@@ -130,10 +158,13 @@ class Spec:
     model: dict[str, Any]
     loss: dict[str, Any]
     optimizer: dict[str, Any]
-    metrics: list[str]
+    metrics: list[Any]  # names, or {top_k_accuracy: {k: 5}}: see cnnkit.metrics
     train: dict[str, Any]
     file: Path | None = None
     layers: list[Layer] = field(default_factory=list, repr=False)
+    schedule: dict[str, Any] | None = None  # cnnkit.schedules; None: constant learning rate
+    callbacks: dict[str, Any] = field(default_factory=dict)  # cnnkit.callbacks sections
+    notes: list[str] = field(default_factory=list, repr=False)  # shown when training starts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,8 +177,10 @@ class Spec:
             },
             "loss": copy.deepcopy(self.loss),
             "optimizer": copy.deepcopy(self.optimizer),
-            "metrics": list(self.metrics),
+            "metrics": copy.deepcopy(self.metrics),
             "train": copy.deepcopy(self.train),
+            "schedule": copy.deepcopy(self.schedule),
+            "callbacks": copy.deepcopy(self.callbacks),
         }
 
     def to_yaml(self) -> str:
@@ -160,10 +193,15 @@ class Spec:
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> int | None:
+        """Classes the model must output; None when the data is not there to count yet."""
         if self.data.get("classes"):
             return len(self.data["classes"])
-        return SOURCES[self.data["source"]].num_classes or self.data["num_classes"]
+        source = SOURCES[self.data["source"]]
+        if source.list_classes is not None:
+            names = source.list_classes(self.data, self.file.parent if self.file else None)
+            return len(names) if names is not None else None
+        return source.num_classes or self.data["num_classes"]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -201,7 +239,7 @@ def parse_spec(text: str, file: Path | None = None, overrides: dict | None = Non
     for key, value in (overrides or {}).items():
         _set_dotted(raw if isinstance(raw, dict) else {}, key, value)
     try:
-        spec = validate(raw, default_name=file.stem if file else "run")
+        spec = validate(raw, default_name=file.stem if file else "run", file=file)
     except SpecError as exc:
         position = _position_of(text, exc.where or "")
         if position:
@@ -224,7 +262,7 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def validate(raw: Any, default_name: str = "run") -> Spec:
+def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> Spec:
     top = require_mapping(raw, "", "a YAML mapping at the top level (name:, data:, model:, ...)")
     for key in top:
         if key not in TOP_LEVEL:
@@ -257,13 +295,23 @@ def validate(raw: Any, default_name: str = "run") -> Spec:
     source = SOURCES[data["source"]]
     if data["path"] is None:
         data["path"] = source.default_path
-    _check_source_options(data, source)
+    if data["path"] is None and source.needs_path:
+        raise SpecError(
+            f"the {data['source']} source needs data.path",
+            where="data",
+            hint="folder: the folder of class sub-folders; npz: the .npz file.",
+        )
+    _check_source_options(data, top["data"], source)
 
     if "model" not in top:
         raise SpecError(
             "missing the 'model' section", where="spec", hint="Add model: {layers: [...]}."
         )
     model = resolve_options(top["model"], MODEL_OPTIONS, "model")
+    if model["input_shape"] is None and data.get("target_size"):
+        channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[data["color_mode"]]
+        model["input_shape"] = [*data["target_size"], channels]
+    _check_folder_shape(data, model["input_shape"])
     if model["input_shape"] is None:
         if source.input_shape is None:
             raise SpecError(
@@ -283,33 +331,67 @@ def validate(raw: Any, default_name: str = "run") -> Spec:
 
     loss = _named_section(top.get("loss", "categorical_crossentropy"), LOSSES, "loss")
     optimizer = _named_section(top.get("optimizer", "adam"), OPTIMIZERS, "optimizer")
-    metrics = Option("list_of_str", choices=METRICS).check(
-        top.get("metrics", ["accuracy"]), "metrics"
-    )
+    metrics = parse_metrics(top.get("metrics", ["accuracy"]), "metrics")
     train = resolve_options(top.get("train"), TRAIN_OPTIONS, "train")
 
-    spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, layers=layers)
+    OPTIMIZERS[optimizer["name"]].check_options(optimizer)
+    notes: list[str] = []
+    columns = [metric_column(n, o) for n, o in metric_entries(metrics)]
+    has_validation = data["validation"] != "none"
+    schedule = _schedule_section(top.get("schedule"), columns, has_validation, notes)
+    callbacks = _callbacks_section(top.get("callbacks"), columns, has_validation, notes)
+
+    spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, file=file, layers=layers)
+    spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes
     check_head(spec)
     return spec
 
 
-def _check_source_options(data: dict[str, Any], source) -> None:
-    """Options that only make sense for some sources, and class subsets within range."""
-    if source.num_classes is None and data["num_classes"] is None:
+def _check_folder_shape(data: dict[str, Any], input_shape: list[int] | None) -> None:
+    """Images are resized to target_size in color_mode: both must agree with input_shape."""
+    if "color_mode" not in data or input_shape is None:
+        return
+    channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[data["color_mode"]]
+    if input_shape[2] != channels:
+        raise SpecError(
+            f"color_mode {data['color_mode']} gives {channels} channel(s) but model.input_shape "
+            f"has {input_shape[2]}",
+            where="data.color_mode",
+            hint=f"Use input_shape: [{input_shape[0]}, {input_shape[1]}, {channels}] or change "
+            "color_mode (grayscale 1, rgb 3, rgba 4).",
+        )
+    if data["target_size"] and list(data["target_size"]) != list(input_shape[:2]):
+        raise SpecError(
+            f"target_size {data['target_size']} differs from model.input_shape {input_shape[:2]}",
+            where="data.target_size",
+            hint="Images are resized to target_size; make it the model's [height, width].",
+        )
+
+
+def _check_source_options(data: dict[str, Any], given: Any, source) -> None:
+    """Options that only make sense for some sources, and class subsets within range.
+
+    Options of other sources are refused when given and left out of the resolved spec, so
+    config.yaml shows only what applies."""
+    for key in SOURCE_SPECIFIC:
+        if key in source.options:
+            continue
+        if key in given:
+            owners = [n for n, s in SOURCES.items() if key in s.options]
+            raise SpecError(
+                f"{key} is an option of the {' and '.join(owners)} source, not of {data['source']}",
+                where=f"data.{key}",
+            )
+        del data[key]
+    if "num_classes" in source.options and data["num_classes"] is None:
         raise SpecError(
             f"the {data['source']} source needs num_classes",
             where="data",
             hint="Add num_classes: 10 (any count of at least 1).",
         )
-    if source.num_classes is not None and data["num_classes"] is not None:
-        raise SpecError(
-            f"num_classes is set by the {data['source']} data itself ({source.num_classes})",
-            where="data.num_classes",
-            hint="Remove num_classes, or use classes: [..] to train on a subset of them.",
-        )
-    available = source.num_classes or data["num_classes"]
+    available = source.num_classes or data.get("num_classes")
     for i, c in enumerate(data["classes"] or []):
-        if c >= available:
+        if available is not None and c >= available:
             raise SpecError(
                 f"class {c} does not exist: {data['source']} has classes 0 to {available - 1}",
                 where=f"data.classes[{i}]",
@@ -369,9 +451,59 @@ def _named_section(value: Any, table: dict, path: str) -> dict[str, Any]:
     return {"name": name, **options}
 
 
+def _schedule_section(
+    value: Any, columns: list[str], has_validation: bool, notes: list[str]
+) -> dict[str, Any] | None:
+    """`schedule: name` or `schedule: {name: ..., options}` (cnnkit.schedules); null: none."""
+    if value is None:
+        return None
+    section = _named_section(value, SCHEDULES, "schedule")
+    SCHEDULES[section["name"]].check_section(section, columns, has_validation, notes)
+    return section
+
+
+def _callbacks_section(
+    value: Any, columns: list[str], has_validation: bool, notes: list[str]
+) -> dict[str, Any]:
+    """`callbacks: {early_stopping: {...}, checkpoint: {...}}` (cnnkit.callbacks).
+
+    checkpoint is always there (it picks best.npz); early_stopping only when written (an
+    empty `early_stopping:` means Keras' defaults; `early_stopping: false` means off)."""
+    given = require_mapping(value, "callbacks", "a mapping of callbacks (early_stopping:, ...)")
+    for key in given:
+        if key not in CALLBACK_SECTIONS:
+            raise SpecError(
+                f"unknown callback '{key}'",
+                where=join_path("callbacks", str(key)),
+                hint=f"{did_you_mean(key, list(CALLBACK_SECTIONS))}"
+                f"Valid: {', '.join(CALLBACK_SECTIONS)}.",
+            )
+    resolved: dict[str, Any] = {}
+    for key, options in CALLBACK_SECTIONS.items():
+        if key != "checkpoint" and (key not in given or given[key] is False):
+            continue
+        path = join_path("callbacks", key)
+        section = resolve_options(given.get(key), options, path, what=f"{key} option")
+        section["monitor"] = resolve_monitor(
+            section["monitor"],
+            DEFAULT_MONITORS[key],
+            section["mode"],
+            join_path(path, "monitor"),
+            columns,
+            has_validation,
+            notes,
+        )
+        resolved[key] = section
+    return resolved
+
+
 def check_head(spec: Spec) -> None:
-    """The last layer must fit the loss and the dataset's class count."""
+    """The last layer must fit the loss (its activation and units) and the dataset's class
+    count; the chosen metrics must fit the task (auc: two classes)."""
     last = spec.layers[-1]
+    loss_name = spec.loss["name"]
+    loss_cls = LOSSES[loss_name]
+    num_classes = spec.num_classes
     if last.output_shape is None or len(last.output_shape) != 1:
         raise SpecError(
             f"the model ends in {last.keras_name} with output shape {last.output_shape}; "
@@ -380,15 +512,37 @@ def check_head(spec: Spec) -> None:
             hint=f"End with - Dense: {{units: {spec.num_classes}, activation: softmax}}.",
         )
     units = last.output_shape[0]
-    if units != spec.num_classes:
+    activation = last.options.get("activation") or "linear"
+    from_logits = spec.loss.get("from_logits", False)
+    if loss_cls.binary:
+        if units != 1 or (activation != "sigmoid" and not from_logits):
+            raise SpecError(
+                f"{loss_name} needs one sigmoid unit, the last layer {last.where} has {units} "
+                f"unit{'s' if units != 1 else ''} with {activation}",
+                where=last.where,
+                hint="End with - Dense: {units: 1, activation: sigmoid}, or use "
+                "categorical_crossentropy with one softmax unit per class.",
+            )
+        if num_classes is not None and num_classes != 2:
+            raise SpecError(
+                f"{loss_name} is for two classes, but {spec.data['source']} has "
+                f"{num_classes} classes",
+                where="loss",
+                hint="Keep two classes with data.classes: [3, 8], or use "
+                f"categorical_crossentropy with {num_classes} softmax units.",
+            )
+    elif num_classes is not None and units != num_classes:
+        binary_hint = (
+            " (one sigmoid unit needs loss: binary_crossentropy)"
+            if units == 1 and num_classes == 2
+            else ""
+        )
         raise SpecError(
             f"the last layer has {units} outputs but {spec.data['source']} has "
-            f"{spec.num_classes} classes",
+            f"{num_classes} classes",
             where=last.where,
-            hint=f"Use units: {spec.num_classes} in the last Dense layer.",
+            hint=f"Use units: {num_classes} in the last Dense layer{binary_hint}.",
         )
-    activation = last.options.get("activation", "linear")
-    from_logits = spec.loss.get("from_logits", False)
     if from_logits and activation != "linear":
         raise SpecError(
             f"loss {spec.loss['name']} has from_logits: true but the last layer applies "
@@ -396,13 +550,16 @@ def check_head(spec: Spec) -> None:
             where="loss.from_logits",
             hint="Use activation: linear on the last layer, or drop from_logits.",
         )
-    if not from_logits and activation != "softmax":
+    if not from_logits and activation not in loss_cls.accepted_heads:
+        heads = " or ".join(loss_cls.accepted_heads)
+        logits_hint = " (or set loss.from_logits: true)" if "from_logits" in spec.loss else ""
         raise SpecError(
-            f"{spec.loss['name']} expects probabilities, but the last layer's activation is "
+            f"{loss_name} needs a {heads} last layer, but the last layer's activation is "
             f"{activation}",
             where=last.where,
-            hint="Add activation: softmax to the last layer (or set loss.from_logits: true).",
+            hint=f"Add activation: {loss_cls.accepted_heads[0]} to the last layer{logits_hint}.",
         )
+    check_metrics(spec.metrics, head_classes(spec))
 
 
 # -- error locations ---------------------------------------------------------------------

@@ -72,15 +72,25 @@ def print_error(error: CnnkitError) -> None:
     error_console.print(Panel(body, title="cnnkit: error", title_align="left", border_style="red"))
 
 
+def format_metrics(values: dict[str, Any]) -> str:
+    """`loss 0.1234  accuracy 0.9876  ...` in the order given; NaN (auc with one class) as nan."""
+    return "  ".join(f"{name} {value:.4f}" for name, value in values.items())
+
+
+# row keys that are not metrics: shown separately (or not at all) at the end of an epoch
+_NOT_METRICS = ("epoch", "images_per_s", "seconds", "lr")
+
+
 class RichReporter:
-    """Progress bar per epoch (step, loss, accuracy, images/s, ETA) and one line per epoch."""
+    """Progress bar per epoch (step, loss and the chosen metrics, images/s, ETA) and one line per
+    epoch with train and validation metrics (auc appears there: it needs the whole epoch)."""
 
     def __init__(self):
         self.progress = Progress(
             TextColumn("[bold]Epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+            TextColumn("{task.fields[stats]}"),
             TextColumn("{task.fields[ips]:,.0f} img/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -102,16 +112,22 @@ class RichReporter:
             self.progress.remove_task(self.task)
         self.epochs = epochs
         self.task = self.progress.add_task(
-            "train", total=steps, epoch=f"{epoch}/{epochs}", loss=0.0, acc=0.0, ips=0.0
+            "train", total=steps, epoch=f"{epoch}/{epochs}", stats="", ips=0.0
         )
 
-    def step(self, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
-        self.progress.update(self.task, completed=step, loss=loss, acc=accuracy, ips=images_per_s)
+    def step(self, step: int, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
+        stats = format_metrics({"loss": loss, **metrics})
+        self.progress.update(self.task, completed=step, stats=stats, ips=images_per_s)
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        parts = [f"loss {row['loss']:.4f}", f"accuracy {row['accuracy']:.4f}"]
-        if "val_loss" in row:
-            parts += [f"val_loss {row['val_loss']:.4f}", f"val_accuracy {row['val_accuracy']:.4f}"]
+        values = {
+            k: v
+            for k, v in row.items()
+            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        train = {k: v for k, v in values.items() if not k.startswith("val_")}
+        val = {k: v for k, v in values.items() if k.startswith("val_")}
+        parts = [format_metrics(train)] + ([format_metrics(val)] if val else [])
         parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
         self.progress.console.print(
             f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + "  ".join(parts), soft_wrap=True
@@ -128,6 +144,11 @@ def evaluation_tables(result: dict[str, Any]) -> list[Any]:
     head.add_row("samples", f"{result['samples']:,}")
     head.add_row("loss", f"{result['loss']:.4f}")
     head.add_row("accuracy", f"{result['accuracy']:.4f}")
+    labels = {"precision": "precision (macro)", "recall": "recall (macro)", "f1": "f1 (macro)"}
+    for name, value in result.get("metrics", {}).items():
+        if name != "accuracy":
+            text = "n/a (one class only)" if value is None else f"{value:.4f}"
+            head.add_row(labels.get(name, name), text)
 
     report = Table(title="Per class", box=box.SIMPLE_HEAVY, title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):

@@ -20,8 +20,9 @@ class SummaryRow:
     name: str  # Keras-style instance name: conv2d, conv2d_1, dense, dense_1 ...
     type: str
     output_shape: str
-    params: int
+    params: int  # all of the layer's parameters, as Keras' "Param #": trainable + non-trainable
     macs: int
+    non_trainable: int = 0  # of params: BatchNormalization's moving statistics
 
 
 class Sequential:
@@ -43,7 +44,8 @@ class Sequential:
         # from_logits); either way it hands logits to the loss and the model applies the head.
         model.head_activation = LOSSES[spec.loss["name"]].head_activation
         last = layers[-1]
-        if isinstance(last, ActivationMixin):
+        # only a layer whose `activation` option check_head saw (not e.g. LeakyReLU)
+        if isinstance(last, ActivationMixin) and "activation" in last.options:
             last.returns_logits = True
         return model
 
@@ -59,6 +61,7 @@ class Sequential:
         return self
 
     def named_params(self) -> dict[str, np.ndarray]:
+        """Trainable arrays (what the optimizer updates), keys layers.{i}.{param}."""
         return {
             f"layers.{layer.index}.{name}": array
             for layer in self.layers
@@ -72,12 +75,35 @@ class Sequential:
             for name, array in layer.grads.items()
         }
 
-    def load_params(self, arrays: dict[str, np.ndarray], source: str) -> None:
-        """Copy checkpoint arrays into the layers, checking every key and shape."""
-        expected = {
-            f"layers.{layer.index}.{name}": (layer, name, shape)
+    def named_state(self) -> dict[str, np.ndarray]:
+        """Non-trainable arrays (moving_mean, moving_variance), keys layers.{i}.{name}."""
+        return {
+            f"layers.{layer.index}.{name}": array
             for layer in self.layers
-            for name, shape in layer.param_shapes().items()
+            for name, array in layer.state.items()
+        }
+
+    def named_weights(self) -> dict[str, np.ndarray]:
+        """Trainable parameters and state: everything a checkpoint must hold. The arrays are
+        the layers' own (updated in place by the optimizer and by BatchNormalization)."""
+        return {**self.named_params(), **self.named_state()}
+
+    def regularization_loss(self) -> float:
+        """Sum of every layer's weight penalties (kernel_regularizer, ...): the training loop
+        adds it to the data loss; backward already adds the penalties' gradients."""
+        return float(sum(layer.regularization_loss() for layer in self.layers))
+
+    def load_params(self, arrays: dict[str, np.ndarray], source: str) -> None:
+        """Copy checkpoint arrays (named_weights: parameters and state) into the layers,
+        checking every key and shape."""
+        expected = {
+            f"layers.{layer.index}.{name}": (layer, store, name, shape)
+            for layer in self.layers
+            for store, shapes in (
+                (layer.params, layer.param_shapes()),
+                (layer.state, layer.state_shapes()),
+            )
+            for name, shape in shapes.items()
         }
         missing = sorted(set(expected) - set(arrays))
         extra = sorted(set(arrays) - set(expected))
@@ -89,7 +115,7 @@ class Sequential:
                 + (f"unexpected {', '.join(extra)}" if extra else ""),
                 where=source,
             )
-        for key, (layer, name, shape) in expected.items():
+        for key, (layer, store, name, shape) in expected.items():
             array = arrays[key]
             if tuple(array.shape) != tuple(shape):
                 raise CheckpointError(
@@ -97,8 +123,10 @@ class Sequential:
                     f"{tuple(array.shape)} in the checkpoint, the model needs {tuple(shape)}",
                     where=source,
                 )
-            dtype = layer.params[name].dtype if name in layer.params else np.float32
-            layer.params[name] = np.array(array, dtype=dtype)
+            dtype = store[name].dtype if name in store else np.float32
+            store[name] = np.array(array, dtype=dtype)
+
+    load_weights = load_params
 
     # -- computation ---------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -123,13 +151,16 @@ class Sequential:
         for layer in self.layers:
             n = counts.get(layer.type_name, 0)
             counts[layer.type_name] = n + 1
+            trainable = sum(int(np.prod(s)) for s in layer.param_shapes().values())
+            non_trainable = sum(int(np.prod(s)) for s in layer.state_shapes().values())
             rows.append(
                 SummaryRow(
                     name=layer.type_name if n == 0 else f"{layer.type_name}_{n}",
                     type=layer.keras_name,
                     output_shape=format_shape(layer.output_shape),
-                    params=sum(int(np.prod(s)) for s in layer.param_shapes().values()),
+                    params=trainable + non_trainable,
                     macs=layer.macs(),
+                    non_trainable=non_trainable,
                 )
             )
         return rows

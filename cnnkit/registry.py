@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from cnnkit.layers import ALL_LAYERS
 from cnnkit.layers.base import Layer
-from cnnkit.losses import CategoricalCrossentropy, Loss, SparseCategoricalCrossentropy
-from cnnkit.optimizers import SGD, Adam, Optimizer
+from cnnkit.losses import ALL_LOSSES, LOSS_ALIASES, Loss
+from cnnkit.optimizers import ALL_OPTIMIZERS, Optimizer
 
 
 def _fold(name: str) -> str:
@@ -21,10 +21,9 @@ for _cls in ALL_LAYERS:
     for _name in (_cls.keras_name, _cls.type_name, *_cls.aliases):
         _LAYER_LOOKUP[_fold(_name)] = _cls
 
-LOSSES: dict[str, type[Loss]] = {
-    cls.name: cls for cls in (CategoricalCrossentropy, SparseCategoricalCrossentropy)
-}
-OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (Adam, SGD)}
+LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in ALL_LOSSES}
+LOSSES.update({alias: LOSSES[name] for alias, name in LOSS_ALIASES.items()})
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in ALL_OPTIMIZERS}
 
 
 def canonical_layer(name: str) -> type[Layer] | None:

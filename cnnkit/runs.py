@@ -5,7 +5,8 @@
       summary.txt            the model summary table
       metrics.csv            one row per epoch
       checkpoints/last.npz   + last.json   (after every epoch)
-      checkpoints/best.npz   + best.json   (best val_accuracy so far)
+      checkpoints/last.optimizer.npz       (the optimizer's moments; its scalars in last.json)
+      checkpoints/best.npz   + best.json   (best epoch by callbacks.checkpoint.monitor)
       evaluation.json        written by `cnnkit evaluate`
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
@@ -20,6 +21,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,14 @@ from cnnkit.config import Spec, load_spec
 from cnnkit.errors import CheckpointError
 
 METRICS_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
+
+
+def metrics_columns(metric_names: Sequence[str] = ("accuracy",)) -> tuple[str, ...]:
+    """metrics.csv columns for the chosen metrics (MetricSet.names): the fixed columns, with
+    every metric other than accuracy and its val_ twin after val_accuracy, in spec order."""
+    extra = [c for name in metric_names if name != "accuracy" for c in (name, f"val_{name}")]
+    cut = METRICS_COLUMNS.index("val_accuracy") + 1
+    return (*METRICS_COLUMNS[:cut], *extra, *METRICS_COLUMNS[cut:])
 
 
 def create_run_dir(out_root: Path, name: str) -> Path:
@@ -75,12 +85,14 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics_csv(
+    path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = METRICS_COLUMNS
+) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in METRICS_COLUMNS})
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -95,18 +107,55 @@ def _csv_value(value: Any) -> Any:
 # -- checkpoints -------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, params: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write `<path>.npz` then its `<path>.json` sidecar, each atomically."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **params)
-    atomic_write_bytes(path.with_suffix(".npz"), buffer.getvalue())
+def save_checkpoint(
+    path: Path,
+    params: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    optimizer_state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+) -> None:
+    """Write `<path>.npz`, then (given Optimizer.state_dict()) `<path>.optimizer.npz`, then the
+    `<path>.json` sidecar, each atomically; the sidecar comes last, so it never describes
+    arrays that are not on disk yet. The optimizer's scalars (iterations, learning rate,
+    schedule state) go in the sidecar's "optimizer" entry."""
+    _write_npz(path.with_suffix(".npz"), params)
     sidecar = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "cnnkit_version": __version__,
         **meta,
         "arrays": {k: list(v.shape) for k, v in params.items()},
     }
+    if optimizer_state is not None:
+        arrays, optimizer_meta = optimizer_state
+        state_file = path.with_suffix(".optimizer.npz")
+        _write_npz(state_file, arrays)
+        sidecar["optimizer"] = {**optimizer_meta, "state_file": state_file.name}
     write_json(path.with_suffix(".json"), sidecar)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_optimizer_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What save_checkpoint stored for the optimizer beside `path` (e.g. checkpoints/last),
+    ready for Optimizer.load_state_dict; never unpickles."""
+    sidecar = path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text()).get("optimizer")
+    except (OSError, json.JSONDecodeError) as exc:
+        message = f"unreadable checkpoint metadata: {exc}"
+        raise CheckpointError(message, where=str(sidecar)) from None
+    if not meta:
+        raise CheckpointError("this checkpoint has no optimizer state", where=str(sidecar))
+    state_file = path.parent / meta.get("state_file", path.with_suffix(".optimizer.npz").name)
+    try:
+        with np.load(state_file, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"unreadable optimizer state: {exc}", where=str(state_file)) from None
+    return arrays, meta
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = ("init", "dropout", "shuffle")
+STREAMS = ("init", "dropout", "shuffle", "split")  # append only: indices pick the streams
 
 
 def random_stream(seed: int, name: str) -> np.random.Generator:

@@ -4,6 +4,7 @@ evaluate, predict and summarize its run directory; bad input exits 2 without a t
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -242,7 +243,9 @@ def test_corrupt_mnist_file_is_caught_by_md5(workdir: Path, tmp_path: Path):
     for f in (ROOT / "datasets" / "mnist").iterdir():
         (mnist / f.name).write_bytes(f.read_bytes())
     labels = mnist / "t10k-labels-idx1-ubyte.gz"
-    labels.write_bytes(labels.read_bytes()[:-10] + b"0123456789")
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10  # one wrong label in a well-formed file: only md5 can tell
+    labels.write_bytes(gzip.compress(bytes(raw)))
     (workdir / "corrupt.yaml").write_text(
         TINY.format(mnist=mnist).replace("name: tiny", "name: corrupt")
     )

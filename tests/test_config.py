@@ -56,6 +56,11 @@ def test_basic_spec_resolves_keras_defaults():
         "beta_1": 0.9,
         "beta_2": 0.999,
         "epsilon": 1e-7,
+        "amsgrad": False,
+        "weight_decay": None,
+        "clipnorm": None,
+        "clipvalue": None,
+        "global_clipnorm": None,
     }
 
 

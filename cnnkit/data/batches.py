@@ -23,32 +23,40 @@ class Split:
 class Splits:
     train: Split
     validation: Split | None
-    test: Split
+    test: Split | None  # None when the data has no test split (an image folder without test/)
     class_names: list[str]
 
 
 def make_splits(dataset: Dataset, data: dict) -> Splits:
     """Apply classes, max_*_samples and the validation choice of the spec's data section.
 
-    validation_split takes the *last* fraction of the training set, before shuffling, as
-    Keras' fit(validation_split=...) does.
+    A validation split that comes with the data (an image folder's val/, or its stratified
+    validation_split) is used as it is. Otherwise validation_split takes the *last* fraction of
+    the training set, before shuffling, as Keras' fit(validation_split=...) does, and
+    validation: test uses the test split.
     """
+
+    def prepare(x, y, limit):
+        if x is None:
+            return None
+        split = Split(x, y)
+        if data.get("classes"):
+            split = _select(split, data["classes"])
+        return Split(split.x[:limit], split.y[:limit]) if limit else split
+
     class_names = dataset.class_names
-    train = Split(dataset.x_train, dataset.y_train)
-    test = Split(dataset.x_test, dataset.y_test)
     if data.get("classes"):
-        train, test = _select(train, data["classes"]), _select(test, data["classes"])
         class_names = [dataset.class_names[c] for c in data["classes"]]
-    n_train = data.get("max_train_samples") or len(train)
-    n_test = data.get("max_test_samples") or len(test)
-    train = Split(train.x[:n_train], train.y[:n_train])
-    test = Split(test.x[:n_test], test.y[:n_test])
-    validation = None
-    if data.get("validation_split"):
+    train = prepare(dataset.x_train, dataset.y_train, data.get("max_train_samples"))
+    test = prepare(dataset.x_test, dataset.y_test, data.get("max_test_samples"))
+    validation = prepare(dataset.x_val, dataset.y_val, None)
+    if data.get("validation") == "none":
+        validation = None
+    elif validation is None and data.get("validation_split"):
         n_val = max(1, int(round(len(train) * data["validation_split"])))
         validation = Split(train.x[-n_val:], train.y[-n_val:])
         train = Split(train.x[:-n_val], train.y[:-n_val])
-    elif data.get("validation") == "test":
+    elif validation is None and data.get("validation") == "test":
         validation = test
     return Splits(train, validation, test, class_names)
 

@@ -65,7 +65,7 @@ def prepare_image(
     try:
         with Image.open(path) as img:
             img.load()
-            image = _flatten_alpha(img)
+            image = flatten_alpha(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(
             f"cannot read as an image ({exc.__class__.__name__}: {exc})",
@@ -88,7 +88,7 @@ def prepare_image(
     return PreparedImage(array.reshape(height, width, channels).astype(np.uint8), inverted)
 
 
-def _flatten_alpha(img: Image.Image) -> Image.Image:
+def flatten_alpha(img: Image.Image) -> Image.Image:
     """Transparent pixels become white, as they look in a viewer."""
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnnkit.data.idx import md5sum, read_idx
+from cnnkit.data.arrays import (
+    CIFAR10_CLASSES,
+    extract_cifar10,
+    find_cifar10_dir,
+    npz_class_names,
+    read_cifar10,
+    read_npz,
+)
+from cnnkit.data.download import fetch
+from cnnkit.data.folder import (
+    DecodedSplit,
+    decode_split,
+    folder_classes,
+    scan_folder,
+    stratified_split,
+)
+from cnnkit.data.idx import read_idx
 from cnnkit.errors import DataError
+from cnnkit.seeding import random_stream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,9 +36,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class Dataset:
     x_train: np.ndarray  # uint8 (N, H, W, C)
     y_train: np.ndarray  # int64 class indices
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: np.ndarray | None  # None: the source has no test split
+    y_test: np.ndarray | None
     class_names: list[str]
+    # A validation split that comes with the data (an image folder's val/, or its stratified
+    # validation_split); None lets make_splits use data.validation.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable files skipped on request
+    notes: list[str] = field(default_factory=list)  # things the user should know (ignored files)
 
 
 def resolve_data_dir(path: str, spec_dir: Path | None) -> Path:
@@ -36,56 +59,92 @@ def resolve_data_dir(path: str, spec_dir: Path | None) -> Path:
     return Path.cwd() / candidate
 
 
-# MNIST, as shipped in datasets/mnist: file -> accepted md5s of the .gz (the train images are
-# recompressed in this repository; the original file's md5 is accepted too).
+# md5 of each file's decompressed content (see read_idx). MNIST ships in datasets/mnist.
 MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": (
-        "e3fc4e8c62dc6b44129a6c5dc73f271c",
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    ),
-    "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432",),
-    "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3",),
-    "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c",),
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
 }
+FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+# upstream .gz files (the download path): md5 of the compressed file, as published
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_GZ_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
-def _checked_idx(directory: Path, name: str, md5s: tuple[str, ...], source: str) -> np.ndarray:
-    path = directory / name
-    if not path.is_file():
-        raise DataError(
-            f"{source} file not found: {path}",
-            where=str(directory),
-            hint=f"{source} needs these files in {directory}: {', '.join(MNIST_FILES)}. "
-            "A fresh clone of cnnkit ships them in datasets/mnist/; set data.path to "
-            "the folder that holds them.",
-        )
-    actual = md5sum(path)
-    if actual not in md5s:
-        raise DataError(
-            f"checksum mismatch: md5 {actual}, expected {md5s[0]}",
-            where=str(path),
-            hint="The file is corrupt or not the original; copy it again from a fresh clone.",
-        )
-    return read_idx(path)
-
-
-def load_mnist(options: dict[str, Any], spec_dir: Path | None, input_shape: tuple) -> Dataset:
-    directory = resolve_data_dir(options.get("path") or "datasets/mnist", spec_dir)
-    arrays = [_checked_idx(directory, n, m, "MNIST") for n, m in MNIST_FILES.items()]
+def _idx_dataset(directory: Path, files: dict[str, str], class_names: list[str]) -> Dataset:
+    arrays = []
+    for name, md5 in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise DataError(
+                f"file not found: {path}",
+                where=str(directory),
+                hint=f"This folder must hold {', '.join(files)}; set data.path to the folder "
+                "that holds them.",
+            )
+        arrays.append(read_idx(path, (md5,)))
     x_train, y_train, x_test, y_test = arrays
     return Dataset(
         x_train=x_train[..., None],
         y_train=y_train.astype(np.int64),
         x_test=x_test[..., None],
         y_test=y_test.astype(np.int64),
-        class_names=[str(i) for i in range(10)],
+        class_names=class_names,
     )
 
 
-def load_synthetic(options: dict[str, Any], spec_dir: Path | None, input_shape: tuple) -> Dataset:
+def spec_dir(spec: Any) -> Path | None:
+    return spec.file.parent if spec.file else None
+
+
+def load_mnist(spec: Any) -> Dataset:
+    directory = resolve_data_dir(spec.data["path"], spec_dir(spec))
+    return _idx_dataset(directory, MNIST_FILES, [str(i) for i in range(10)])
+
+
+def load_fashion_mnist(spec: Any) -> Dataset:
+    """data.path if given; else Debian's dataset-fashion-mnist; else datasets/fashion_mnist,
+    downloading (checksummed) into it when a file is missing."""
+    if spec.data["path"]:
+        directory = resolve_data_dir(spec.data["path"], spec_dir(spec))
+    elif all((FASHION_DEBIAN / name).is_file() for name in FASHION_FILES):
+        directory = FASHION_DEBIAN
+    else:
+        directory = PROJECT_ROOT / "datasets" / "fashion_mnist"
+        for name, md5 in FASHION_GZ_MD5.items():
+            fetch(FASHION_URL + name, directory / name, md5, f"Fashion-MNIST {name}")
+    return _idx_dataset(directory, FASHION_FILES, FASHION_CLASSES)
+
+
+def load_synthetic(spec: Any) -> Dataset:
     """Seeded random images and labels of any shape and class count: for summaries of models
     with no dataset at hand (AlexNet) and for benchmarks. Nothing is learnable here."""
-    rng = np.random.default_rng(options.get("synthetic_seed", 0))
+    options, input_shape = spec.data, tuple(spec.model["input_shape"])
+    rng = np.random.default_rng(spec.seed)
     n_train = options.get("max_train_samples") or SYNTHETIC_TRAIN
     n_test = options.get("max_test_samples") or SYNTHETIC_TEST
     k = options["num_classes"]
@@ -98,6 +157,94 @@ def load_synthetic(options: dict[str, Any], spec_dir: Path | None, input_shape: 
     )
 
 
+def load_folder(spec: Any) -> Dataset:
+    """An image folder (Keras flow_from_directory layout), decoded once and cached."""
+    data = spec.data
+    root = resolve_data_dir(data["path"], spec_dir(spec))
+    scan = scan_folder(root)
+    size = tuple(data["target_size"] or spec.model["input_shape"][:2])
+    skipped: list[str] = []
+
+    def decode(split: str) -> DecodedSplit | None:
+        if split not in scan.splits:
+            return None
+        return decode_split(
+            scan.splits[split],
+            size,
+            data["color_mode"],
+            data["interpolation"],
+            data["skip_bad_images"],
+            skipped,
+        )
+
+    train, val, test = decode("train") or decode("all"), decode("val"), decode("test")
+    if "all" in scan.splits and data["validation_split"]:
+        # one folder of classes: a stratified, seeded validation set, the same every run
+        rng = random_stream(spec.seed, "split")
+        keep, hold = stratified_split(train.y, data["validation_split"], rng)
+        val = DecodedSplit(train.x[hold], train.y[hold])
+        train = DecodedSplit(train.x[keep], train.y[keep])
+    notes = []
+    if scan.ignored:
+        notes.append(f"{scan.ignored} hidden or non-image files ignored in {root}")
+    return Dataset(
+        x_train=train.x,
+        y_train=train.y,
+        x_test=test.x if test else None,
+        y_test=test.y if test else None,
+        class_names=scan.classes,
+        x_val=val.x if val else None,
+        y_val=val.y if val else None,
+        skipped=skipped,
+        notes=notes,
+    )
+
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+
+
+def load_cifar10(spec: Any) -> Dataset:
+    """The binary version: data.path if given; else datasets/cifar10 in the checkout,
+    downloading and extracting the checksummed archive there when it is missing."""
+    if spec.data["path"]:
+        root = resolve_data_dir(spec.data["path"], spec_dir(spec))
+    else:
+        root = PROJECT_ROOT / "datasets" / "cifar10"
+        if find_cifar10_dir(root) is None:
+            archive = fetch(CIFAR10_URL, root / "cifar-10-binary.tar.gz", CIFAR10_MD5, "CIFAR-10")
+            extract_cifar10(archive, root)
+    directory = find_cifar10_dir(root) or root
+    x_train, y_train, x_test, y_test = read_cifar10(directory)
+    return Dataset(x_train, y_train, x_test, y_test, list(CIFAR10_CLASSES))
+
+
+def load_npz(spec: Any) -> Dataset:
+    path = resolve_data_file(spec.data["path"], spec_dir(spec))
+    arrays = read_npz(path)
+    shape = tuple(arrays["x"].shape[1:])
+    if shape != tuple(spec.model["input_shape"]):
+        raise DataError(
+            f"the images are {list(shape)}, model.input_shape is {spec.model['input_shape']}",
+            where=str(path),
+            hint=f"Use input_shape: {list(shape)}.",
+        )
+    return Dataset(
+        arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], arrays["class_names"]
+    )
+
+
+def resolve_data_file(path: str, spec_dir: Path | None) -> Path:
+    """Like resolve_data_dir, for a file."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    for base in (Path.cwd(), spec_dir, PROJECT_ROOT):
+        if base is not None and (base / candidate).is_file():
+            return base / candidate
+    return Path.cwd() / candidate
+
+
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256  # images made when max_*_samples is not set
 
 
@@ -105,7 +252,7 @@ SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256  # images made when max_*_samples is
 class SourceInfo:
     """What the spec checker needs to know without loading a single file."""
 
-    load: Callable[[dict[str, Any], Path | None, tuple], Dataset]
+    load: Callable[[Any], Dataset]  # (resolved Spec) -> Dataset
     input_shape: tuple[int, int, int] | None  # None: any shape, taken from model.input_shape
     num_classes: int | None  # None: set by data.num_classes
     default_path: str | None
@@ -115,11 +262,36 @@ class SourceInfo:
     # True when the training images are digits centred by mass in a 20x20 box (MNIST's own
     # preprocessing): predict crops and centres a user's drawing the same way.
     centre_digits: bool = False
+    needs_path: bool = False  # data.path is required (an image folder, an npz file)
+    # data options that only this source understands (others reject them)
+    options: tuple[str, ...] = ()
+    # (resolved data section, spec folder) -> class names, cheaply (no decoding); None when
+    # the data is not there yet (the error then comes when training loads it)
+    list_classes: Callable[[dict[str, Any], Path | None], list[str] | None] | None = None
 
 
 SOURCES: dict[str, SourceInfo] = {
     "mnist": SourceInfo(
         load_mnist, (28, 28, 1), 10, "datasets/mnist", background="dark", centre_digits=True
     ),
-    "synthetic": SourceInfo(load_synthetic, None, None, None),
+    "fashion_mnist": SourceInfo(load_fashion_mnist, (28, 28, 1), 10, None),
+    "cifar10": SourceInfo(load_cifar10, (32, 32, 3), 10, None),
+    "npz": SourceInfo(
+        load_npz,
+        None,
+        None,
+        None,
+        needs_path=True,
+        list_classes=lambda data, where: npz_class_names(resolve_data_file(data["path"], where)),
+    ),
+    "synthetic": SourceInfo(load_synthetic, None, None, None, options=("num_classes",)),
+    "folder": SourceInfo(
+        load_folder,
+        None,
+        None,
+        None,
+        needs_path=True,
+        options=("target_size", "color_mode", "class_mode", "interpolation", "skip_bad_images"),
+        list_classes=lambda data, where: folder_classes(resolve_data_dir(data["path"], where)),
+    ),
 }

@@ -13,8 +13,9 @@ import numpy as np
 
 from cnnkit.activations import ACTIVATIONS
 from cnnkit.errors import SpecError
-from cnnkit.initializers import INITIALIZERS, initialize
+from cnnkit.initializers import check_initializer, initialize
 from cnnkit.options import Option
+from cnnkit.regularizers import check_regularizer, penalty, penalty_grad
 
 Shape = tuple[int, ...]  # one sample's shape, without the batch axis
 
@@ -24,6 +25,8 @@ class Layer:
     keras_name: ClassVar[str] = "Layer"  # Keras spelling, accepted in specs too
     aliases: ClassVar[tuple[str, ...]] = ()
     OPTIONS: ClassVar[dict[str, Option]] = {}
+    # parameter name -> the option holding its regularizer (kernel -> kernel_regularizer)
+    REGULARIZED: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: dict[str, Any], index: int, where: str = ""):
         self.options = options
@@ -31,6 +34,8 @@ class Layer:
         self.where = where  # YAML path, for error messages
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        # non-trainable arrays a checkpoint must hold (BatchNormalization's moving statistics)
+        self.state: dict[str, np.ndarray] = {}
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
         # False for the first layer: nobody needs dLoss/dImage, and for Conv2D skipping it
@@ -49,6 +54,10 @@ class Layer:
 
     def param_shapes(self) -> dict[str, Shape]:
         """Trainable parameter shapes, known once infer_shape has run."""
+        return {}
+
+    def state_shapes(self) -> dict[str, Shape]:
+        """Non-trainable array shapes (counted as Keras' non-trainable params)."""
         return {}
 
     def macs(self) -> int:
@@ -77,6 +86,23 @@ class Layer:
     def get_config(self) -> dict[str, Any]:
         return dict(self.options)
 
+    # -- weight penalties ---------------------------------------------------------------
+    def regularization_loss(self) -> float:
+        """Sum of this layer's weight penalties (added to the loss by the training loop)."""
+        return sum(
+            penalty(self.options.get(option), self.params[name])
+            for name, option in self.REGULARIZED.items()
+            if name in self.params
+        )
+
+    def add_regularization_grads(self) -> None:
+        """Add each penalty's gradient to self.grads; backward calls it last."""
+        for name, option in self.REGULARIZED.items():
+            if name in self.params and name in self.grads:
+                grad = penalty_grad(self.options.get(option), self.params[name])
+                if grad is not None:
+                    self.grads[name] = self.grads[name] + grad
+
 
 class ActivationMixin:
     """The `activation` option of Conv2D and Dense, with a switch for the fused output head.
@@ -91,18 +117,23 @@ class ActivationMixin:
     def _activation_name(self) -> str:
         return self.options.get("activation") or "linear"
 
+    def _activation_kwargs(self) -> dict[str, Any]:
+        """Options of a parameterised activation (LeakyReLU's negative_slope)."""
+        return {}
+
     def activate(self, z: np.ndarray) -> np.ndarray:
         self._z = z
         if self.returns_logits:
             self._a = z
             return z
-        self._a = ACTIVATIONS[self._activation_name()][0](z)
+        self._a = ACTIVATIONS[self._activation_name()][0](z, **self._activation_kwargs())
         return self._a
 
     def activate_backward(self, dy: np.ndarray) -> np.ndarray:
         if self.returns_logits:
             return dy
-        return ACTIVATIONS[self._activation_name()][1](self._z, self._a, dy)
+        backward = ACTIVATIONS[self._activation_name()][1]
+        return backward(self._z, self._a, dy, **self._activation_kwargs())
 
 
 class KernelBiasMixin:
@@ -112,8 +143,14 @@ class KernelBiasMixin:
     WEIGHT_OPTIONS: ClassVar[dict[str, Option]] = {
         "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
         "use_bias": Option("bool", default=True),
-        "kernel_initializer": Option("str", default="glorot_uniform", choices=INITIALIZERS),
-        "bias_initializer": Option("str", default="zeros", choices=INITIALIZERS),
+        "kernel_initializer": Option(check_initializer, default="glorot_uniform"),
+        "bias_initializer": Option(check_initializer, default="zeros"),
+        "kernel_regularizer": Option(check_regularizer, default=None),
+        "bias_regularizer": Option(check_regularizer, default=None),
+    }
+    REGULARIZED: ClassVar[dict[str, str]] = {
+        "kernel": "kernel_regularizer",
+        "bias": "bias_regularizer",
     }
 
     def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:

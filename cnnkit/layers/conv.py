@@ -81,6 +81,7 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
         self.grads["kernel"] = dw_out
         if "bias" in self.params:
             self.grads["bias"] = db_out
+        self.add_regularization_grads()
         if not self.needs_input_grad:
             return None
         dx = np.empty_like(x)

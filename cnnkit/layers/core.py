@@ -45,6 +45,7 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
         self.grads["kernel"] = self._x.T @ dz
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0)
+        self.add_regularization_grads()
         return dz @ self.params["kernel"].T
 
 
@@ -88,12 +89,59 @@ class Dropout(Layer):
         return dy if self._mask is None else dy * self._mask
 
 
+class SpatialDropout2D(Dropout):
+    """Dropout of whole channels: one keep/drop draw per (sample, channel), as Keras'
+    noise_shape (N, 1, 1, C); kept channels are scaled by 1/(1-rate). Training only."""
+
+    type_name = "spatial_dropout2d"
+    keras_name = "SpatialDropout2D"
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise self.shape_error(
+                "needs an image-shaped input (height, width, channels)",
+                hint="Use Dropout after Flatten; SpatialDropout2D drops channels of images.",
+            )
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        rate = self.options["rate"]
+        if not training or rate == 0.0:
+            self._mask = None
+            return x
+        keep = self.rng.random((x.shape[0], 1, 1, x.shape[3]), dtype=np.float32) >= rate
+        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
+        return x * self._mask
+
+
 class Activation(ActivationMixin, Layer):
     type_name = "activation"
     keras_name = "Activation"
     OPTIONS = {
         "activation": Option("str", choices=tuple(ACTIVATIONS), doc="e.g. relu"),
     }
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        return self.activate(x)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.activate_backward(dy)
+
+
+class LeakyReLU(ActivationMixin, Layer):
+    """Keras 3 LeakyReLU layer: x for x > 0, negative_slope * x otherwise. Its default slope
+    is 0.3 (the `activation: leaky_relu` function's is 0.2, as in Keras)."""
+
+    type_name = "leaky_re_lu"  # Keras' automatic layer name
+    keras_name = "LeakyReLU"
+    aliases = ("leaky_relu",)
+    OPTIONS = {"negative_slope": Option("float", default=0.3, minimum=0.0)}
+
+    def _activation_name(self) -> str:
+        return "leaky_relu"
+
+    def _activation_kwargs(self) -> dict:
+        return {"negative_slope": self.options["negative_slope"]}
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         return self.activate(x)

@@ -85,3 +85,51 @@ class AveragePooling2D(_Pooling2D):
             np.ascontiguousarray(dy), ph, pw, sh, sw, self.pad_top, self.pad_left, dx
         )
         return dx
+
+
+class _GlobalPooling2D(Layer):
+    """Pool each channel over the whole image: (H, W, C) -> (C,), or (1, 1, C) with keepdims."""
+
+    OPTIONS = {"keepdims": Option("bool", default=False)}
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise self.shape_error("needs an image-shaped input (height, width, channels)")
+        c = input_shape[2]
+        return (1, 1, c) if self.options["keepdims"] else (c,)
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    type_name = "global_average_pooling2d"
+    keras_name = "GlobalAveragePooling2D"
+    aliases = ("GlobalAvgPool2D", "global_avg_pool2d")
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self._x_shape = x.shape
+        return x.mean(axis=(1, 2), keepdims=self.options["keepdims"])
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        n, h, w, c = self._x_shape
+        share = dy.reshape(n, 1, 1, c) * dy.dtype.type(1.0 / (h * w))
+        return np.ascontiguousarray(np.broadcast_to(share, self._x_shape))
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    """The gradient goes to the first maximum of each channel (row-major), as max pooling."""
+
+    type_name = "global_max_pooling2d"
+    keras_name = "GlobalMaxPooling2D"
+    aliases = ("GlobalMaxPool2D", "global_max_pool2d")
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        n, h, w, c = x.shape
+        self._x_shape = x.shape
+        self._argmax = x.reshape(n, h * w, c).argmax(axis=1)  # (n, c): first maximum
+        out = np.take_along_axis(x.reshape(n, h * w, c), self._argmax[:, None, :], axis=1)
+        return out.reshape(n, 1, 1, c) if self.options["keepdims"] else out.reshape(n, c)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        n, h, w, c = self._x_shape
+        dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+        np.put_along_axis(dx, self._argmax[:, None, :], dy.reshape(n, 1, c), axis=1)
+        return dx.reshape(self._x_shape)

@@ -182,7 +182,7 @@ def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = N
         "loss": result.loss,
         "accuracy": result.accuracy,
         # the spec's metrics (macro precision/recall/f1; exact ROC auc, null if one class only)
-        "metrics": {k: (None if np.isnan(v) else v) for k, v in result.metrics.items()},
+        "metrics": result.metrics,
         "class_names": splits.class_names,
         "per_class": per_class_report(matrix, splits.class_names),
         "confusion_matrix": matrix.tolist(),

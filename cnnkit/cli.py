@@ -14,6 +14,7 @@ import typer
 from cnnkit import api, display
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError
+from cnnkit.runs import json_safe
 
 app = typer.Typer(
     help="Train, evaluate and use convolutional networks on the CPU from one YAML spec.",
@@ -62,10 +63,11 @@ def train(
             on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
             on_note=lambda text: display.console.print(f"[yellow]Note:[/yellow] {text}"),
         )
-    best = max(result.history, key=lambda r: r.get("val_accuracy", r["accuracy"]))
-    metric = "val_accuracy" if "val_accuracy" in best else "accuracy"
+    monitor = parsed.callbacks["checkpoint"]["monitor"]  # what chose best.npz
+    best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
     display.console.print(
-        f"Done. Best {metric} {best[metric]:.4f} at epoch {best['epoch']}.\n"
+        f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
+        "(checkpoints/best.npz).\n"
         f"Run directory: [bold]{result.run_dir}[/bold]\n"
         f"Next: cnnkit evaluate {result.run_dir}"
     )
@@ -80,7 +82,7 @@ def evaluate(
     """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix."""
     report = api.evaluate(run, checkpoint)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(json_safe(report), indent=2))
         return
     for table in display.evaluation_tables(report):
         display.console.print(table)

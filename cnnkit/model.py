@@ -6,12 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnkit.activations import ACTIVATIONS
 from cnnkit.config import Spec, build_layers
 from cnnkit.errors import CheckpointError
 from cnnkit.layers.base import ActivationMixin, Layer, format_shape
 from cnnkit.layers.core import Dropout
-from cnnkit.registry import LOSSES
 from cnnkit.seeding import random_stream
 
 
@@ -29,9 +27,6 @@ class Sequential:
     def __init__(self, layers: list[Layer], input_shape: tuple[int, ...]):
         self.layers = layers
         self.input_shape = tuple(input_shape)
-        # The last layer's activation is applied by the model, not the layer, when the loss
-        # works on logits (softmax + cross-entropy fused for stability).
-        self.head_activation = "linear"
 
     @classmethod
     def from_spec(cls, spec: Spec) -> Sequential:
@@ -40,9 +35,9 @@ class Sequential:
         layers = build_layers(raw["layers"], tuple(raw["input_shape"]))
         model = cls(layers, raw["input_shape"])
         layers[0].needs_input_grad = False
-        # check_head guaranteed the last layer ends in the loss's activation (or is linear with
-        # from_logits); either way it hands logits to the loss and the model applies the head.
-        model.head_activation = LOSSES[spec.loss["name"]].head_activation
+        # check_head guaranteed the last layer ends in an activation its loss accepts (or is
+        # linear with from_logits); the layer hands logits on and the loss applies the head
+        # (Loss.class_probabilities), fused with itself for numerical stability.
         last = layers[-1]
         # only a layer whose `activation` option check_head saw (not e.g. LeakyReLU)
         if isinstance(last, ActivationMixin) and "activation" in last.options:
@@ -139,10 +134,6 @@ class Sequential:
         grad = dlogits
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        logits = self.forward(x, training=False)
-        return ACTIVATIONS[self.head_activation][0](logits)
 
     # -- description ---------------------------------------------------------------------
     def summary_rows(self) -> list[SummaryRow]:

@@ -74,7 +74,7 @@ def evaluate_split(
         metrics.update(logits, yb)
         probs.append(loss_fn.class_probabilities(logits))
     n = max(len(split), 1)
-    total_loss += regularization_loss(model) * n  # Keras' evaluate reports penalties too
+    total_loss += model.regularization_loss() * n  # Keras' evaluate reports penalties too
     values = metrics.result() if metrics is not None else {"accuracy": 0.0}
     return EvalResult(
         total_loss / n,
@@ -148,7 +148,7 @@ def fit(
 
         is_best = best_checkpoint.on_epoch_end(epoch, row)
         stop = early_stopping is not None and early_stopping.on_epoch_end(
-            epoch, row, lambda: model_weights(model)
+            epoch, row, lambda: model.named_weights()
         )
         lr_message = schedule.on_epoch_end(epoch, row, optimizer) if schedule else None
 
@@ -160,10 +160,10 @@ def fit(
         }
         checkpoints = run_dir / "checkpoints"
         if is_best:
-            save_checkpoint(checkpoints / "best", model_weights(model), {**meta, "kind": "best"})
+            save_checkpoint(checkpoints / "best", model.named_weights(), {**meta, "kind": "best"})
         restored = None
         if early_stopping is not None and (stop or epoch == epochs):
-            restored = early_stopping.restore(model_weights(model))
+            restored = early_stopping.restore(model.named_weights())
         last_meta = {
             **meta,
             "kind": "last",
@@ -174,7 +174,7 @@ def fit(
             },
         }
         save_checkpoint(
-            checkpoints / "last", model_weights(model), last_meta, optimizer.state_dict()
+            checkpoints / "last", model.named_weights(), last_meta, optimizer.state_dict()
         )
         reporter.epoch_end(row)
         if lr_message:
@@ -214,7 +214,7 @@ def _train_epoch(
         loss, dlogits = loss_fn(logits, yb)
         model.backward(dlogits)
         optimizer.step(params, model.named_grads())
-        loss += regularization_loss(model)  # as Keras reports it: data loss + penalties
+        loss += model.regularization_loss()  # as Keras reports it: data loss + penalties
         loss_sum += loss * len(yb)
         train_metrics.update(logits, yb)
         seen += len(yb)
@@ -225,16 +225,3 @@ def _train_epoch(
         **train_metrics.result(),
         "images_per_s": seen / max(time.perf_counter() - start, 1e-9),
     }
-
-
-def regularization_loss(model: Sequential) -> float:
-    """The model's weight penalties (kernel_regularizer ...), 0 for models without any."""
-    method = getattr(model, "regularization_loss", None)
-    return float(method()) if method is not None else 0.0
-
-
-def model_weights(model: Sequential) -> dict[str, np.ndarray]:
-    """What a checkpoint holds: trainable params plus non-trainable state (BatchNormalization's
-    moving statistics) when the model reports them."""
-    method = getattr(model, "named_weights", None)
-    return method() if method is not None else model.named_params()

@@ -640,12 +640,12 @@ def test_checkpoint_round_trip_of_named_weights(tmp_path):
 
     other = Sequential.from_spec(spec).build(99)  # different weights until loaded
     x = rng.random((5, 6, 6, 2), dtype=np.float32)
-    assert not np.allclose(other.predict_proba(x), model.predict_proba(x))
+    assert not np.allclose(other.forward(x), model.forward(x))
     other.load_params(arrays, str(path))
     for key, array in model.named_weights().items():
         np.testing.assert_array_equal(other.named_weights()[key], array)
         assert other.named_weights()[key].dtype == np.float32
-    np.testing.assert_array_equal(other.predict_proba(x), model.predict_proba(x))
+    np.testing.assert_array_equal(other.forward(x), model.forward(x))
 
     bad = dict(arrays, **{"layers.1.moving_variance": np.ones(4, np.float32)})
     with pytest.raises(CheckpointError) as err:

@@ -8,6 +8,7 @@ import numpy as np
 
 from cnnkit.errors import SpecError
 from cnnkit.initializers import check_initializer, initialize
+from cnnkit.kernels.batchnorm import backward_input, backward_sums, batch_moments, normalize
 from cnnkit.layers.base import Layer, Shape
 from cnnkit.options import Option
 from cnnkit.regularizers import check_regularizer
@@ -72,45 +73,60 @@ class BatchNormalization(Layer):
         for name, shape in self.state_shapes().items():
             self.state[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
 
+    def _affine(self, c: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        gamma = self.params.get("gamma")
+        beta = self.params.get("beta")
+        return (
+            gamma if gamma is not None else np.ones(c, dtype),
+            beta if beta is not None else np.zeros(c, dtype),
+        )
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        axes = tuple(range(x.ndim - 1))
+        # every axis but the last is a "row": (N, H, W, C) -> (N*H*W, C), a view
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         t = x.dtype.type
-        eps = t(self.options["epsilon"])
         if training:
-            mean = x.mean(axis=axes)
-            centered = x - mean
-            var = np.square(centered).mean(axis=axes)  # biased, as Keras' ops.moments
-            m = t(self.options["momentum"])
+            mean, var = batch_moments(x2)  # float64, biased variance as Keras' ops.moments
+            m = self.options["momentum"]
             # in place: a dict captured from named_weights() sees the new values
-            self.state["moving_mean"] *= m
-            self.state["moving_mean"] += (t(1) - m) * mean
-            self.state["moving_variance"] *= m
-            self.state["moving_variance"] += (t(1) - m) * var
+            self.state["moving_mean"] *= t(m)
+            self.state["moving_mean"] += (t(1) - t(m)) * mean.astype(x.dtype)
+            self.state["moving_variance"] *= t(m)
+            self.state["moving_variance"] += (t(1) - t(m)) * var.astype(x.dtype)
         else:
-            centered = x - self.state["moving_mean"]
-            var = self.state["moving_variance"]
-        self._inv = t(1) / np.sqrt(var + eps)
-        self._xhat = centered * self._inv
-        self._training = training
-        y = self._xhat * self.params["gamma"] if "gamma" in self.params else self._xhat.copy()
-        if "beta" in self.params:
-            y += self.params["beta"]
-        return y
+            mean = self.state["moving_mean"].astype(np.float64)
+            var = self.state["moving_variance"].astype(np.float64)
+        inv = (1.0 / np.sqrt(var + self.options["epsilon"])).astype(x.dtype)
+        gamma, beta = self._affine(x.shape[-1], x.dtype)
+        xhat = np.empty_like(x2)
+        y = np.empty_like(x2)
+        normalize(x2, mean.astype(x.dtype), inv, gamma, beta, xhat, y)
+        self._inv, self._xhat, self._training = inv, xhat, training
+        return y.reshape(x.shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        axes = tuple(range(dy.ndim - 1))
-        xhat = self._xhat
+        dy2 = np.ascontiguousarray(dy).reshape(-1, dy.shape[-1])
+        sum_dy, sum_dy_xhat = backward_sums(dy2, self._xhat)
         if "beta" in self.params:
-            self.grads["beta"] = dy.sum(axis=axes)
+            self.grads["beta"] = sum_dy.astype(dy.dtype)
         if "gamma" in self.params:
-            self.grads["gamma"] = (dy * xhat).sum(axis=axes)
-            g = dy * self.params["gamma"]
-        else:
-            g = dy
+            self.grads["gamma"] = sum_dy_xhat.astype(dy.dtype)
         self.add_regularization_grads()
         if not self.needs_input_grad:
             return None
+        gamma, _ = self._affine(dy.shape[-1], dy.dtype)
+        scale = gamma * self._inv
         if not self._training:  # moving statistics are constants
-            return g * self._inv
-        # batch statistics depend on x: d xhat/dx projected out of mean and xhat directions
-        return self._inv * (g - g.mean(axis=axes) - xhat * (g * xhat).mean(axis=axes))
+            return (dy2 * scale).reshape(dy.shape)
+        # batch statistics depend on x: d xhat/dx projected out of the mean and xhat directions
+        rows = dy2.shape[0]
+        dx = np.empty_like(dy2)
+        backward_input(
+            dy2,
+            self._xhat,
+            scale,
+            (sum_dy / rows).astype(dy.dtype),
+            (sum_dy_xhat / rows).astype(dy.dtype),
+            dx,
+        )
+        return dx.reshape(dy.shape)

@@ -69,8 +69,20 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _files_under(folder: Path) -> list[Path]:
+    """Every file below folder, sorted; os.walk lists names without a stat call per file,
+    several times faster than Path.rglob + is_file on a 10,000-file folder."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        found.extend(Path(dirpath) / name for name in filenames)
+    return sorted(found)
+
+
 def scan_folder(root: Path) -> FolderScan:
-    """List classes and image files; raise DataError naming the folder when the layout is off."""
+    """List classes and image files; raise DataError naming the folder when the layout is off.
+
+    The root is resolved once, so the files' paths (the cache key) are absolute."""
     if not root.is_dir():
         raise DataError(
             "image folder not found",
@@ -78,6 +90,7 @@ def scan_folder(root: Path) -> FolderScan:
             hint="data.path must hold one sub-folder per class, or train/ (val/, test/) "
             "folders that each hold one sub-folder per class.",
         )
+    root = root.resolve()
     split_dirs = _split_dirs(root)
     if not split_dirs:
         split_dirs = {"all": root}
@@ -111,9 +124,7 @@ def scan_folder(root: Path) -> FolderScan:
         for index, name in enumerate(classes):
             class_dir = folder / name
             count = 0
-            for path in sorted(class_dir.rglob("*")):
-                if not path.is_file():
-                    continue
+            for path in _files_under(class_dir):
                 hidden = any(p.startswith(".") for p in path.relative_to(class_dir).parts)
                 if hidden or path.suffix.lower() not in IMAGE_SUFFIXES:
                     ignored += 1
@@ -155,7 +166,7 @@ def _cache_key(files: list[tuple[Path, int]], options: dict) -> str:
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for path, label in files:
         stat = path.stat()
-        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
     return digest.hexdigest()[:32]
 
 

@@ -5,14 +5,16 @@ Errors a user can cause surface as CnnkitError; the CLI turns them into exit cod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnkit.config import Spec, load_spec
-from cnnkit.data.batches import Split, make_splits, scale
+from cnnkit.data.augment import Preprocessor
+from cnnkit.data.batches import Split, make_splits
 from cnnkit.data.images import collect_images, prepare_image
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
@@ -83,6 +85,7 @@ def train(
     configure_threads()
     dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
     splits = make_splits(dataset, spec.data)
+    preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
     model = Sequential.from_spec(spec).build(spec.seed)
     if spec.model.get("weights"):
         load_initial_weights(model, spec)
@@ -102,11 +105,20 @@ def train(
     for note in notes if on_note else ():
         on_note(note)
     atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
+    preprocessor.save(run_dir)  # normalization.json: featurewise statistics, if any
     info = summarize(spec)
     table = summary_table(info.title, info.rows, info.totals)
     atomic_write_text(run_dir / "summary.txt", render_text(table))
     history = fit(
-        model, loss_fn, optimizer, splits, spec, run_dir, reporter or SilentReporter(), on_note
+        model,
+        loss_fn,
+        optimizer,
+        splits,
+        spec,
+        run_dir,
+        reporter or SilentReporter(),
+        on_note,
+        preprocessor,
     )
     return TrainResult(run_dir, history)
 
@@ -171,7 +183,8 @@ def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = N
         )
     batch_size = batch_size or spec.train["eval_batch_size"]
     metric_set = MetricSet.from_spec(spec)
-    result = evaluate_split(model, loss_fn, test, spec.data["rescale"], batch_size, metric_set)
+    preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
+    result = evaluate_split(model, loss_fn, test, preprocessor, batch_size, metric_set)
     matrix = metric_set.confusion  # the predictions the metrics counted (one sigmoid: p > 0.5)
     report = {
         "run": str(run_dir),
@@ -206,7 +219,7 @@ def predict(
     prepared = [
         prepare_image(f, shape, source.background, source.centre_digits, invert) for f in files
     ]
-    x = scale(np.stack([p.array for p in prepared]), spec.data["rescale"])
+    x = Preprocessor.from_spec(spec, run_dir=Path(run_dir))(np.stack([p.array for p in prepared]))
     # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     probs = loss_fn.class_probabilities(model.forward(x, training=False))
@@ -223,3 +236,41 @@ def predict(
             }
         )
     return results
+
+
+@dataclass
+class AugmentPreview:
+    path: Path
+    images: int  # originals shown (columns)
+    versions: int  # augmented rows under them
+    augments: bool  # False: the spec's augmentation section changes nothing
+
+
+def augment_preview(
+    spec: Spec, n: int = 20, out: Path = Path("augment.png"), versions: int = 4
+) -> AugmentPreview:
+    """A PNG grid of n training images (first row) and `versions` augmented rows, without
+    training. Only the first n training images are kept (data.max_train_samples)."""
+    from PIL import Image
+
+    from cnnkit.data.augment import Augmenter, augments, preview_grid
+    from cnnkit.runs import atomic_write_bytes
+    from cnnkit.seeding import random_stream
+
+    limit = min(n, spec.data.get("max_train_samples") or n)
+    data = {**spec.data, "max_train_samples": limit, "validation": "none"}
+    spec = replace(spec, data=data)  # the synthetic source then makes only n images
+    train = make_splits(load_dataset(spec), data).train
+    x = train.x[:limit]
+    grid = preview_grid(
+        x, Augmenter(spec.augmentation), random_stream(spec.seed, "augment"), versions
+    )
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(grid.shape[2])
+    if mode is None:
+        raise DataError(f"cannot show {grid.shape[2]}-channel images", where=str(out))
+    image = Image.fromarray(grid[..., 0] if mode == "L" else grid, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    out = Path(out)
+    atomic_write_bytes(out, buffer.getvalue())
+    return AugmentPreview(out, len(x), versions, augments(spec.augmentation))

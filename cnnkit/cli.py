@@ -121,7 +121,32 @@ def summary(
     display.console.print(display.summary_table(info.title, info.rows, info.totals))
 
 
-data_app = typer.Typer(help="Data tools: make example datasets.", no_args_is_help=True)
+@app.command()
+def augment(
+    spec: Annotated[Path, typer.Argument(help="YAML spec with an augmentation: section.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Training images to show.")] = 20,
+    versions: Annotated[
+        int, typer.Option(min=1, help="Rows of augmented versions under the originals.")
+    ] = 4,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment.png"),
+) -> None:
+    """Preview the spec's augmentation: a PNG grid of training images (first row) and
+    augmented versions of them (rows below), without training."""
+    preview = api.augment_preview(load_spec(spec), n=n, out=out, versions=versions)
+    if not preview.augments:
+        display.console.print(
+            "[yellow]Note:[/yellow] the spec's augmentation section changes no image: "
+            "every row shows the originals."
+        )
+    display.console.print(
+        f"Wrote [bold]{preview.path}[/bold]: {preview.images} training images (first row) "
+        f"and {preview.versions} augmented versions of each."
+    )
+
+
+data_app = typer.Typer(
+    help="Data tools: make example datasets, check a dataset.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -145,6 +170,32 @@ def make_shapes(
         f"Wrote {', '.join(f'{n:,} {split}' for split, n in counts.items())} images "
         f"({size}×{size} RGB) to [bold]{folder}[/bold]"
     )
+
+
+@data_app.command("check")
+def data_check(
+    target: Annotated[
+        Path, typer.Argument(metavar="SPEC_OR_FOLDER", help="Image folder or YAML spec.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Data-quality report without training: class counts and imbalance, unreadable files,
+    mixed sizes and modes, duplicates within and across splits, differing class folders.
+
+    Exit code 0 when clean, 1 when there are findings.
+    """
+    from cnnkit.data.check import check
+
+    if as_json:
+        report = check(target)
+        print(json.dumps(report, indent=2))
+    else:
+        with display.console.status(f"Checking {target} ..."):
+            report = check(target)
+        for renderable in display.data_check_renderables(report):
+            display.console.print(renderable)
+    if report["findings"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from cnnkit.callbacks import CALLBACK_SECTIONS, DEFAULT_MONITORS, resolve_monitor
+from cnnkit.data.augment import resolve_augmentation
 from cnnkit.data.sources import SOURCES
 from cnnkit.errors import SpecError
 from cnnkit.layers.base import Layer
@@ -98,7 +99,7 @@ def _class_subset(value: Any, path: str) -> list[int] | None:
 
 
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
-TOP_LEVEL += ("schedule", "callbacks")
+TOP_LEVEL += ("schedule", "callbacks", "augmentation")
 
 DATA_OPTIONS = {
     "source": Option("str", choices=tuple(SOURCES), doc="e.g. mnist"),
@@ -164,6 +165,8 @@ class Spec:
     layers: list[Layer] = field(default_factory=list, repr=False)
     schedule: dict[str, Any] | None = None  # cnnkit.schedules; None: constant learning rate
     callbacks: dict[str, Any] = field(default_factory=dict)  # cnnkit.callbacks sections
+    # cnnkit.data.augment: ImageDataGenerator's options, every default filled in
+    augmentation: dict[str, Any] = field(default_factory=resolve_augmentation)
     notes: list[str] = field(default_factory=list, repr=False)  # shown when training starts
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +184,7 @@ class Spec:
             "train": copy.deepcopy(self.train),
             "schedule": copy.deepcopy(self.schedule),
             "callbacks": copy.deepcopy(self.callbacks),
+            "augmentation": copy.deepcopy(self.augmentation),
         }
 
     def to_yaml(self) -> str:
@@ -343,6 +347,7 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
 
     spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, file=file, layers=layers)
     spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes
+    spec.augmentation = resolve_augmentation(top.get("augmentation"))
     check_head(spec)
     return spec
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from typing import Any
 
 from rich import box
@@ -206,3 +207,112 @@ def predictions_table(predictions: list[dict[str, Any]]) -> Table:
         note = "  (inverted)" if p.get("inverted") else ""
         table.add_row(p["image"] + note, top[0]["class"], f"{top[0]['probability']:.4f}", rest)
     return table
+
+
+_SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
+_LISTED = 50  # rows shown for a long list of files (--json lists every one)
+
+
+def data_check_renderables(report: dict[str, Any]) -> list[Any]:
+    """`cnnkit data check`: class counts, one table per finding, then a clean / summary line."""
+    where = escape(str(report.get("path") or report["input"]))
+    out: list[Any] = [
+        f"Checked [bold]{report['images']:,}[/bold] images of [bold]{where}[/bold] "
+        f"({report['source']}) in {report['seconds']:.1f}s"
+    ]
+    splits = report["splits"]
+    counts = Table(title="Class counts", box=box.SIMPLE_HEAVY, title_justify="left")
+    counts.add_column("class")
+    for split in splits:
+        counts.add_column(split, justify="right")
+    for name in report["classes"]:
+        cells = []
+        for split in splits:
+            n = splits[split]["counts"].get(name)
+            cells.append("[dim]-" if n is None else f"[red]{n:,}" if n == 0 else f"{n:,}")
+        counts.add_row(escape(name), *cells)
+    counts.add_row("[italic]total", *(f"{s['images']:,}" for s in splits.values()))
+    out.append(counts)
+    if report.get("file_checks"):
+        sizes = ", ".join(f"{s['width']}×{s['height']} ({s['count']:,})" for s in report["sizes"])
+        modes = ", ".join(f"{m['mode']} ({m['count']:,})" for m in report["modes"])
+        out.append(f"Sizes (width×height): {sizes or '-'}\nModes: {modes or '-'}")
+    else:
+        out.append(
+            "[dim]Arrays: file-level checks (unreadable files, sizes, modes, ignored files) "
+            "do not apply.[/dim]"
+        )
+    for finding in report["findings"]:
+        out.extend(_finding_renderables(finding))
+    findings = report["findings"]
+    if not findings:
+        out.append("[bold green]✓ Clean: no findings.[/bold green]")
+    else:
+        tally = Counter(f["severity"] for f in findings)
+        colour = "red" if tally["error"] else "yellow"
+        parts = [f"{tally[s]} {s}{'s' * (tally[s] != 1)}" for s in _SEVERITY_STYLE if tally[s]]
+        out.append(
+            f"[bold {colour}]✗ {len(findings)} finding{'s' * (len(findings) != 1)}: "
+            f"{', '.join(parts)}.[/bold {colour}]"
+        )
+    return out
+
+
+def _finding_renderables(finding: dict[str, Any]) -> list[Any]:
+    style = _SEVERITY_STYLE[finding["severity"]]
+    title = f"[{style}]{finding['severity']}[/{style}] {escape(finding['message'])}"
+    kind = finding["kind"]
+
+    def table(*columns: str) -> Table:
+        t = Table(box=box.SIMPLE)
+        for column in columns:
+            t.add_column(column)
+        return t
+
+    if kind == "class_folders":
+        t = table("split", "missing", "extra")
+        for d in finding["splits"]:
+            t.add_row(d["split"], escape(", ".join(d["missing"])), escape(", ".join(d["extra"])))
+    elif kind == "imbalance":
+        t = table("split", "largest class", "smallest class", "ratio")
+        for d in finding["splits"]:
+            t.add_row(
+                d["split"],
+                f"{escape(d['largest'])} ({d['largest_count']:,})",
+                f"{escape(d['smallest'])} ({d['smallest_count']:,})",
+                f"{d['ratio']:g}×",
+            )
+    elif kind == "unreadable":
+        t = table("file", "error")
+        for d in finding["files"][:_LISTED]:
+            t.add_row(escape(d["file"]), escape(d["error"]))
+        if len(finding["files"]) > _LISTED:
+            t.caption = f"first {_LISTED} of {len(finding['files']):,} (--json lists all)"
+    elif kind in ("mixed_sizes", "mixed_modes"):
+        t = table("size" if kind == "mixed_sizes" else "mode (channels)", "images", "examples")
+        for d in finding["sizes" if kind == "mixed_sizes" else "modes"]:
+            value = (
+                f"{d['width']}×{d['height']}"
+                if kind == "mixed_sizes"
+                else f"{d['mode']} ({d['channels']})"
+            )
+            t.add_row(value, f"{d['count']:,}", escape(", ".join(d["examples"])))
+    elif kind in ("leakage", "duplicates"):
+        t = table("image", "class", "identical to", "class")
+        for d in finding["pairs"]:
+            other = escape(d["b_class"])
+            other = other if d["b_class"] == d["a_class"] else f"[red]{other}"
+            t.add_row(escape(d["a"]), escape(d["a_class"]), escape(d["b"]), other)
+        if finding["count"] > len(finding["pairs"]):
+            t.caption = f"first {len(finding['pairs'])} of {finding['count']:,} pairs"
+    elif kind == "empty_classes":
+        t = table("split", "class")
+        for d in finding["empty"]:
+            t.add_row(d["split"], escape(d["class"]))
+    elif kind == "ignored" and finding["examples"]:
+        t = table("e.g.")
+        for name in finding["examples"]:
+            t.add_row(escape(name))
+    else:
+        return [title]
+    return [title, t]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = ("init", "dropout", "shuffle", "split")  # append only: indices pick the streams
+# append only: indices pick the streams
+STREAMS = ("init", "dropout", "shuffle", "split", "augment")
 
 
 def random_stream(seed: int, name: str) -> np.random.Generator:

@@ -12,7 +12,8 @@ import numpy as np
 
 from cnnkit.callbacks import make_callbacks
 from cnnkit.config import Spec
-from cnnkit.data.batches import Split, Splits, batches
+from cnnkit.data.augment import Preprocessor
+from cnnkit.data.batches import Split, Splits, batches, prefetch
 from cnnkit.losses import Loss
 from cnnkit.metrics import MetricSet
 from cnnkit.model import Sequential
@@ -56,12 +57,12 @@ def evaluate_split(
     model: Sequential,
     loss_fn: Loss,
     split: Split,
-    rescale: float,
+    rescale: float | Callable[[np.ndarray], np.ndarray],
     batch_size: int,
     metrics: MetricSet | None = None,
 ) -> EvalResult:
     """Loss, metrics (accuracy only unless a MetricSet is given) and class probabilities of a
-    whole split, in inference mode."""
+    whole split, in inference mode. rescale: a factor or a Preprocessor (never augments)."""
     total_loss, probs = 0.0, []
     if metrics is not None:
         metrics.reset()
@@ -94,13 +95,16 @@ def fit(
     run_dir: Path,
     reporter: Reporter,
     on_note: Callable[[str], None] | None = None,
+    preprocessor: Preprocessor | None = None,
 ) -> list[dict[str, Any]]:
     """Train for spec.train.epochs, or until early stopping.
 
     After every epoch: metrics.csv (lr: the learning rate of the epoch's last step), best.npz
     when the checkpoint monitor improves, then last.npz with the optimizer state beside it.
     Epoch-end order: best checkpoint, early stopping, schedule (an lr it lowers applies from
-    the next epoch); restore_best_weights acts when training ends, before the last save."""
+    the next epoch); restore_best_weights acts when training ends, before the last save.
+    preprocessor: what turns uint8 batches into model inputs (augmentation for training
+    batches only); None: made from the spec, featurewise statistics from splits.train."""
     note = on_note or (lambda text: None)
     epochs = spec.train["epochs"]
     steps = -(-len(splits.train) // spec.train["batch_size"])
@@ -110,6 +114,9 @@ def fit(
     for text in spec.notes:
         note(text)
     shuffle_rng = random_stream(spec.seed, "shuffle")
+    augment_rng = random_stream(spec.seed, "augment")
+    if preprocessor is None:
+        preprocessor = Preprocessor.from_spec(spec, splits.train)
     params = model.named_params()  # arrays updated in place by the optimizer
     train_metrics, val_metrics = MetricSet.from_spec(spec), MetricSet.from_spec(spec)
     history: list[dict[str, Any]] = []
@@ -128,6 +135,7 @@ def fit(
             shuffle_rng,
             train_metrics,
             reporter,
+            preprocessor.training(augment_rng),
         )
         row = {"epoch": epoch, **row}
         if splits.validation is not None:
@@ -135,7 +143,7 @@ def fit(
                 model,
                 loss_fn,
                 splits.validation,
-                spec.data["rescale"],
+                preprocessor,  # normalised, never augmented
                 spec.train["eval_batch_size"],
                 val_metrics,
             )
@@ -201,14 +209,19 @@ def _train_epoch(
     shuffle_rng: np.random.Generator,
     train_metrics: MetricSet,
     reporter: Reporter,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """One pass over the training split: loss (regularization included) and metrics."""
+    """One pass over the training split: loss (regularization included) and metrics.
+
+    prepare: uint8 batch -> model input (augmentation, rescale, normalisation); default: the
+    spec's rescale only. Batches are prepared one ahead in a background thread (prefetch)."""
     start = time.perf_counter()
     loss_sum, seen = 0.0, 0
     train_metrics.reset()
     rng = shuffle_rng if spec.train["shuffle"] else None
+    prepare = prepare or spec.data["rescale"]
     for step, (xb, yb) in enumerate(
-        batches(split, spec.train["batch_size"], spec.data["rescale"], rng)
+        prefetch(batches(split, spec.train["batch_size"], prepare, rng))
     ):
         logits = model.forward(xb, training=True)
         loss, dlogits = loss_fn(logits, yb)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,15 +79,65 @@ def scale(x: np.ndarray, rescale: float) -> np.ndarray:
 def batches(
     split: Split,
     batch_size: int,
-    rescale: float,
+    rescale: float | Callable[[np.ndarray], np.ndarray],
     rng: np.random.Generator | None = None,
     start: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x float32, y) batches; shuffled by rng when given. The last batch may be short."""
+    """Yield (x float32, y) batches; shuffled by rng when given. The last batch may be short.
+
+    rescale: a factor, or a function that turns a uint8 batch into the model's float32 input
+    (cnnkit.data.augment.Preprocessor: augmentation, rescale, normalisation)."""
+    prepare = rescale if callable(rescale) else lambda x: scale(x, rescale)
     order = rng.permutation(len(split)) if rng is not None else None
     for begin in range(start, len(split), batch_size):
         if order is None:
             idx = slice(begin, begin + batch_size)
         else:
             idx = np.sort(order[begin : begin + batch_size])  # sorted: faster gather
-        yield scale(split.x[idx], rescale), split.y[idx]
+        yield prepare(split.x[idx]), split.y[idx]
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Yield what `items` yields, produced by a background thread at most `depth` ahead.
+
+    The batches (gather, scale, augment: numpy and nogil Numba kernels) are prepared while
+    the previous batch trains. `items` runs entirely in that one thread, in order, so the
+    random streams it draws from are consumed exactly as by a plain loop: same batches. An
+    exception in the thread is raised here; closing this generator stops the thread."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((_DONE, error))
+
+    thread = threading.Thread(target=produce, name="cnnkit-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = results.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,445 @@
+"""`cnnkit data check`: a data-quality report, without training.
+
+For an image folder (the Keras layout, given directly or as a spec's `data.path`): class counts
+per split and imbalance, unreadable files, mixed image sizes and modes, exact duplicates by
+content hash (across splits: leakage; and within a split), class folders that differ between
+splits or hold no images, and hidden or non-image files that training ignores. Files are read
+once each: the bytes are hashed and Pillow reads only the header (and verifies the file), no
+pixels are decoded. Layout problems that stop training (differing class folders, an empty
+class) are findings here, not errors.
+
+For an array source (mnist, fashion_mnist, cifar10, npz) the arrays are loaded and the splits
+training would see (data.classes, max_*_samples and the validation choice applied) are checked
+for class counts, imbalance and duplicate images (each image's bytes hashed).
+
+The report is a plain JSON-ready dict; `findings` is empty when the data is clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cnnkit.data.folder import _class_dirs, _split_dirs
+from cnnkit.data.images import IMAGE_SUFFIXES
+from cnnkit.errors import DataError
+
+IMBALANCE_RATIO = 3.0  # largest / smallest class count above this is a finding
+PAIR_LIMIT = 20  # duplicate pairs listed (the count is always complete)
+EXAMPLE_LIMIT = 3  # example files named for each minority size / mode
+IGNORED_EXAMPLES = 5
+SPLIT_ORDER = ("train", "val", "test", "all")
+ARRAY_SOURCES = ("mnist", "fashion_mnist", "cifar10", "npz")
+# severity: error (training stops or skips files), warning (trains, but look), info
+SEVERITY = {
+    "layout": "error",
+    "class_folders": "error",
+    "empty_classes": "error",
+    "unreadable": "error",
+    "leakage": "warning",
+    "duplicates": "warning",
+    "imbalance": "warning",
+    "mixed_sizes": "warning",
+    "mixed_modes": "warning",
+    "ignored": "info",
+}
+
+
+@dataclass
+class FileInfo:
+    file: str  # relative to the checked folder, with / separators
+    split: str
+    cls: str
+    digest: bytes | None = None
+    size: tuple[int, int] | None = None  # (width, height); None: unreadable
+    mode: str | None = None
+    channels: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Report:
+    data: dict[str, Any] = field(default_factory=dict)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, kind: str, message: str, **details: Any) -> None:
+        self.findings.append(
+            {"kind": kind, "severity": SEVERITY[kind], "message": message, **details}
+        )
+
+
+def check(target: str | Path) -> dict[str, Any]:
+    """Check an image folder or a spec file's data; see the module docstring."""
+    started = time.perf_counter()
+    target = Path(target)
+    if target.is_dir():
+        report = check_folder(target)
+    elif target.is_file():
+        report = check_spec(target)
+    else:
+        raise DataError(
+            "no such file or folder",
+            where=str(target),
+            hint="Give an image folder (train/, val/, test/ with class sub-folders, or class "
+            "sub-folders directly) or a YAML spec.",
+        )
+    seconds = round(time.perf_counter() - started, 3)
+    return {"input": str(target), "source": report.pop("source"), **report, "seconds": seconds}
+
+
+def check_spec(path: Path) -> dict[str, Any]:
+    """A spec file: its image folder (source: folder) or its arrays."""
+    from cnnkit import api
+    from cnnkit.config import load_spec
+    from cnnkit.data.batches import make_splits
+    from cnnkit.data.sources import resolve_data_dir, spec_dir
+
+    spec = load_spec(path)
+    source = spec.data["source"]
+    if source == "folder":
+        report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)))
+    elif source in ARRAY_SOURCES:
+        splits = make_splits(api.load_dataset(spec), spec.data)
+        arrays = {"train": splits.train}
+        if splits.validation is not None and splits.validation is not splits.test:
+            arrays["val"] = splits.validation
+        if splits.test is not None:
+            arrays["test"] = splits.test
+        report = check_arrays({k: (s.x, s.y) for k, s in arrays.items()}, splits.class_names)
+        report["path"] = spec.data["path"]
+    else:
+        raise DataError(
+            f"the {source} source has no data to check",
+            where=str(path),
+            hint=f"data check reads image folders and the {', '.join(ARRAY_SOURCES)} sources.",
+        )
+    report["source"] = source
+    return report
+
+
+# -- image folders ---------------------------------------------------------------------------
+
+
+def _inspect(item: FileInfo, path: Path) -> FileInfo:
+    """Hash the bytes; read the header (size, mode) and verify the file without decoding."""
+    try:
+        raw = path.read_bytes()
+        item.digest = hashlib.blake2b(raw, digest_size=16).digest()
+        with Image.open(io.BytesIO(raw)) as img:
+            size, mode, bands = img.size, img.mode, len(img.getbands())
+            img.verify()
+        item.size, item.mode, item.channels = size, mode, bands
+    except UnidentifiedImageError:  # its message names the BytesIO object: not useful
+        item.error = "UnidentifiedImageError: not an image Pillow can read"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        item.error = f"{exc.__class__.__name__}: {exc}"
+    return item
+
+
+def check_folder(root: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise DataError(
+            "image folder not found",
+            where=str(root),
+            hint="Give a folder with train/ (val/, test/) holding class sub-folders, or the "
+            "class sub-folders directly.",
+        )
+    report = _Report()
+    split_dirs = _split_dirs(root)
+    layout = "splits" if split_dirs else "flat"
+    if not split_dirs:
+        split_dirs = {"all": root}
+    elif "train" not in split_dirs:
+        report.add(
+            "layout",
+            f"has {', '.join(p.name + '/' for p in split_dirs.values())} but no train/ folder",
+        )
+    here = {split: _class_dirs(folder) for split, folder in split_dirs.items()}
+    reference_split = "train" if "train" in here else next(iter(here))
+    classes = here[reference_split]
+    if not any(here.values()):
+        report.add("layout", "no class folders found: put each class's images in a sub-folder")
+    differ = []
+    for split, names in here.items():
+        missing = sorted(set(classes) - set(names))
+        extra = sorted(set(names) - set(classes))
+        if missing or extra:
+            differ.append({"split": split, "missing": missing, "extra": extra})
+    if differ:
+        text = "; ".join(
+            f"{d['split']}/"
+            + (f" lacks {', '.join(d['missing'])}" if d["missing"] else "")
+            + (" and" if d["missing"] and d["extra"] else "")
+            + (f" has extra {', '.join(d['extra'])}" if d["extra"] else "")
+            for d in differ
+        )
+        report.add(
+            "class_folders",
+            f"class folders differ from {reference_split}/'s: {text}",
+            reference=reference_split,
+            splits=differ,
+        )
+
+    # every file of every class folder (extra classes included), and stray files in splits
+    items: list[tuple[FileInfo, Path]] = []
+    hidden: list[str] = []
+    other: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    for split, folder in split_dirs.items():
+        counts[split] = {}
+        if split != "all":
+            for path in sorted(folder.iterdir()):  # files outside any class folder
+                if path.is_file():
+                    (hidden if path.name.startswith(".") else other).append(_rel(path, root))
+        for name in here[split]:
+            class_dir = folder / name
+            n = 0
+            for path in sorted(class_dir.rglob("*")):
+                if not path.is_file():
+                    continue
+                if any(p.startswith(".") for p in path.relative_to(class_dir).parts):
+                    hidden.append(_rel(path, root))
+                elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                    other.append(_rel(path, root))
+                else:
+                    items.append((FileInfo(_rel(path, root), split, name), path))
+                    n += 1
+            counts[split][name] = n
+
+    # reading: threads (file reads and hashing release the GIL)
+    with ThreadPoolExecutor(max_workers=min(8, max(2, os.cpu_count() or 1))) as pool:
+        infos = list(pool.map(lambda pair: _inspect(*pair), items))
+
+    empty = [
+        {"split": s, "class": c} for s, per in counts.items() for c, n in per.items() if n == 0
+    ]
+    if empty:
+        report.add(
+            "empty_classes",
+            "class folders without images: "
+            + ", ".join(_split_path(e["split"], e["class"]) for e in empty),
+            empty=empty,
+        )
+    _imbalance(report, counts)
+    bad = [i for i in infos if i.error is not None]
+    if bad:
+        report.add(
+            "unreadable",
+            f"{len(bad)} unreadable image file{'s' * (len(bad) != 1)}",
+            files=[{"file": i.file, "error": i.error} for i in bad],
+        )
+    good = [i for i in infos if i.error is None]
+    sizes = _distribution(good, lambda i: i.size)
+    modes = _distribution(good, lambda i: (i.mode, i.channels))
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}×{h} ({d['count']:,})" for (w, h), d in sizes.items())
+        report.add(
+            "mixed_sizes",
+            f"{len(sizes)} image sizes (width×height): {listed}; training resizes every image "
+            "to target_size",
+            sizes=[{"width": w, "height": h, **d} for (w, h), d in sizes.items()],
+        )
+    if len(modes) > 1:
+        listed = ", ".join(f"{m} ({d['count']:,})" for (m, _), d in modes.items())
+        report.add(
+            "mixed_modes",
+            f"{len(modes)} image modes: {listed}; training converts every image to color_mode",
+            modes=[{"mode": m, "channels": c, **d} for (m, c), d in modes.items()],
+        )
+    _duplicates(report, [(i.digest, i.split, i.cls, i.file) for i in good])
+    if hidden or other:
+        report.add(
+            "ignored",
+            f"{len(hidden) + len(other)} hidden or non-image files ignored "
+            f"({len(hidden)} hidden, {len(other)} other)",
+            count=len(hidden) + len(other),
+            hidden=len(hidden),
+            other=len(other),
+            examples=(hidden + other)[:IGNORED_EXAMPLES],
+        )
+    report.data = {
+        "source": "folder",
+        "path": str(root),
+        "layout": layout,
+        "classes": sorted({c for names in here.values() for c in names}),
+        "splits": {
+            s: {"folder": _rel(split_dirs[s], root), **_split_counts(counts[s])} for s in counts
+        },
+        "images": len(infos),
+        "sizes": [{"width": w, "height": h, "count": d["count"]} for (w, h), d in sizes.items()],
+        "modes": [{"mode": m, "channels": c, "count": d["count"]} for (m, c), d in modes.items()],
+        "ignored": len(hidden) + len(other),
+        "file_checks": True,
+    }
+    return _finish(report)
+
+
+def _rel(path: Path, root: Path) -> str:
+    text = path.relative_to(root).as_posix()
+    return "." if text == "." else text
+
+
+def _split_path(split: str, name: str) -> str:
+    return name + "/" if split == "all" else f"{split}/{name}/"
+
+
+def _distribution(items: list[FileInfo], key) -> dict[Any, dict[str, Any]]:
+    """value -> {count, examples}: most common first; examples only for the minority values."""
+    groups: dict[Any, list[str]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item.file)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
+    return {
+        value: {"count": len(files), "examples": files[:EXAMPLE_LIMIT] if rank else []}
+        for rank, (value, files) in enumerate(ordered)
+    }
+
+
+# -- shared: counts, imbalance, duplicates ---------------------------------------------------
+
+
+def _split_counts(per_class: dict[str, int]) -> dict[str, Any]:
+    return {"counts": dict(per_class), "images": sum(per_class.values())}
+
+
+def _imbalance(report: _Report, counts: dict[str, dict[str, int]]) -> None:
+    flagged = []
+    for split, per_class in counts.items():
+        present = {c: n for c, n in per_class.items() if n > 0}
+        if len(present) < 2:
+            continue
+        largest = max(present, key=lambda c: (present[c], c))
+        smallest = min(present, key=lambda c: (present[c], c))
+        ratio = present[largest] / present[smallest]
+        if ratio > IMBALANCE_RATIO:
+            flagged.append(
+                {
+                    "split": split,
+                    "largest": largest,
+                    "largest_count": present[largest],
+                    "smallest": smallest,
+                    "smallest_count": present[smallest],
+                    "ratio": round(ratio, 2),
+                }
+            )
+    if flagged:
+        text = "; ".join(
+            f"{f['split']}: {f['largest']} {f['largest_count']:,} vs {f['smallest']} "
+            f"{f['smallest_count']:,} ({f['ratio']:g}×)"
+            for f in flagged
+        )
+        report.add(
+            "imbalance",
+            f"class imbalance above {IMBALANCE_RATIO:g}× (largest / smallest class): {text}",
+            threshold=IMBALANCE_RATIO,
+            splits=flagged,
+        )
+
+
+def _duplicates(report: _Report, entries: list[tuple[bytes, str, str, str]]) -> None:
+    """entries: (digest, split, class, name). Pairs across splits are leakage; pairs within a
+    split pair every extra copy with the first. Pairs are ordered train < val < test."""
+    groups: dict[bytes, list[tuple[str, str, str]]] = defaultdict(list)
+    for digest, split, cls, name in entries:
+        groups[digest].append((split, cls, name))
+    across: list[dict[str, str]] = []
+    within: list[dict[str, str]] = []
+    n_across = n_within = n_conflicts = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        by_split: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for member in members:
+            by_split[member[0]].append(member)
+        splits = sorted(by_split, key=SPLIT_ORDER.index)
+        for s in splits:
+            first, *copies = by_split[s]
+            n_within += len(copies)
+            within.extend(_pair(first, c) for c in copies[: max(0, PAIR_LIMIT - len(within))])
+        for i, a_split in enumerate(splits):
+            for b_split in splits[i + 1 :]:
+                for a in by_split[a_split]:
+                    for b in by_split[b_split]:
+                        n_across += 1
+                        n_conflicts += a[1] != b[1]
+                        if len(across) < PAIR_LIMIT:
+                            across.append(_pair(a, b))
+    if n_across:
+        report.add(
+            "leakage",
+            f"{n_across:,} identical image pair{'s' * (n_across != 1)} across splits "
+            "(the same image in training and evaluation data)"
+            + (f"; {n_conflicts:,} of them with different classes" if n_conflicts else ""),
+            count=n_across,
+            pairs=across,
+        )
+    if n_within:
+        report.add(
+            "duplicates",
+            f"{n_within:,} duplicate image{'s' * (n_within != 1)} within a split "
+            "(identical content)",
+            count=n_within,
+            pairs=within,
+        )
+
+
+def _pair(a: tuple[str, str, str], b: tuple[str, str, str]) -> dict[str, str]:
+    return {"a": a[2], "b": b[2], "a_class": a[1], "b_class": b[1]}
+
+
+def _finish(report: _Report) -> dict[str, Any]:
+    return {
+        **report.data,
+        "findings": report.findings,
+        "clean": not report.findings,
+    }
+
+
+# -- arrays ----------------------------------------------------------------------------------
+
+
+def check_arrays(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]
+) -> dict[str, Any]:
+    """Class counts, imbalance, empty classes and duplicate images of in-memory splits."""
+    report = _Report()
+    counts: dict[str, dict[str, int]] = {}
+    entries = []
+    for split, (x, y) in splits.items():
+        bins = np.bincount(y, minlength=len(class_names))
+        counts[split] = {name: int(bins[i]) for i, name in enumerate(class_names)}
+        rows = np.ascontiguousarray(x).reshape(len(x), -1)
+        for i, row in enumerate(rows):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            entries.append((digest, split, class_names[y[i]], f"{split}[{i}]"))
+    empty = [
+        {"split": s, "class": c} for s, per in counts.items() for c, n in per.items() if n == 0
+    ]
+    if empty:
+        report.add(
+            "empty_classes",
+            "classes without images: " + ", ".join(f"{e['class']} in {e['split']}" for e in empty),
+            empty=empty,
+        )
+    _imbalance(report, counts)
+    _duplicates(report, entries)
+    shape = next(iter(splits.values()))[0].shape[1:]
+    report.data = {
+        "layout": "arrays",
+        "classes": list(class_names),
+        "splits": {s: _split_counts(per) for s, per in counts.items()},
+        "images": sum(len(y) for _, y in splits.values()),
+        "shape": list(shape),
+        "file_checks": False,  # unreadable files, sizes, modes, ignored files: not for arrays
+    }
+    return _finish(report)

@@ -49,6 +49,15 @@ def _path_or_null(value: Any, path: str) -> str | None:
     return value
 
 
+CLASS_MODES = ("categorical", "sparse", "binary")
+
+
+def _class_mode(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    return Option("str", choices=CLASS_MODES).check(value, path)
+
+
 def _weights_path(value: Any, path: str) -> str | None:
     if value is None:
         return None
@@ -122,7 +131,8 @@ DATA_OPTIONS = {
     # source-specific: folder (Keras flow_from_directory's names and defaults)
     "target_size": Option(_pair_or_null, default=None),
     "color_mode": Option("str", default="rgb", choices=("grayscale", "rgb", "rgba")),
-    "class_mode": Option("str", default="categorical", choices=("categorical", "binary", "sparse")),
+    # null: follow the loss (binary_crossentropy: binary, sparse_...: sparse, else categorical)
+    "class_mode": Option(_class_mode, default=None),
     "interpolation": Option("str", default="nearest", choices=("nearest", "bilinear", "bicubic")),
     "skip_bad_images": Option("bool", default=False),
 }
@@ -502,6 +512,32 @@ def _callbacks_section(
     return resolved
 
 
+def _resolve_class_mode(spec: Spec, binary_loss: bool) -> None:
+    """data.class_mode (folder source) says how the labels are meant, as Keras'
+    flow_from_directory: binary (0/1, for one sigmoid unit) must go with binary_crossentropy
+    and the other way round; categorical and sparse both suit every multi-class loss, because
+    cnnkit's losses encode class indices themselves. null resolves from the loss."""
+    if "class_mode" not in spec.data:
+        return
+    mode = spec.data["class_mode"]
+    loss_name = spec.loss["name"]
+    if mode is None:
+        spec.data["class_mode"] = (
+            "binary"
+            if binary_loss
+            else ("sparse" if loss_name.startswith("sparse_") else "categorical")
+        )
+    elif (mode == "binary") != binary_loss:
+        wanted = "binary" if binary_loss else "categorical (or sparse)"
+        raise SpecError(
+            f"data.class_mode {mode} does not fit loss {loss_name}",
+            where="data.class_mode",
+            hint=f"Use class_mode: {wanted} with {loss_name}, or leave class_mode out: it then "
+            "follows the loss. class_mode binary means 0/1 labels for one sigmoid unit and "
+            "binary_crossentropy.",
+        )
+
+
 def check_head(spec: Spec) -> None:
     """The last layer must fit the loss (its activation and units) and the dataset's class
     count; the chosen metrics must fit the task (auc: two classes)."""
@@ -519,6 +555,7 @@ def check_head(spec: Spec) -> None:
     units = last.output_shape[0]
     activation = last.options.get("activation") or "linear"
     from_logits = spec.loss.get("from_logits", False)
+    _resolve_class_mode(spec, loss_cls.binary)
     if loss_cls.binary:
         if units != 1 or (activation != "sigmoid" and not from_logits):
             raise SpecError(

@@ -64,10 +64,22 @@ def create_run_dir(out_root: Path, name: str) -> Path:
     raise RuntimeError(f"no free run directory name for {name} in {out_root}")
 
 
+def _file_mode() -> int:
+    """The mode open() would give a new file (0o666 less the umask): mkstemp's 0o600 would
+    make run files unreadable to the user's group, unlike every other file they write."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

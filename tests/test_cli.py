@@ -98,6 +98,11 @@ def test_train_writes_the_run_directory(run_dir: Path):
     ]
     assert float(rows[-1]["val_accuracy"]) > 0.5  # 2 epochs on 512 images: clearly learning
     assert "Total params" in (run_dir / "summary.txt").read_text()
+    # written like any other file of the user's (umask applies), not mkstemp's private 0o600
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.yaml", "metrics.csv", "checkpoints/last.npz"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_checkpoint_format(run_dir: Path):

@@ -180,3 +180,75 @@ def test_train_and_predict_with_class_names(tmp_path: Path):
     results = api.predict([tmp_path / "d" / "test" / "cat"], run, top_k=3)
     assert len(results) == 4
     assert {t["class"] for t in results[0]["top"]} == {"ant", "bee", "cat"}
+
+
+def _two_class_folder(root: Path) -> None:
+    for value, name in ((200, "ship"), (10, "no_ship")):
+        for i in range(4):
+            write_image(root / name / f"{i}.png", value + i)
+
+
+def _head(loss: str, units: int, activation: str) -> str:
+    return f"""
+  layers:
+    - Flatten: {{}}
+    - Dense: {{units: {units}, activation: {activation}}}
+loss: {loss}
+"""
+
+
+@pytest.mark.parametrize(
+    ("loss", "units", "activation", "resolved"),
+    [
+        ("categorical_crossentropy", 2, "softmax", "categorical"),
+        ("sparse_categorical_crossentropy", 2, "softmax", "sparse"),
+        ("binary_crossentropy", 1, "sigmoid", "binary"),
+    ],
+)
+def test_class_mode_follows_the_loss_when_left_out(tmp_path, loss, units, activation, resolved):
+    _two_class_folder(tmp_path / "d")
+    spec = parse_spec(
+        f"data: {{source: folder, path: {tmp_path / 'd'}}}\nmodel:\n  input_shape: [10, 12, 3]"
+        + _head(loss, units, activation)
+    )
+    assert spec.data["class_mode"] == resolved
+    # classes sorted: no_ship = 0, ship = 1 -- binary labels are the class indices 0/1
+    dataset = api.load_dataset(spec)
+    assert dataset.class_names == ["no_ship", "ship"]
+    assert sorted(set(dataset.y_train.tolist())) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("mode", "loss", "units", "activation", "fits"),
+    [
+        ("binary", "binary_crossentropy", 1, "sigmoid", True),
+        ("categorical", "categorical_crossentropy", 2, "softmax", True),
+        ("sparse", "categorical_crossentropy", 2, "softmax", True),  # both take class indices
+        ("categorical", "sparse_categorical_crossentropy", 2, "softmax", True),
+        ("binary", "categorical_crossentropy", 2, "softmax", False),
+        ("categorical", "binary_crossentropy", 1, "sigmoid", False),
+        ("sparse", "binary_crossentropy", 1, "sigmoid", False),
+    ],
+)
+def test_class_mode_must_fit_the_loss(tmp_path, mode, loss, units, activation, fits):
+    _two_class_folder(tmp_path / "d")
+    text = (
+        f"data: {{source: folder, path: {tmp_path / 'd'}, class_mode: {mode}}}\n"
+        "model:\n  input_shape: [10, 12, 3]" + _head(loss, units, activation)
+    )
+    if fits:
+        assert parse_spec(text).data["class_mode"] == mode
+    else:
+        with pytest.raises(SpecError) as info:
+            parse_spec(text)
+        assert info.value.where.endswith("data.class_mode")
+        assert mode in info.value.message and loss in info.value.message
+
+
+def test_class_mode_binary_needs_two_classes(tmp_path: Path):
+    make_split_folder(tmp_path / "d")  # three classes
+    with pytest.raises(SpecError, match="two classes"):
+        parse_spec(
+            f"data: {{source: folder, path: {tmp_path / 'd'}, class_mode: binary}}\n"
+            "model:\n  input_shape: [10, 12, 3]" + _head("binary_crossentropy", 1, "sigmoid")
+        )

@@ -192,7 +192,24 @@ def evaluation_tables(result: dict[str, Any]) -> list[Any]:
                 text = f"[dim]{text}"
             cells.append(text)
         matrix.add_row(f"[bold]{name}", *cells)
-    return [head, report, matrix]
+    out = [head, report, matrix]
+    if result.get("most_confused"):
+        out.append(most_confused_table(result["most_confused"]))
+    return out
+
+
+def most_confused_table(pairs: list[dict[str, Any]]) -> Table:
+    table = Table(title="Most-confused class pairs", box=box.SIMPLE, title_justify="left")
+    for col in ("true", "predicted as", "count", "share of true class"):
+        table.add_column(col, justify="left" if col in ("true", "predicted as") else "right")
+    for p in pairs:
+        table.add_row(
+            escape(p["true"]),
+            escape(p["predicted"]),
+            f"{p['count']:,}",
+            f"{p['fraction_of_true']:.1%}",
+        )
+    return table
 
 
 def predictions_table(predictions: list[dict[str, Any]]) -> Table:

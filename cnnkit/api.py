@@ -311,3 +311,24 @@ def augment_preview(
     out = Path(out)
     atomic_write_bytes(out, buffer.getvalue())
     return AugmentPreview(out, len(x), versions, augments(spec.augmentation))
+
+
+def list_runs(root: Path = Path("runs")) -> list[dict[str, Any]]:
+    """`cnnkit runs`: every run directory under root, newest first (cnnkit.runinfo)."""
+    from cnnkit.runinfo import list_runs as runs
+
+    return runs(Path(root))
+
+
+def compare_runs(a: Path, b: Path) -> dict[str, Any]:
+    """`cnnkit compare`: the spec keys that differ and the metrics, better value marked."""
+    from cnnkit.runinfo import compare_runs as compare
+
+    return compare(Path(a), Path(b))
+
+
+def summary_dict(info: ModelSummary) -> dict[str, Any]:
+    """`cnnkit summary --json`."""
+    from dataclasses import asdict
+
+    return {"title": info.title, "layers": [asdict(r) for r in info.rows], "totals": info.totals}

@@ -224,7 +224,7 @@ def write_error_analysis(
     from cnnkit import analysis, plots
 
     names = splits.class_names
-    rows = analysis.misclassified_rows(probabilities, split.y, names)
+    rows = analysis.misclassified_rows(probabilities, split.y, names, split.files)
     analysis.write_misclassified_csv(run_dir / analysis.MISCLASSIFIED_CSV, rows)
     plots.plot_confusion(matrix, names, run_dir / analysis.CONFUSION_PNG)
     shown = rows[:32]

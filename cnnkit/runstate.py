@@ -27,7 +27,7 @@ STATES = ("running", "finished", "interrupted", "failed")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def read_state(run_dir: Path) -> dict[str, Any] | None:

@@ -135,7 +135,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -
     k = len(class_names)
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
-    size = max(5.0, 0.55 * k + 2.5)
+    size = min(max(5.0, 0.55 * k + 2.5), 18.0)  # 1000 classes must not make a 550-inch figure
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
     panels = (
         (axes[0], matrix, "Counts", "{:d}"),
@@ -147,13 +147,14 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -
         ax.set_title(title)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
+        step = -(-k // 40)  # at most 40 class names an axis
+        ticks = list(range(0, k, step))
+        names = [str(class_names[i]) for i in ticks]
+        rotate = k > 6
         ax.set_xticks(
-            range(k),
-            labels=list(class_names),
-            rotation=45 if k > 6 else 0,
-            ha="right" if k > 6 else "center",
+            ticks, labels=names, rotation=45 if rotate else 0, ha="right" if rotate else "center"
         )
-        ax.set_yticks(range(k), labels=list(class_names))
+        ax.set_yticks(ticks, labels=names)
         if k <= 30:
             high = values.max() if values.size else 0
             for i in range(k):

@@ -50,11 +50,14 @@ class RunTracker:
         inner: Reporter | None = None,
         samples: np.ndarray | None = None,
         summary_text: str = "",
+        history: list[dict[str, Any]] | None = None,
     ):
+        """history: the rows of epochs already done (a resumed run), so curves.png shows
+        every epoch; samples: training images for TensorBoard's image tab."""
         self.run_dir = Path(run_dir)
         self.spec = spec
         self.inner = inner or SilentReporter()
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = [dict(r) for r in history or []]
         self.steps = 0
         self.epoch = 0
         self.tb = None

@@ -22,6 +22,7 @@ from cnnkit.errors import CheckpointError, DataError
 from cnnkit.metrics import MetricSet, per_class_report
 from cnnkit.model import Sequential, SummaryRow
 from cnnkit.registry import LOSSES, OPTIMIZERS
+from cnnkit.report import write_report
 from cnnkit.runs import (
     atomic_write_text,
     create_run_dir,
@@ -30,7 +31,9 @@ from cnnkit.runs import (
     resolve_checkpoint,
     write_json,
 )
+from cnnkit.runstate import mark_running, track_run_state
 from cnnkit.threads import configure_threads
+from cnnkit.tracking import RunTracker
 from cnnkit.training import Reporter, SilentReporter, evaluate_split, fit
 
 
@@ -92,7 +95,13 @@ def train(
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
 
+    if spec.logging["tensorboard"]:
+        from cnnkit.tblog import require_writer
+
+        require_writer()  # a missing package is an error before the run directory exists
+
     run_dir = create_run_dir(Path(out), spec.name)
+    mark_running(run_dir, spec.train["epochs"])
     if on_run_dir:
         on_run_dir(run_dir)
     notes = list(dataset.notes)
@@ -108,18 +117,19 @@ def train(
     preprocessor.save(run_dir)  # normalization.json: featurewise statistics, if any
     info = summarize(spec)
     table = summary_table(info.title, info.rows, info.totals)
-    atomic_write_text(run_dir / "summary.txt", render_text(table))
-    history = fit(
-        model,
-        loss_fn,
-        optimizer,
-        splits,
-        spec,
-        run_dir,
-        reporter or SilentReporter(),
-        on_note,
-        preprocessor,
+    summary_text = render_text(table)
+    atomic_write_text(run_dir / "summary.txt", summary_text)
+    # curves.png, run.json and TensorBoard, kept current at every epoch end
+    tracker = RunTracker(
+        run_dir, spec, reporter or SilentReporter(), splits.train.x[:32], summary_text
     )
+    with track_run_state(run_dir):
+        try:
+            history = fit(
+                model, loss_fn, optimizer, splits, spec, run_dir, tracker, on_note, preprocessor
+            )
+        finally:
+            tracker.close()
     return TrainResult(run_dir, history)
 
 
@@ -200,8 +210,35 @@ def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = N
         "per_class": per_class_report(matrix, splits.class_names),
         "confusion_matrix": matrix.tolist(),
     }
+    report.update(write_error_analysis(run_dir, test, result.probabilities, matrix, splits))
     write_json(run_dir / "evaluation.json", report)
+    write_report(run_dir)
     return report
+
+
+def write_error_analysis(
+    run_dir: Path, split: Split, probabilities: np.ndarray, matrix: np.ndarray, splits
+) -> dict[str, Any]:
+    """confusion_matrix.png, misclassified.csv and misclassified.png; returns what
+    evaluation.json adds: the most-confused pairs and the mistake count."""
+    from cnnkit import analysis, plots
+
+    names = splits.class_names
+    rows = analysis.misclassified_rows(probabilities, split.y, names, split.files)
+    analysis.write_misclassified_csv(run_dir / analysis.MISCLASSIFIED_CSV, rows)
+    plots.plot_confusion(matrix, names, run_dir / analysis.CONFUSION_PNG)
+    shown = rows[:32]
+    plots.plot_misclassified(
+        split.x[[r["index"] for r in shown]],
+        [r["true"] for r in shown],
+        [r["predicted"] for r in shown],
+        [r["confidence"] for r in shown],
+        run_dir / analysis.MISCLASSIFIED_PNG,
+    )
+    return {
+        "most_confused": analysis.most_confused(matrix, names),
+        "misclassified": len(rows),
+    }
 
 
 def predict(
@@ -274,3 +311,24 @@ def augment_preview(
     out = Path(out)
     atomic_write_bytes(out, buffer.getvalue())
     return AugmentPreview(out, len(x), versions, augments(spec.augmentation))
+
+
+def list_runs(root: Path = Path("runs")) -> list[dict[str, Any]]:
+    """`cnnkit runs`: every run directory under root, newest first (cnnkit.runinfo)."""
+    from cnnkit.runinfo import list_runs as runs
+
+    return runs(Path(root))
+
+
+def compare_runs(a: Path, b: Path) -> dict[str, Any]:
+    """`cnnkit compare`: the spec keys that differ and the metrics, better value marked."""
+    from cnnkit.runinfo import compare_runs as compare
+
+    return compare(Path(a), Path(b))
+
+
+def summary_dict(info: ModelSummary) -> dict[str, Any]:
+    """`cnnkit summary --json`."""
+    from dataclasses import asdict
+
+    return {"title": info.title, "layers": [asdict(r) for r in info.rows], "totals": info.totals}

@@ -27,6 +27,9 @@ CheckpointOpt = Annotated[
     str, typer.Option("--checkpoint", "-c", help="best, last, or a path to an .npz checkpoint.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress output; print the essentials only.")
+]
 
 
 @app.command()
@@ -42,8 +45,12 @@ def train(
         typer.Option(help="Start from this checkpoint (.npz) or run directory: model.weights."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
+    quiet: QuietOpt = False,
 ) -> None:
-    """Train the model of SPEC and write a new run directory under --out."""
+    """Train the model of SPEC and write a new run directory under --out.
+
+    In a terminal: a live progress bar. Elsewhere (a pipe, CI): plain lines, one per epoch and
+    one every logging.every_steps steps. --quiet: only the run directory is printed."""
     overrides = {
         key: value
         for key, value in (
@@ -55,20 +62,26 @@ def train(
         if value is not None
     }
     parsed = load_spec(spec, overrides)
-    with display.RichReporter() as reporter:
+    notes = display.error_console if quiet else display.console
+    with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
         result = api.train(
             parsed,
             out=out,
             reporter=reporter,
-            on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
-            on_note=lambda text: display.console.print(f"[yellow]Note:[/yellow] {text}"),
+            on_run_dir=None
+            if quiet
+            else lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
+            on_note=lambda text: notes.print(f"[yellow]Note:[/yellow] {text}"),
         )
+    if quiet:
+        print(result.run_dir)
+        return
     monitor = parsed.callbacks["checkpoint"]["monitor"]  # what chose best.npz
     best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
     display.console.print(
         f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
         "(checkpoints/best.npz).\n"
-        f"Run directory: [bold]{result.run_dir}[/bold]\n"
+        f"Run directory: [bold]{result.run_dir}[/bold] (report.md, curves.png)\n"
         f"Next: cnnkit evaluate {result.run_dir}"
     )
 
@@ -78,15 +91,23 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by `cnnkit train`.")],
     checkpoint: CheckpointOpt = "best",
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    """Test-set loss and accuracy, per-class precision/recall/F1, the confusion matrix and the
+    most-confused class pairs; writes evaluation.json, confusion_matrix.png, misclassified.png,
+    misclassified.csv and report.md in the run directory."""
     report = api.evaluate(run, checkpoint)
     if as_json:
         print(json.dumps(json_safe(report), indent=2))
         return
+    if quiet:
+        print(f"{report['split']} accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}")
+        return
     for table in display.evaluation_tables(report):
         display.console.print(table)
-    display.console.print(f"Wrote {Path(run) / 'evaluation.json'}")
+    written = ("evaluation.json", "confusion_matrix.png", "misclassified.png")
+    written += ("misclassified.csv", "report.md")
+    display.console.print(f"Wrote {', '.join(written)} in {Path(run)}")
 
 
 @app.command()
@@ -115,10 +136,44 @@ def predict(
 @app.command()
 def summary(
     spec_or_run: Annotated[Path, typer.Argument(help="YAML spec or run directory.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Keras-style model summary: layers, output shapes, parameters, MACs. Loads no data."""
     info = api.summarize(api.spec_from_spec_or_run(spec_or_run))
+    if as_json:
+        print(json.dumps(api.summary_dict(info), indent=2))
+        return
     display.console.print(display.summary_table(info.title, info.rows, info.totals))
+
+
+@app.command()
+def runs(
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories.")] = Path("runs"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Table of the runs under FOLDER, newest first: started, dataset, epochs done/planned,
+    best validation accuracy and its epoch, test accuracy, images/s, state."""
+    infos = api.list_runs(folder)
+    if as_json:
+        print(json.dumps(json_safe(infos), indent=2))
+        return
+    display.console.print(display.runs_table(infos, str(folder)))
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory (A).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory (B).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Two runs side by side: the spec keys that differ, then every metric with the better
+    value marked."""
+    result = api.compare_runs(run_a, run_b)
+    if as_json:
+        print(json.dumps(json_safe(result), indent=2))
+        return
+    for renderable in display.compare_renderables(result):
+        display.console.print(renderable)
 
 
 @app.command()

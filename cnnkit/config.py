@@ -108,7 +108,7 @@ def _class_subset(value: Any, path: str) -> list[int] | None:
 
 
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
-TOP_LEVEL += ("schedule", "callbacks", "augmentation")
+TOP_LEVEL += ("schedule", "callbacks", "augmentation", "logging")
 
 DATA_OPTIONS = {
     "source": Option("str", choices=tuple(SOURCES), doc="e.g. mnist"),
@@ -158,6 +158,14 @@ TRAIN_OPTIONS = {
     "eval_batch_size": Option("int", default=500, minimum=1),
 }
 
+LOGGING_OPTIONS = {
+    # TensorBoard event files in <run>/tensorboard/ (needs the tensorboardX package)
+    "tensorboard": Option("bool", default=False),
+    # step-level logging interval: TensorBoard step scalars and, in a non-terminal, a plain
+    # progress line every this many steps
+    "every_steps": Option("int", default=50, minimum=1),
+}
+
 
 @dataclass
 class Spec:
@@ -178,6 +186,10 @@ class Spec:
     # cnnkit.data.augment: ImageDataGenerator's options, every default filled in
     augmentation: dict[str, Any] = field(default_factory=resolve_augmentation)
     notes: list[str] = field(default_factory=list, repr=False)  # shown when training starts
+    # what the run logs besides metrics.csv (LOGGING_OPTIONS; no effect on results)
+    logging: dict[str, Any] = field(
+        default_factory=lambda: resolve_options(None, LOGGING_OPTIONS, "logging")
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +207,7 @@ class Spec:
             "schedule": copy.deepcopy(self.schedule),
             "callbacks": copy.deepcopy(self.callbacks),
             "augmentation": copy.deepcopy(self.augmentation),
+            "logging": copy.deepcopy(self.logging),
         }
 
     def to_yaml(self) -> str:
@@ -358,6 +371,7 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
     spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, file=file, layers=layers)
     spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes
     spec.augmentation = resolve_augmentation(top.get("augmentation"))
+    spec.logging = resolve_options(top.get("logging"), LOGGING_OPTIONS, "logging")
     check_head(spec)
     return spec
 

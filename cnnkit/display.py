@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from collections import Counter
 from typing import Any
 
@@ -121,17 +122,8 @@ class RichReporter:
         self.progress.update(self.task, completed=step, stats=stats, ips=images_per_s)
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        values = {
-            k: v
-            for k, v in row.items()
-            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        train = {k: v for k, v in values.items() if not k.startswith("val_")}
-        val = {k: v for k, v in values.items() if k.startswith("val_")}
-        parts = [format_metrics(train)] + ([format_metrics(val)] if val else [])
-        parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
         self.progress.console.print(
-            f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + "  ".join(parts), soft_wrap=True
+            f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + epoch_line(row), soft_wrap=True
         )
 
 
@@ -192,7 +184,24 @@ def evaluation_tables(result: dict[str, Any]) -> list[Any]:
                 text = f"[dim]{text}"
             cells.append(text)
         matrix.add_row(f"[bold]{name}", *cells)
-    return [head, report, matrix]
+    out = [head, report, matrix]
+    if result.get("most_confused"):
+        out.append(most_confused_table(result["most_confused"]))
+    return out
+
+
+def most_confused_table(pairs: list[dict[str, Any]]) -> Table:
+    table = Table(title="Most-confused class pairs", box=box.SIMPLE, title_justify="left")
+    for col in ("true", "predicted as", "count", "share of true class"):
+        table.add_column(col, justify="left" if col in ("true", "predicted as") else "right")
+    for p in pairs:
+        table.add_row(
+            escape(p["true"]),
+            escape(p["predicted"]),
+            f"{p['count']:,}",
+            f"{p['fraction_of_true']:.1%}",
+        )
+    return table
 
 
 def predictions_table(predictions: list[dict[str, Any]]) -> Table:
@@ -316,3 +325,163 @@ def _finding_renderables(finding: dict[str, Any]) -> list[Any]:
     else:
         return [title]
     return [title, t]
+
+
+# -- progress for logs, run lists, run comparison ------------------------------------------
+
+
+class PlainReporter:
+    """For a non-terminal (CI, a pipe, a log file): plain lines without control characters,
+    one every `every_steps` steps and one per epoch, flushed as they are written."""
+
+    def __init__(self, every_steps: int = 50, file: Any = None):
+        self.every_steps = max(1, every_steps)
+        self.file = file
+        self.epoch = self.epochs = self.steps = 0
+
+    def __enter__(self) -> PlainReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.file or sys.stdout, flush=True)
+
+    def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epoch, self.epochs, self.steps = epoch, epochs, steps
+
+    def step(self, step: int, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
+        if step % self.every_steps == 0 and step != self.steps:
+            stats = format_metrics({"loss": loss, **metrics})
+            self._print(
+                f"epoch {self.epoch}/{self.epochs} step {step}/{self.steps}  {stats}  "
+                f"{images_per_s:,.0f} img/s"
+            )
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        self._print(f"Epoch {row['epoch']}/{self.epochs}  {epoch_line(row)}")
+
+
+class QuietReporter(PlainReporter):
+    """--quiet: no progress at all."""
+
+    def step(self, step: int, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        pass
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """train metrics, val_ metrics, images/s and seconds of an epoch row."""
+    values = {
+        k: v
+        for k, v in row.items()
+        if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    train = {k: v for k, v in values.items() if not k.startswith("val_")}
+    val = {k: v for k, v in values.items() if k.startswith("val_")}
+    parts = [format_metrics(train)] + ([format_metrics(val)] if val else [])
+    parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+def make_reporter(quiet: bool = False, every_steps: int = 50) -> Any:
+    """The live Rich progress bar in a terminal; plain lines elsewhere; nothing with --quiet."""
+    if quiet:
+        return QuietReporter()
+    if console.is_terminal:
+        return RichReporter()
+    return PlainReporter(every_steps)
+
+
+def _num(value: Any, fmt: str = "{:.4f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+_STATE_STYLE = {"finished": "green", "interrupted": "yellow", "failed": "red", "running": "cyan"}
+
+
+def runs_table(runs: list[dict[str, Any]], root: str = "") -> Table:
+    """`cnnkit runs`: one row per run, newest first."""
+    table = Table(
+        title=f"Runs in {escape(root)}" if root else None,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col, justify in (
+        ("run", "left"),
+        ("started", "left"),
+        ("data", "left"),
+        ("epochs", "right"),
+        ("best val acc", "right"),
+        ("test acc", "right"),
+        ("img/s", "right"),
+        ("state", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=True)
+    table.caption = "started: month-day hour:minute UTC; best val acc: its epoch in brackets"
+    table.caption_justify = "left"
+    for r in runs:
+        planned = r["epochs_planned"] if r["epochs_planned"] is not None else "?"
+        style = _STATE_STYLE.get(r["state"], "dim")
+        started = (r["started"] or "–").replace("T", " ")[5:16]  # 11-22 01:54
+        best = _num(r["best_val_accuracy"])
+        if r["best_epoch"] is not None:
+            best += f" ({r['best_epoch']})"
+        table.add_row(
+            f"[bold]{escape(r['name'])}",
+            started,
+            escape(r["dataset"]),
+            f"{r['epochs_done']}/{planned}",
+            best,
+            _num(r["test_accuracy"]),
+            _num(r["images_per_s"], "{:,.0f}"),
+            f"[{style}]{r['state']}[/{style}]",
+        )
+    if not runs:
+        table.caption = "no run directories found"
+    return table
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    if value is None:
+        return "–"
+    return escape(str(value))
+
+
+def compare_renderables(result: dict[str, Any]) -> list[Any]:
+    """`cnnkit compare A B`: the spec keys that differ side by side, then the metrics with the
+    better value marked (★, green)."""
+    a, b = result["a"], result["b"]
+    spec = Table(
+        title=f"Spec: {len(result['spec_diff'])} keys differ ({result['spec_same']} the same)",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    spec.add_column("key")
+    spec.add_column(f"A: {escape(a['name'])}")
+    spec.add_column(f"B: {escape(b['name'])}")
+    for row in result["spec_diff"]:
+        spec.add_row(escape(row["key"]), _value(row["a"]), _value(row["b"]))
+    metrics = Table(
+        title="Metrics (★ the better value)", box=box.SIMPLE_HEAVY, title_justify="left"
+    )
+    metrics.add_column("metric")
+    metrics.add_column(f"A: {escape(a['name'])}", justify="right")
+    metrics.add_column(f"B: {escape(b['name'])}", justify="right")
+    for row in result["metrics"]:
+        cells = []
+        for side in ("a", "b"):
+            text = _value(row[side])
+            cells.append(f"[bold green]★ {text}" if row["better"] == side else text)
+        metrics.add_row(escape(row["metric"]), *cells)
+    return [spec, metrics]

@@ -7,7 +7,11 @@
       checkpoints/last.npz   + last.json   (after every epoch)
       checkpoints/last.optimizer.npz       (the optimizer's moments; its scalars in last.json)
       checkpoints/best.npz   + best.json   (best epoch by callbacks.checkpoint.monitor)
-      evaluation.json        written by `cnnkit evaluate`
+      run.json               the run's state (cnnkit.runstate)
+      curves.png, report.md  the training curves and the run's Markdown report
+      tensorboard/           TensorBoard events (logging.tensorboard: true)
+      evaluation.json        written by `cnnkit evaluate`, with confusion_matrix.png,
+                             misclassified.png and misclassified.csv
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted write never leaves a half-written file behind a valid name.

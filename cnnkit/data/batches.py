@@ -16,6 +16,7 @@ from cnnkit.data.sources import Dataset
 class Split:
     x: np.ndarray  # uint8 (N, H, W, C)
     y: np.ndarray  # int64 (N,)
+    files: list[str] | None = None  # each sample's image file, when the data came from files
 
     def __len__(self) -> int:
         return len(self.y)
@@ -38,20 +39,22 @@ def make_splits(dataset: Dataset, data: dict) -> Splits:
     validation: test uses the test split.
     """
 
-    def prepare(x, y, limit):
+    def prepare(x, y, limit, files=None):
         if x is None:
             return None
-        split = Split(x, y)
+        split = Split(x, y, files)
         if data.get("classes"):
             split = _select(split, data["classes"])
-        return Split(split.x[:limit], split.y[:limit]) if limit else split
+        if not limit:
+            return split
+        return Split(split.x[:limit], split.y[:limit], split.files and split.files[:limit])
 
     class_names = dataset.class_names
     if data.get("classes"):
         class_names = [dataset.class_names[c] for c in data["classes"]]
     train = prepare(dataset.x_train, dataset.y_train, data.get("max_train_samples"))
-    test = prepare(dataset.x_test, dataset.y_test, data.get("max_test_samples"))
-    validation = prepare(dataset.x_val, dataset.y_val, None)
+    test = prepare(dataset.x_test, dataset.y_test, data.get("max_test_samples"), dataset.files_test)
+    validation = prepare(dataset.x_val, dataset.y_val, None, dataset.files_val)
     if data.get("validation") == "none":
         validation = None
     elif validation is None and data.get("validation_split"):
@@ -68,7 +71,8 @@ def _select(split: Split, classes: list[int]) -> Split:
     relabel = np.full(int(max(classes)) + 1, -1, dtype=np.int64)
     relabel[classes] = np.arange(len(classes))
     keep = np.isin(split.y, classes)
-    return Split(split.x[keep], relabel[split.y[keep]])
+    files = [f for f, k in zip(split.files, keep, strict=True) if k] if split.files else None
+    return Split(split.x[keep], relabel[split.y[keep]], files)
 
 
 def scale(x: np.ndarray, rescale: float) -> np.ndarray:

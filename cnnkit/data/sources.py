@@ -45,6 +45,10 @@ class Dataset:
     y_val: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)  # unreadable files skipped on request
     notes: list[str] = field(default_factory=list)  # things the user should know (ignored files)
+    # the image file of each test / validation sample, when the data came from files
+    # (evaluate's misclassified.csv names them)
+    files_test: list[str] | None = None
+    files_val: list[str] | None = None
 
 
 def resolve_data_dir(path: str, spec_dir: Path | None) -> Path:
@@ -182,8 +186,10 @@ def load_folder(spec: Any) -> Dataset:
         # one folder of classes: a stratified, seeded validation set, the same every run
         rng = random_stream(spec.seed, "split")
         keep, hold = stratified_split(train.y, data["validation_split"], rng)
-        val = DecodedSplit(train.x[hold], train.y[hold])
-        train = DecodedSplit(train.x[keep], train.y[keep])
+        files = train.files
+        val = DecodedSplit(train.x[hold], train.y[hold], [files[i] for i in hold] if files else [])
+        kept = [files[i] for i in keep] if files else []
+        train = DecodedSplit(train.x[keep], train.y[keep], kept)
     notes = []
     if scan.ignored:
         notes.append(f"{scan.ignored} hidden or non-image files ignored in {root}")
@@ -197,6 +203,8 @@ def load_folder(spec: Any) -> Dataset:
         y_val=val.y if val else None,
         skipped=skipped,
         notes=notes,
+        files_test=test.files if test and test.files else None,
+        files_val=val.files if val and val.files else None,
     )
 
 

@@ -1,0 +1,188 @@
+"""report.md: one Markdown page per run, readable on its own in any Markdown viewer.
+
+Built only from the files in the run directory (config.yaml, summary.txt, metrics.csv, run.json,
+checkpoints/best.json, evaluation.json and the PNGs that exist), so it can be rewritten at any
+time: after training (finished, interrupted or failed) and after every evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.runs import atomic_write_text
+
+REPORT = "report.md"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    try:
+        with open(Path(run_dir) / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value.replace("|", "\\|")
+        if value.strip().lstrip("-").isdigit():
+            return value
+        value = number
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "n/a"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def build_report(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    state = _state(run_dir)
+    metrics = read_metrics(run_dir)
+    best = read_json(run_dir / "checkpoints" / "best.json")
+    evaluation = read_json(run_dir / "evaluation.json")
+    config = _read_text(run_dir / "config.yaml")
+    planned = (state or {}).get("epochs_planned")
+    out = [f"# Run report: {run_dir.name}", ""]
+
+    facts = [["run directory", str(run_dir)]]
+    if state:
+        facts += [
+            ["state", state.get("state", "unknown")],
+            ["started", state.get("started", "–")],
+            ["ended", state.get("ended") or "–"],
+        ]
+        if state.get("error"):
+            facts.append(["error", state["error"]])
+    facts.append(["epochs done / planned", f"{len(metrics)} / {planned if planned else '?'}"])
+    if state and state.get("images_per_s"):
+        facts.append(["training images/s (mean)", f"{state['images_per_s']:,.0f}"])
+    if best:
+        monitor = checkpoint_monitor(config)
+        value = best.get("metrics", {}).get(monitor) if monitor else None
+        facts.append(["best epoch", f"{best.get('epoch')} ({monitor} {_cell(value)})"])
+    if evaluation:
+        facts.append(
+            [f"{evaluation.get('split', 'test')} accuracy", _cell(evaluation.get("accuracy"))]
+        )
+    out += ["## Summary", "", table(["", ""], facts), ""]
+
+    if (run_dir / "curves.png").is_file():
+        out += ["## Training curves", "", "![training curves](curves.png)", ""]
+
+    if metrics:
+        headers = list(metrics[0])
+        body = [[r[h] for h in headers] for r in metrics]
+        out += ["## Metrics per epoch", "", table(headers, body), ""]
+
+    if evaluation:
+        out += _evaluation_section(run_dir, evaluation)
+
+    summary = _read_text(run_dir / "summary.txt").rstrip()
+    if summary:
+        out += ["## Model", "", "```", summary, "```", ""]
+    if config:
+        out += ["## Spec (config.yaml, every default filled in)", "", "```yaml", config.rstrip()]
+        out += ["```", ""]
+    return "\n".join(out)
+
+
+def _state(run_dir: Path) -> dict[str, Any] | None:
+    from cnnkit.runstate import read_state
+
+    return read_state(run_dir)
+
+
+def checkpoint_monitor(config_text: str) -> str | None:
+    """callbacks.checkpoint.monitor of config.yaml: what chose best.npz."""
+    try:
+        config = yaml.safe_load(config_text) or {}
+        return config["callbacks"]["checkpoint"]["monitor"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def _evaluation_section(run_dir: Path, ev: dict[str, Any]) -> list[str]:
+    out = [f"## Final evaluation ({ev.get('split', 'test')} split)", ""]
+    rows = [
+        ["checkpoint", ev.get("checkpoint")],
+        ["epoch", ev.get("epoch")],
+        ["samples", ev.get("samples")],
+        ["loss", ev.get("loss")],
+        ["accuracy", ev.get("accuracy")],
+    ]
+    for name, value in (ev.get("metrics") or {}).items():
+        if name != "accuracy":
+            rows.append([name, value])
+    out += [table(["", ""], rows), ""]
+    per_class = ev.get("per_class") or {}
+    if per_class.get("classes"):
+        body = [
+            [r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
+            for r in per_class["classes"]
+        ]
+        for avg in ("macro", "weighted"):
+            if avg in per_class:
+                r = per_class[avg]
+                body.append([f"*{avg} avg*", r["precision"], r["recall"], r["f1"], ev["samples"]])
+        out += ["### Per class", "", table(["class", "precision", "recall", "f1", "support"], body)]
+        out.append("")
+    pairs = ev.get("most_confused") or []
+    if pairs:
+        body = [[p["true"], p["predicted"], p["count"], p["fraction_of_true"]] for p in pairs]
+        out += ["### Most-confused class pairs", ""]
+        out += [table(["true", "predicted as", "count", "share of true class"], body), ""]
+    for name, title in (
+        ("confusion_matrix.png", "Confusion matrix"),
+        ("misclassified.png", "Most confident mistakes"),
+    ):
+        if (run_dir / name).is_file():
+            out += [f"### {title}", "", f"![{title.lower()}]({name})", ""]
+    if (run_dir / "misclassified.csv").is_file():
+        count = ev.get("misclassified")
+        what = f"all {count:,} mistakes" if isinstance(count, int) else "every mistake"
+        out += [f"[misclassified.csv](misclassified.csv): {what}, most confident first.", ""]
+    return out
+
+
+def write_report(run_dir: Path) -> Path:
+    path = Path(run_dir) / REPORT
+    atomic_write_text(path, build_report(run_dir))
+    return path

@@ -63,6 +63,12 @@ def render_text(renderable: Any, width: int = 100) -> str:
 
 
 def print_error(error: CnnkitError) -> None:
+    errors = getattr(error, "errors", None)  # SpecErrors: every error of the spec, one panel each
+    if errors:
+        for one in errors:
+            print_error(one)
+        error_console.print(f"[bold red]{escape(error.message)}[/bold red]")
+        return
     body = f"[bold]{escape(error.message)}[/bold]"
     if error.where:
         body = f"[cyan]{escape(error.where)}[/cyan]\n{body}"

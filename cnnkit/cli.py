@@ -14,12 +14,12 @@ import typer
 from cnnkit import api, display
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError
+from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
 app = typer.Typer(
     help="Train, evaluate and use convolutional networks on the CPU from one YAML spec.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -27,6 +27,17 @@ CheckpointOpt = Annotated[
     str, typer.Option("--checkpoint", "-c", help="best, last, or a path to an .npz checkpoint.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+# --set KEY.PATH=VALUE, repeatable: pass the list to load_spec(spec, overrides=...) (or to
+# api.check / api.spec_from_spec_or_run); cnnkit.overrides applies and locates them
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="Change one value of the spec, e.g. --set train.epochs=3 or "
+        "--set model.layers[0].Conv2D.filters=16 (YAML values; repeatable).",
+    ),
+]
 
 
 @app.command()
@@ -42,19 +53,24 @@ def train(
         typer.Option(help="Start from this checkpoint (.npz) or run directory: model.weights."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
+    set_: SetOpt = None,
 ) -> None:
-    """Train the model of SPEC and write a new run directory under --out."""
-    overrides = {
-        key: value
-        for key, value in (
-            ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
-            ("seed", seed),
-            ("model.weights", str(weights) if weights else None),
+    """Train the model of SPEC and write a new run directory under --out.
+
+    Example: cnnkit train configs/mnist.yaml --set train.epochs=3
+    """
+    options = [
+        option_override(key, value, flag)
+        for key, value, flag in (
+            ("train.epochs", epochs, "--epochs"),
+            ("train.batch_size", batch_size, "--batch-size"),
+            ("seed", seed, "--seed"),
+            ("model.weights", str(weights) if weights else None, "--weights"),
         )
         if value is not None
-    }
-    parsed = load_spec(spec, overrides)
+    ]
+    parsed = load_spec(spec, [*(set_ or []), *options])
+    parsed.command = command_line()  # config.yaml records it
     with display.RichReporter() as reporter:
         result = api.train(
             parsed,
@@ -115,10 +131,39 @@ def predict(
 @app.command()
 def summary(
     spec_or_run: Annotated[Path, typer.Argument(help="YAML spec or run directory.")],
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Batch of the memory plan (default: the spec's)."),
+    ] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Keras-style model summary: layers, output shapes, parameters, MACs. Loads no data."""
-    info = api.summarize(api.spec_from_spec_or_run(spec_or_run))
-    display.console.print(display.summary_table(info.title, info.rows, info.totals))
+    """Keras-style model summary: layers, output shapes, parameters, MACs, memory per batch.
+
+    Loads no data. Memory columns: what each layer keeps for a forward pass and for a training
+    step (activations kept for backward, gradients, optimizer state).
+
+    Example: cnnkit summary configs/mnist.yaml --batch-size 256
+    """
+    info = api.summarize(api.spec_from_spec_or_run(spec_or_run, set_), batch_size)
+    display.console.print(display.summary_table(info.title, info.rows, info.totals, info.memory))
+
+
+@app.command()
+def check(
+    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")],
+    set_: SetOpt = None,
+) -> None:
+    """Check SPEC in a second: every error with its line, every shape, the memory plan.
+
+    Loads no data and compiles no kernel. Prints the summary and "ok" (exit 0), or every error
+    found, each with file:line:column and the offending line (exit 2). Warns when a training
+    step would need more than 80% of the available memory, with the largest batch size that
+    fits.
+
+    Example: cnnkit check configs/mnist.yaml --set train.batch_size=512
+    """
+    for renderable in display.check_renderables(api.check(spec, set_)):
+        display.console.print(renderable)
 
 
 @app.command()

@@ -277,8 +277,10 @@ def parse_spec(text: str, file: Path | None = None, overrides: SpecOverrides = N
         raise error from None
     errors = ErrorList()
     spec = None
+    raw, not_applied = apply_overrides(raw, sets)
+    for error in not_applied:
+        errors.add(error)
     with errors.collect():
-        raw = apply_overrides(raw, sets)
         spec = validate(raw, default_name=file.stem if file else "run", file=file)
     for error in errors.found:
         _locate(error, text, root, where, sets)
@@ -298,12 +300,22 @@ def _locate(exc: SpecError, text: str, root, where: str, sets: list[Override]) -
     if any(exc.where == o.arg for o in sets):
         return  # raised while applying an override: already names it
     path = exc.where or ""
+    position = _position_of(root, path)
     owner = next((o for o in reversed(sets) if o.owns(path)), None)  # the last one wins
-    if owner is not None:
+    if owner is not None:  # the value the override set, or inside it
         exc.where = f"{owner.arg} {path}".rstrip()
         exc.context = owner.excerpt()
         return
-    position = _position_of(root, path)
+    # an error about a node the override changed inside (a layer whose kernel_size it set):
+    # name the override, and show the node's line in the file too
+    owner = next((o for o in reversed(sets) if path and o.changes_inside(path)), None)
+    if owner is not None:
+        exc.where = f"{owner.arg} {path}"
+        exc.context = owner.excerpt()
+        if position:
+            exc.context += f"\n{where}:{position[0]}:{position[1]}\n"
+            exc.context += _source_excerpt(text, *position)
+        return
     if position:
         exc.where = f"{where}:{position[0]}:{position[1]} {path}".rstrip()
         exc.context = _source_excerpt(text, *position)

@@ -23,6 +23,7 @@ import yaml
 
 from cnnkit.errors import SpecError
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 # sections that may be written as a bare name (`loss: mse`): `--set loss.label_smoothing=0.1`
 # turns them into {name: mse, label_smoothing: 0.1}
@@ -56,6 +57,10 @@ class Override:
         """True when an error at `path` is this override's doing: the path it set, a key of
         the value it set, or a section it created."""
         return _within(path, self.path) or any(path == created for created in self.created)
+
+    def changes_inside(self, path: str) -> bool:
+        """True when this override set something inside the node at `path`."""
+        return self.path != path and _within(self.path, path)
 
 
 def _within(path: str, prefix: str) -> bool:
@@ -108,6 +113,8 @@ def parse_set(text: str) -> Override:
         raise override.error(f"{error}", at_value=False) from None
     try:
         override.value = yaml.safe_load(value_text) if value_text.strip() else None
+        if isinstance(override.value, str) and _EXPONENT.fullmatch(override.value.strip()):
+            override.value = float(override.value)  # YAML 1.1 reads 1e-3 as a string
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error)
         raise override.error(
@@ -139,17 +146,22 @@ def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...")
 
 
-def apply_overrides(raw: Any, overrides: Sequence[Override]) -> Any:
-    """Set every override's value in the parsed YAML (in order: a later one wins)."""
+def apply_overrides(raw: Any, overrides: Sequence[Override]) -> tuple[Any, list[SpecError]]:
+    """Set every override's value in the parsed YAML (in order: a later one wins). Returns
+    the changed spec and the errors of overrides that could not be applied (the others are)."""
     if not overrides:
-        return raw
+        return raw, []
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        return raw  # validation reports the malformed file
+        return raw, []  # validation reports the malformed file
+    errors = []
     for override in overrides:
-        _apply(raw, override)
-    return raw
+        try:
+            _apply(raw, override)
+        except SpecError as error:
+            errors.append(error)
+    return raw, errors
 
 
 def _apply(raw: dict, override: Override) -> None:

@@ -79,6 +79,24 @@ def check(path: str | Path, overrides=None, available: int | None = None) -> Che
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
 
 
+def spec_schema() -> str:
+    """The JSON Schema of a spec (cnnkit.schema), as the committed schema file holds it."""
+    from cnnkit.schema import schema_text
+
+    return schema_text()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a user-requested file atomically; an unwritable place is a user error."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise DataError(f"cannot write the file: {exc.strerror or exc}", where=str(path)) from None
+    return path
+
+
 def spec_from_spec_or_run(path: str | Path, overrides=None) -> Spec:
     """`summary` accepts a spec file or a run directory (its config.yaml); overrides: --set."""
     path = Path(path)

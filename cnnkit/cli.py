@@ -167,6 +167,27 @@ def check(
 
 
 @app.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the schema to this file instead of printing it.")
+    ] = None,
+) -> None:
+    """Print (or write) the JSON Schema of the spec, for editor completion and checking.
+
+    Generated from the option tables the validator uses. Point your editor's YAML language
+    server at it with a first line `# yaml-language-server: $schema=PATH` in the spec.
+
+    Example: cnnkit schema --out schema/cnnkit-spec.schema.json
+    """
+    text = api.spec_schema()
+    if out is None:
+        print(text, end="")
+        return
+    api.write_text(out, text)
+    display.console.print(f"Wrote [bold]{out}[/bold]")
+
+
+@app.command()
 def augment(
     spec: Annotated[Path, typer.Argument(help="YAML spec with an augmentation: section.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Training images to show.")] = 20,

@@ -109,6 +109,12 @@ def _class_subset(value: Any, path: str) -> list[int] | None:
 
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
 TOP_LEVEL += ("schedule", "callbacks", "augmentation")
+# the top-level scalars (the sections have their own tables below); name's default is the
+# spec file's name
+TOP_OPTIONS = {
+    "name": Option(_name, default=None, doc="run name: output goes to runs/<name>"),
+    "seed": Option("int", default=42, minimum=0, doc="every random choice flows from it"),
+}
 
 DATA_OPTIONS = {
     "source": Option("str", choices=tuple(SOURCES), doc="e.g. mnist"),
@@ -370,9 +376,9 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
             )
     name, seed = default_name, 42
     with errors.collect():
-        name = _name(top.get("name", default_name), "name")
+        name = TOP_OPTIONS["name"].check(top.get("name", default_name), "name")
     with errors.collect():
-        seed = Option("int", minimum=0).check(top.get("seed", 42), "seed")
+        seed = TOP_OPTIONS["seed"].check(top.get("seed", 42), "seed")
     data = None
     if "data" not in top:
         errors.add(

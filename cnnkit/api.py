@@ -79,6 +79,13 @@ def check(path: str | Path, overrides=None, available: int | None = None) -> Che
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
 
 
+def init_spec(template: str = "mnist", path: str | Path | None = None) -> Path:
+    """`cnnkit init`: write a starter spec (cnnkit.starter); refuses to overwrite a file."""
+    from cnnkit.starter import write_starter
+
+    return write_starter(template, Path(path) if path is not None else None)
+
+
 def spec_schema() -> str:
     """The JSON Schema of a spec (cnnkit.schema), as the committed schema file holds it."""
     from cnnkit.schema import schema_text

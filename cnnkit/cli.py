@@ -167,6 +167,29 @@ def check(
 
 
 @app.command()
+def init(
+    path: Annotated[
+        Path | None, typer.Argument(help="Spec file to write (default: <template>.yaml here).")
+    ] = None,
+    template: Annotated[
+        str, typer.Option("--template", "-t", help="mnist, folder or binary.")
+    ] = "mnist",
+) -> None:
+    """Write a commented starter spec that trains as written; never overwrites a file.
+
+    Templates: mnist (a small CNN on MNIST), binary (one sigmoid unit: MNIST 3 vs 8), folder
+    (your own images in train/<class>/ folders; try it on `cnnkit data make-shapes`).
+
+    Example: cnnkit init --template binary my_spec.yaml
+    """
+    written = api.init_spec(template, path)
+    display.console.print(
+        f"Wrote [bold]{written}[/bold] ({template} template).\n"
+        f"Next: cnnkit check {written}   then   cnnkit train {written}"
+    )
+
+
+@app.command()
 def schema(
     out: Annotated[
         Path | None, typer.Option(help="Write the schema to this file instead of printing it.")

@@ -95,7 +95,12 @@ def evaluate(
     checkpoint: CheckpointOpt = "best",
     as_json: JsonOpt = False,
 ) -> None:
-    """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    Writes RUN/evaluation.json.
+
+    Example: cnnkit evaluate runs/mnist --checkpoint last
+    """
     report = api.evaluate(run, checkpoint)
     if as_json:
         print(json.dumps(json_safe(report), indent=2))
@@ -120,7 +125,10 @@ def predict(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Classify image files with a trained run: top-k classes and probabilities."""
+    """Classify image files with a trained run: top-k classes and probabilities.
+
+    Example: cnnkit predict my_digit.png drawings/ --run runs/mnist --top-k 3
+    """
     results = api.predict(images, run, checkpoint, top_k, invert)
     if as_json:
         print(json.dumps(results, indent=2))
@@ -219,8 +227,12 @@ def augment(
     ] = 4,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment.png"),
 ) -> None:
-    """Preview the spec's augmentation: a PNG grid of training images (first row) and
-    augmented versions of them (rows below), without training."""
+    """Preview the spec's augmentation as a PNG grid, without training.
+
+    The first row shows training images, the rows below augmented versions of them.
+
+    Example: cnnkit augment configs/shapes_folder.yaml --n 8 --out augment.png
+    """
     preview = api.augment_preview(load_spec(spec), n=n, out=out, versions=versions)
     if not preview.augments:
         display.console.print(
@@ -268,10 +280,13 @@ def data_check(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Data-quality report without training: class counts and imbalance, unreadable files,
-    mixed sizes and modes, duplicates within and across splits, differing class folders.
+    """Data-quality report without training: counts, bad files, duplicates, leakage.
 
-    Exit code 0 when clean, 1 when there are findings.
+    Class counts and imbalance, unreadable files, mixed sizes and modes, duplicates within
+    and across splits, differing class folders. Exit code 0 when clean, 1 when there are
+    findings.
+
+    Example: cnnkit data check datasets/shapes
     """
     from cnnkit.data.check import check
 

@@ -109,6 +109,8 @@ def _class_subset(value: Any, path: str) -> list[int] | None:
 
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
 TOP_LEVEL += ("schedule", "callbacks", "augmentation")
+# what an absent `loss:` / `optimizer:` means (Keras' compile() defaults of the tutorials)
+SECTION_DEFAULTS = {"loss": "categorical_crossentropy", "optimizer": "adam"}
 # the top-level scalars (the sections have their own tables below); name's default is the
 # spec file's name
 TOP_OPTIONS = {
@@ -409,9 +411,11 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
 
     loss = optimizer = metrics = train = None
     with errors.collect():
-        loss = _named_section(top.get("loss", "categorical_crossentropy"), LOSSES, "loss")
+        loss = _named_section(top.get("loss", SECTION_DEFAULTS["loss"]), LOSSES, "loss")
     with errors.collect():
-        optimizer = _named_section(top.get("optimizer", "adam"), OPTIMIZERS, "optimizer")
+        optimizer = _named_section(
+            top.get("optimizer", SECTION_DEFAULTS["optimizer"]), OPTIMIZERS, "optimizer"
+        )
         OPTIMIZERS[optimizer["name"]].check_options(optimizer)
     with errors.collect():
         metrics = parse_metrics(top.get("metrics", ["accuracy"]), "metrics")

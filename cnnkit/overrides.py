@@ -189,7 +189,10 @@ def _apply(raw: dict, override: Override) -> None:
             )
         else:
             child = node.get(part)
-            if child is None:  # absent or null: the override creates the section
+            if child is None and i == 0 and part in _section_defaults():
+                # `--set optimizer.learning_rate=0.01` without optimizer: in the file
+                child = node[part] = {"name": _section_defaults()[part]}
+            elif child is None:  # absent or null: the override creates the section
                 if isinstance(following, int):
                     raise override.error(f"{here} is not a list in the spec", at_value=False)
                 child = node[part] = {}
@@ -215,6 +218,12 @@ def _apply(raw: dict, override: Override) -> None:
             f"{join_parts(parts[:-1])} is not a mapping, so it has no key '{last}'",
             at_value=False,
         )
+
+
+def _section_defaults() -> dict[str, str]:
+    from cnnkit.config import SECTION_DEFAULTS  # config imports this module
+
+    return SECTION_DEFAULTS
 
 
 def _list_item(node: Any, index: int, path: str, override: Override) -> Any:

@@ -108,7 +108,9 @@ def kept_bytes(model: Sequential, x: np.ndarray, training: bool) -> list[int]:
     return kept
 
 
-@pytest.mark.parametrize("spec_text", [SPEC, (ROOT / "configs" / "mnist.yaml").read_text()])
+@pytest.mark.parametrize(
+    "spec_text", [SPEC, (ROOT / "configs" / "mnist.yaml").read_text()], ids=["layers", "mnist"]
+)
 def test_memory_plan_matches_the_arrays_layers_keep(spec_text):
     spec = parse_spec(spec_text)
     model = Sequential.from_spec(spec).build(0)

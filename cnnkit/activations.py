@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnkit.kernels.activations import erf_into
+from cnnkit.kernels.nojit import lazy
+
+(erf_into,) = lazy("cnnkit.kernels.activations", "erf_into")  # numba on first use only
 
 # forward(x, **options) -> y; options only for parameterised ones (leaky_relu: negative_slope)
 Forward = Callable[..., np.ndarray]

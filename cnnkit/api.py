@@ -19,6 +19,7 @@ from cnnkit.data.images import collect_images, prepare_image
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
 from cnnkit.errors import CheckpointError, DataError
+from cnnkit.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.metrics import MetricSet, per_class_report
 from cnnkit.model import Sequential, SummaryRow
 from cnnkit.registry import LOSSES, OPTIMIZERS
@@ -42,10 +43,12 @@ class ModelSummary:
     title: str
     rows: list[SummaryRow]
     totals: dict[str, int]
+    memory: MemoryPlan | None = None  # per-layer and total memory for a batch (cnnkit.memory)
 
 
-def summarize(spec: Spec) -> ModelSummary:
-    """Layers, output shapes, parameters and MACs, from the spec alone (no data, no weights)."""
+def summarize(spec: Spec, batch_size: int | None = None) -> ModelSummary:
+    """Layers, output shapes, parameters, MACs and the memory plan for a batch (default the
+    spec's batch_size), from the spec alone (no data, no weights)."""
     model = Sequential.from_spec(spec)
     rows = model.summary_rows()
     # as Keras: BatchNormalization's moving statistics are non-trainable params
@@ -58,13 +61,59 @@ def summarize(spec: Spec) -> ModelSummary:
         "bytes": total * 4,  # float32
         "macs": sum(r.macs for r in rows),
     }
-    return ModelSummary(f'Model: "{spec.name}"', rows, totals)
+    return ModelSummary(f'Model: "{spec.name}"', rows, totals, plan(spec, batch_size))
 
 
-def spec_from_spec_or_run(path: str | Path) -> Spec:
-    """`summary` accepts a spec file or a run directory (its config.yaml)."""
+@dataclass
+class CheckReport:
+    spec: Spec
+    summary: ModelSummary
+    available: int | None  # bytes of memory available now (None: unknown)
+    warnings: list[MemoryWarning]
+
+
+def check(path: str | Path, overrides=None, available: int | None = None) -> CheckReport:
+    """`cnnkit check`: validate the spec (every error, with its place), infer every shape and
+    plan the memory of a training step, without loading data or compiling kernels.
+
+    Raises SpecError / SpecErrors; memory beyond 80% of the available memory is a warning."""
+    spec = load_spec(path, overrides)
+    available = available_memory() if available is None else available
+    return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
+
+
+def init_spec(template: str = "mnist", path: str | Path | None = None) -> Path:
+    """`cnnkit init`: write a starter spec (cnnkit.starter); refuses to overwrite a file."""
+    from cnnkit.starter import write_starter
+
+    return write_starter(template, Path(path) if path is not None else None)
+
+
+def spec_schema() -> str:
+    """The JSON Schema of a spec (cnnkit.schema), as the committed schema file holds it."""
+    from cnnkit.schema import schema_text
+
+    return schema_text()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a user-requested file atomically; an unwritable place is a user error."""
     path = Path(path)
-    return load_run_spec(path) if path.is_dir() else load_spec(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise DataError(f"cannot write the file: {exc.strerror or exc}", where=str(path)) from None
+    return path
+
+
+def spec_from_spec_or_run(path: str | Path, overrides=None) -> Spec:
+    """`summary` accepts a spec file or a run directory (its config.yaml); overrides: --set."""
+    path = Path(path)
+    if path.is_dir():
+        spec = load_run_spec(path)
+        return load_spec(spec.file, overrides) if overrides else spec
+    return load_spec(path, overrides)
 
 
 def load_dataset(spec: Spec) -> Dataset:

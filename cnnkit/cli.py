@@ -14,12 +14,12 @@ import typer
 from cnnkit import api, display
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError
+from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
 app = typer.Typer(
     help="Train, evaluate and use convolutional networks on the CPU from one YAML spec.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -29,6 +29,17 @@ CheckpointOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress output; print the essentials only.")
+]
+# --set KEY.PATH=VALUE, repeatable: pass the list to load_spec(spec, overrides=...) (or to
+# api.check / api.spec_from_spec_or_run); cnnkit.overrides applies and locates them
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="Change one value of the spec, e.g. --set train.epochs=3 or "
+        "--set model.layers[0].Conv2D.filters=16 (YAML values; repeatable).",
+    ),
 ]
 
 
@@ -46,22 +57,27 @@ def train(
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
     quiet: QuietOpt = False,
+    set_: SetOpt = None,
 ) -> None:
     """Train the model of SPEC and write a new run directory under --out.
 
     In a terminal: a live progress bar. Elsewhere (a pipe, CI): plain lines, one per epoch and
-    one every logging.every_steps steps. --quiet: only the run directory is printed."""
-    overrides = {
-        key: value
-        for key, value in (
-            ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
-            ("seed", seed),
-            ("model.weights", str(weights) if weights else None),
+    one every logging.every_steps steps. --quiet: only the run directory is printed.
+
+    Example: cnnkit train configs/mnist.yaml --set train.epochs=3
+    """
+    options = [
+        option_override(key, value, flag)
+        for key, value, flag in (
+            ("train.epochs", epochs, "--epochs"),
+            ("train.batch_size", batch_size, "--batch-size"),
+            ("seed", seed, "--seed"),
+            ("model.weights", str(weights) if weights else None, "--weights"),
         )
         if value is not None
-    }
-    parsed = load_spec(spec, overrides)
+    ]
+    parsed = load_spec(spec, [*(set_ or []), *options])
+    parsed.command = command_line()  # config.yaml records it
     notes = display.error_console if quiet else display.console
     with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
         result = api.train(
@@ -93,9 +109,13 @@ def evaluate(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Test-set loss and accuracy, per-class precision/recall/F1, the confusion matrix and the
-    most-confused class pairs; writes evaluation.json, confusion_matrix.png, misclassified.png,
-    misclassified.csv and report.md in the run directory."""
+    """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    Also the most-confused class pairs. Writes evaluation.json, confusion_matrix.png,
+    misclassified.png, misclassified.csv and report.md in the run directory.
+
+    Example: cnnkit evaluate runs/mnist --checkpoint last
+    """
     report = api.evaluate(run, checkpoint)
     if as_json:
         print(json.dumps(json_safe(report), indent=2))
@@ -125,7 +145,10 @@ def predict(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Classify image files with a trained run: top-k classes and probabilities."""
+    """Classify image files with a trained run: top-k classes and probabilities.
+
+    Example: cnnkit predict my_digit.png drawings/ --run runs/mnist --top-k 3
+    """
     results = api.predict(images, run, checkpoint, top_k, invert)
     if as_json:
         print(json.dumps(results, indent=2))
@@ -136,14 +159,87 @@ def predict(
 @app.command()
 def summary(
     spec_or_run: Annotated[Path, typer.Argument(help="YAML spec or run directory.")],
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Batch of the memory plan (default: the spec's)."),
+    ] = None,
+    set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Keras-style model summary: layers, output shapes, parameters, MACs. Loads no data."""
-    info = api.summarize(api.spec_from_spec_or_run(spec_or_run))
+    """Keras-style model summary: layers, output shapes, parameters, MACs, memory per batch.
+
+    Loads no data. Memory columns: what each layer keeps for a forward pass and for a training
+    step (activations kept for backward, gradients, optimizer state).
+
+    Example: cnnkit summary configs/mnist.yaml --batch-size 256
+    """
+    info = api.summarize(api.spec_from_spec_or_run(spec_or_run, set_), batch_size)
     if as_json:
         print(json.dumps(api.summary_dict(info), indent=2))
         return
-    display.console.print(display.summary_table(info.title, info.rows, info.totals))
+    display.console.print(display.summary_table(info.title, info.rows, info.totals, info.memory))
+
+
+@app.command()
+def check(
+    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")],
+    set_: SetOpt = None,
+) -> None:
+    """Check SPEC in a second: every error with its line, every shape, the memory plan.
+
+    Loads no data and compiles no kernel. Prints the summary and "ok" (exit 0), or every error
+    found, each with file:line:column and the offending line (exit 2). Warns when a training
+    step would need more than 80% of the available memory, with the largest batch size that
+    fits.
+
+    Example: cnnkit check configs/mnist.yaml --set train.batch_size=512
+    """
+    for renderable in display.check_renderables(api.check(spec, set_)):
+        display.console.print(renderable)
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path | None, typer.Argument(help="Spec file to write (default: <template>.yaml here).")
+    ] = None,
+    template: Annotated[
+        str, typer.Option("--template", "-t", help="mnist, folder or binary.")
+    ] = "mnist",
+) -> None:
+    """Write a commented starter spec that trains as written; never overwrites a file.
+
+    Templates: mnist (a small CNN on MNIST), binary (one sigmoid unit: MNIST 3 vs 8), folder
+    (your own images in train/<class>/ folders; try it on `cnnkit data make-shapes`).
+
+    Example: cnnkit init --template binary my_spec.yaml
+    """
+    written = api.init_spec(template, path)
+    display.console.print(
+        f"Wrote [bold]{written}[/bold] ({template} template).\n"
+        f"Next: cnnkit check {written}   then   cnnkit train {written}"
+    )
+
+
+@app.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the schema to this file instead of printing it.")
+    ] = None,
+) -> None:
+    """Print (or write) the JSON Schema of the spec, for editor completion and checking.
+
+    Generated from the option tables the validator uses. Point your editor's YAML language
+    server at it with a first line `# yaml-language-server: $schema=PATH` in the spec.
+
+    Example: cnnkit schema --out schema/cnnkit-spec.schema.json
+    """
+    text = api.spec_schema()
+    if out is None:
+        print(text, end="")
+        return
+    api.write_text(out, text)
+    display.console.print(f"Wrote [bold]{out}[/bold]")
 
 
 @app.command()
@@ -151,8 +247,13 @@ def runs(
     folder: Annotated[Path, typer.Argument(help="Folder of run directories.")] = Path("runs"),
     as_json: JsonOpt = False,
 ) -> None:
-    """Table of the runs under FOLDER, newest first: started, dataset, epochs done/planned,
-    best validation accuracy and its epoch, test accuracy, images/s, state."""
+    """Table of the runs under FOLDER, newest first, with their state and best accuracy.
+
+    Columns: name, started, dataset, epochs done/planned, best validation accuracy and its
+    epoch, test accuracy (once evaluated), images/s, state (finished, interrupted, failed).
+
+    Example: cnnkit runs runs --json
+    """
     infos = api.list_runs(folder)
     if as_json:
         print(json.dumps(json_safe(infos), indent=2))
@@ -166,8 +267,10 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="Second run directory (B).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Two runs side by side: the spec keys that differ, then every metric with the better
-    value marked."""
+    """Two runs side by side: the spec keys that differ, then every metric, the better marked.
+
+    Example: cnnkit compare runs/mnist runs/mnist-2
+    """
     result = api.compare_runs(run_a, run_b)
     if as_json:
         print(json.dumps(json_safe(result), indent=2))
@@ -185,8 +288,12 @@ def augment(
     ] = 4,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment.png"),
 ) -> None:
-    """Preview the spec's augmentation: a PNG grid of training images (first row) and
-    augmented versions of them (rows below), without training."""
+    """Preview the spec's augmentation as a PNG grid, without training.
+
+    The first row shows training images, the rows below augmented versions of them.
+
+    Example: cnnkit augment configs/shapes_folder.yaml --n 8 --out augment.png
+    """
     preview = api.augment_preview(load_spec(spec), n=n, out=out, versions=versions)
     if not preview.augments:
         display.console.print(
@@ -234,10 +341,13 @@ def data_check(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Data-quality report without training: class counts and imbalance, unreadable files,
-    mixed sizes and modes, duplicates within and across splits, differing class folders.
+    """Data-quality report without training: counts, bad files, duplicates, leakage.
 
-    Exit code 0 when clean, 1 when there are findings.
+    Class counts and imbalance, unreadable files, mixed sizes and modes, duplicates within
+    and across splits, differing class folders. Exit code 0 when clean, 1 when there are
+    findings.
+
+    Example: cnnkit data check datasets/shapes
     """
     from cnnkit.data.check import check
 

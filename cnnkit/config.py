@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,15 @@ from cnnkit.metrics import (
     metric_entries,
     parse_metrics,
 )
-from cnnkit.options import Option, did_you_mean, join_path, require_mapping, resolve_options
+from cnnkit.options import (
+    ErrorList,
+    Option,
+    did_you_mean,
+    join_path,
+    require_mapping,
+    resolve_options,
+)
+from cnnkit.overrides import Override, apply_overrides, as_overrides
 from cnnkit.registry import LOSSES, OPTIMIZERS, canonical_layer, layer_names
 from cnnkit.schedules import SCHEDULES
 
@@ -109,6 +118,14 @@ def _class_subset(value: Any, path: str) -> list[int] | None:
 
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "metrics", "train")
 TOP_LEVEL += ("schedule", "callbacks", "augmentation", "logging")
+# what an absent `loss:` / `optimizer:` means (Keras' compile() defaults of the tutorials)
+SECTION_DEFAULTS = {"loss": "categorical_crossentropy", "optimizer": "adam"}
+# the top-level scalars (the sections have their own tables below); name's default is the
+# spec file's name
+TOP_OPTIONS = {
+    "name": Option(_name, default=None, doc="run name: output goes to runs/<name>"),
+    "seed": Option("int", default=42, minimum=0, doc="every random choice flows from it"),
+}
 
 DATA_OPTIONS = {
     "source": Option("str", choices=tuple(SOURCES), doc="e.g. mnist"),
@@ -190,6 +207,9 @@ class Spec:
     logging: dict[str, Any] = field(
         default_factory=lambda: resolve_options(None, LOGGING_OPTIONS, "logging")
     )
+    # --set overrides applied on top of the file, as typed (config.yaml lists them)
+    overrides: list[str] = field(default_factory=list, repr=False)
+    command: str | None = field(default=None, repr=False)  # the command line, for config.yaml
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -211,7 +231,17 @@ class Spec:
         }
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        """The resolved spec; a comment header records the command line and the overrides
+        (comments: the file stays a spec that loads as it is)."""
+        header = ""
+        if self.command:
+            header += f"# command: {self.command}\n"
+        if self.file is not None and (self.command or self.overrides):
+            header += f"# spec file: {self.file}\n"
+        for override in self.overrides:
+            header += f"# override: {override}\n"
+        body = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        return header + body
 
     def hash(self) -> str:
         """Identity of the model and data (not of training length): checkpoints carry it."""
@@ -234,8 +264,14 @@ class Spec:
 # -- loading -----------------------------------------------------------------------------
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
-    """Read and validate a YAML spec file; overrides are dotted keys ('train.epochs': 3)."""
+SpecOverrides = Mapping[str, Any] | Sequence[str | Override] | None
+
+
+def load_spec(path: str | Path, overrides: SpecOverrides = None) -> Spec:
+    """Read and validate a YAML spec file.
+
+    overrides: `--set` strings ('train.epochs=3'), Override objects, or a mapping of dotted
+    paths to values ({'train.epochs': 3}); see cnnkit.overrides."""
     path = Path(path)
     if path.is_dir():
         raise SpecError(
@@ -254,59 +290,196 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     return parse_spec(text, path, overrides)
 
 
-def parse_spec(text: str, file: Path | None = None, overrides: dict | None = None) -> Spec:
+def parse_spec(text: str, file: Path | None = None, overrides: SpecOverrides = None) -> Spec:
+    """Validate spec text. Every error gets the place it comes from: file:line:column and the
+    offending line, or the --set argument that caused it."""
     where = str(file) if file else "spec"
+    sets = as_overrides(overrides)
     try:
+        root = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"not valid YAML{line}: {problem}", where=where) from None
-    for key, value in (overrides or {}).items():
-        _set_dotted(raw if isinstance(raw, dict) else {}, key, value)
-    try:
+        error = SpecError(f"not valid YAML: {problem}", where=where)
+        if mark is not None:
+            error.where = f"{where}:{mark.line + 1}:{mark.column + 1}"
+            error.context = _source_excerpt(text, mark.line + 1, mark.column + 1)
+        raise error from None
+    errors = ErrorList()
+    spec = None
+    raw, not_applied = apply_overrides(raw, sets)
+    for error in not_applied:
+        errors.add(error)
+    with errors.collect():
         spec = validate(raw, default_name=file.stem if file else "run", file=file)
-    except SpecError as exc:
-        position = _position_of(text, exc.where or "")
-        if position:
-            exc.where = f"{where}:{position[0]}:{position[1]} {exc.where}"
-            exc.context = _source_excerpt(text, *position)
-        else:
-            exc.where = f"{where}: {exc.where}"
-        raise
+    for error in errors.found:
+        _locate(error, text, root, where, sets)
+    for error, mark in _duplicate_keys(root):
+        error.where = f"{where}:{mark.line + 1}:{mark.column + 1} {error.where}"
+        error.context = _source_excerpt(text, mark.line + 1, mark.column + 1)
+        errors.add(error)
+    errors.raise_if_any()
+    assert spec is not None
     spec.file = file
+    spec.overrides = [o.arg for o in sets]
     return spec
 
 
-def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    node = raw
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            return  # validation will report the malformed section
-    node[last] = value
+def _locate(exc: SpecError, text: str, root, where: str, sets: list[Override]) -> None:
+    """Point an error at its --set argument or at file:line:column (with the line shown)."""
+    if any(exc.where == o.arg for o in sets):
+        return  # raised while applying an override: already names it
+    path = exc.where or ""
+    position = _position_of(root, path)
+    owner = next((o for o in reversed(sets) if o.owns(path)), None)  # the last one wins
+    if owner is not None:  # the value the override set, or inside it
+        exc.where = f"{owner.arg} {path}".rstrip()
+        exc.context = owner.excerpt()
+        return
+    # an error about a node the override changed inside (a layer whose kernel_size it set):
+    # name the override, and show the node's line in the file too
+    owner = next((o for o in reversed(sets) if path and o.changes_inside(path)), None)
+    if owner is not None:
+        exc.where = f"{owner.arg} {path}"
+        exc.context = owner.excerpt()
+        if position:
+            exc.context += f"\n{where}:{position[0]}:{position[1]}\n"
+            exc.context += _source_excerpt(text, *position)
+        return
+    if position:
+        exc.where = f"{where}:{position[0]}:{position[1]} {path}".rstrip()
+        exc.context = _source_excerpt(text, *position)
+    else:
+        exc.where = f"{where}: {path}" if path else where
+    if sets:
+        applied = ", ".join(o.arg for o in sets)
+        exc.hint = f"{exc.hint}\n(with {applied})" if exc.hint else f"(with {applied})"
+
+
+def _duplicate_keys(node) -> list[tuple[SpecError, yaml.Mark]]:
+    """YAML keeps the last of two equal keys without a word: a typo nobody sees. Refuse it."""
+    found: list[tuple[SpecError, yaml.Mark]] = []
+    stack = [(node, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                child = join_path(path, name)
+                if name in seen:
+                    error = SpecError(
+                        f"duplicate key '{name}' (first at line {seen[name]}): YAML would "
+                        "silently keep only this one",
+                        where=child,
+                        hint="Remove one of them, or merge their contents.",
+                    )
+                    found.append((error, key.start_mark))
+                else:
+                    seen[name] = key.start_mark.line + 1
+                stack.append((value, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return sorted(found, key=lambda item: (item[1].line, item[1].column))
 
 
 def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> Spec:
+    """The resolved Spec, or every error found: sections (and layers) are checked one by one
+    and their errors collected; a check that needs a broken section is skipped."""
     top = require_mapping(raw, "", "a YAML mapping at the top level (name:, data:, model:, ...)")
+    errors = ErrorList()
     for key in top:
         if key not in TOP_LEVEL:
-            raise SpecError(
-                f"unknown key '{key}'",
-                where=str(key),
-                hint=f"{did_you_mean(key, TOP_LEVEL)}Valid top-level keys: {', '.join(TOP_LEVEL)}.",
+            errors.add(
+                SpecError(
+                    f"unknown key '{key}'",
+                    where=str(key),
+                    hint=f"{did_you_mean(key, TOP_LEVEL)}"
+                    f"Valid top-level keys: {', '.join(TOP_LEVEL)}.",
+                )
             )
-    name = _name(top.get("name", default_name), "name")
-    seed = Option("int", minimum=0).check(top.get("seed", 42), "seed")
+    name, seed = default_name, 42
+    with errors.collect():
+        name = TOP_OPTIONS["name"].check(top.get("name", default_name), "name")
+    with errors.collect():
+        seed = TOP_OPTIONS["seed"].check(top.get("seed", 42), "seed")
+    data = None
     if "data" not in top:
-        raise SpecError(
-            "missing the 'data' section", where="spec", hint="Add data: {source: mnist}."
+        errors.add(
+            SpecError("missing the 'data' section", where="", hint="Add data: {source: mnist}.")
         )
-    data = resolve_options(top["data"], DATA_OPTIONS, "data")
+    else:
+        with errors.collect():
+            data = _data_section(top["data"])
+
+    model, layers = None, None
+    if "model" not in top:
+        errors.add(
+            SpecError("missing the 'model' section", where="", hint="Add model: {layers: [...]}.")
+        )
+    else:
+        with errors.collect():
+            model = resolve_options(top["model"], MODEL_OPTIONS, "model")
+    if model is not None:
+        input_shape = None
+        with errors.collect():
+            given = top.get("data")
+            raw_source = given.get("source") if isinstance(given, Mapping) else None
+            input_shape = _model_input_shape(model, data, raw_source)
+        with errors.collect():  # without an input shape, the layers' options are still checked
+            layers = build_layers(model["layers"], input_shape)
+        if input_shape is None:
+            layers = None
+
+    loss = optimizer = metrics = train = None
+    with errors.collect():
+        loss = _named_section(top.get("loss", SECTION_DEFAULTS["loss"]), LOSSES, "loss")
+    with errors.collect():
+        optimizer = _named_section(
+            top.get("optimizer", SECTION_DEFAULTS["optimizer"]), OPTIMIZERS, "optimizer"
+        )
+        OPTIMIZERS[optimizer["name"]].check_options(optimizer)
+    with errors.collect():
+        metrics = parse_metrics(top.get("metrics", ["accuracy"]), "metrics")
+    with errors.collect():
+        train = resolve_options(top.get("train"), TRAIN_OPTIONS, "train")
+
+    notes: list[str] = []
+    schedule, callbacks = None, {}
+    if metrics is not None:  # monitors name metric columns
+        columns = [metric_column(n, o) for n, o in metric_entries(metrics)]
+        given_data = data or (top.get("data") if isinstance(top.get("data"), Mapping) else {})
+        has_validation = given_data.get("validation", "test") != "none"
+        with errors.collect():
+            schedule = _schedule_section(top.get("schedule"), columns, has_validation, notes)
+        with errors.collect():
+            callbacks = _callbacks_section(top.get("callbacks"), columns, has_validation, notes)
+    augmentation = None
+    with errors.collect():
+        augmentation = resolve_augmentation(top.get("augmentation"))
+    logging = None
+    with errors.collect():
+        logging = resolve_options(top.get("logging"), LOGGING_OPTIONS, "logging")
+
+    spec = None
+    if None not in (data, layers, loss, metrics):
+        spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, file=file)
+        spec.layers = layers
+        with errors.collect():
+            check_head(spec)
+    errors.raise_if_any()
+    assert spec is not None
+    spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes
+    spec.augmentation = augmentation
+    spec.logging = logging
+    return spec
+
+
+def _data_section(given: Any) -> dict[str, Any]:
+    data = resolve_options(given, DATA_OPTIONS, "data")
     if data["validation_split"] is not None:
-        if "validation" in top["data"] and data["validation"] != "split":
+        if "validation" in given and data["validation"] != "split":
             raise SpecError(
                 "both validation and validation_split are set",
                 where="data.validation",
@@ -328,13 +501,20 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
             where="data",
             hint="folder: the folder of class sub-folders; npz: the .npz file.",
         )
-    _check_source_options(data, top["data"], source)
+    _check_source_options(data, given, source)
+    return data
 
-    if "model" not in top:
-        raise SpecError(
-            "missing the 'model' section", where="spec", hint="Add model: {layers: [...]}."
-        )
-    model = resolve_options(top["model"], MODEL_OPTIONS, "model")
+
+def _model_input_shape(
+    model: dict[str, Any], data: dict[str, Any] | None, raw_source: Any = None
+) -> list[int] | None:
+    """model.input_shape, or the one the data source implies (when the data section is
+    broken but names a known source, that source's shape, so the layers are still checked)."""
+    if data is None:
+        source = SOURCES.get(raw_source) if isinstance(raw_source, str) else None
+        fallback = source.input_shape if source is not None else None
+        return model["input_shape"] or (list(fallback) if fallback else None)
+    source = SOURCES[data["source"]]
     if model["input_shape"] is None and data.get("target_size"):
         channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[data["color_mode"]]
         model["input_shape"] = [*data["target_size"], channels]
@@ -354,26 +534,7 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
             where="model.input_shape",
             hint=f"Use input_shape: {list(source.input_shape)}.",
         )
-    layers = build_layers(model["layers"], tuple(model["input_shape"]))
-
-    loss = _named_section(top.get("loss", "categorical_crossentropy"), LOSSES, "loss")
-    optimizer = _named_section(top.get("optimizer", "adam"), OPTIMIZERS, "optimizer")
-    metrics = parse_metrics(top.get("metrics", ["accuracy"]), "metrics")
-    train = resolve_options(top.get("train"), TRAIN_OPTIONS, "train")
-
-    OPTIMIZERS[optimizer["name"]].check_options(optimizer)
-    notes: list[str] = []
-    columns = [metric_column(n, o) for n, o in metric_entries(metrics)]
-    has_validation = data["validation"] != "none"
-    schedule = _schedule_section(top.get("schedule"), columns, has_validation, notes)
-    callbacks = _callbacks_section(top.get("callbacks"), columns, has_validation, notes)
-
-    spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, file=file, layers=layers)
-    spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes
-    spec.augmentation = resolve_augmentation(top.get("augmentation"))
-    spec.logging = resolve_options(top.get("logging"), LOGGING_OPTIONS, "logging")
-    check_head(spec)
-    return spec
+    return model["input_shape"]
 
 
 def _check_folder_shape(data: dict[str, Any], input_shape: list[int] | None) -> None:
@@ -427,8 +588,12 @@ def _check_source_options(data: dict[str, Any], given: Any, source) -> None:
             )
 
 
-def build_layers(raw_layers: Any, input_shape: tuple[int, ...]) -> list[Layer]:
-    """Instantiate layers from the spec list and infer every shape (no arrays yet)."""
+def build_layers(raw_layers: Any, input_shape: tuple[int, ...] | None) -> list[Layer]:
+    """Instantiate layers from the spec list and infer every shape (no arrays yet).
+
+    Every layer's options are checked even after an earlier layer failed (its errors are
+    collected); shapes are inferred up to the first layer whose shape fails. Without an
+    input_shape (a broken data section), only the options are checked."""
     if not isinstance(raw_layers, list) or not raw_layers:
         raise SpecError(
             "expected a non-empty list of layers",
@@ -436,35 +601,65 @@ def build_layers(raw_layers: Any, input_shape: tuple[int, ...]) -> list[Layer]:
             hint="Example:\n  layers:\n    - Conv2D: {filters: 32, kernel_size: 3}\n"
             "    - Flatten: {}\n    - Dense: {units: 10, activation: softmax}",
         )
+    errors = ErrorList()
     layers: list[Layer] = []
-    shape = input_shape
+    shape = tuple(input_shape) if input_shape is not None else None
     for i, entry in enumerate(raw_layers):
-        path = f"model.layers[{i}]"
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise SpecError(
-                f"expected one layer written as `- LayerName: {{options}}`, found {entry!r}",
-                where=path,
-                hint=f"Valid layers: {', '.join(layer_names())}.",
-            )
-        ((type_name, options),) = entry.items()
-        cls = canonical_layer(str(type_name))
-        if cls is None:
-            raise SpecError(
-                f"unknown layer '{type_name}'",
-                where=path,
-                hint=f"{did_you_mean(type_name, layer_names())}"
-                f"Valid layers: {', '.join(layer_names())}.",
-            )
-        if cls.keras_name == "Activation" and isinstance(options, str):
-            options = {"activation": options}  # `- Activation: relu` shorthand
-        layer_path = join_path(path, str(type_name))
-        resolved = resolve_options(
-            options, cls.OPTIONS, layer_path, what=f"{cls.keras_name} option"
-        )
-        layer = cls(resolved, i, where=layer_path)
-        shape = layer.infer_shape(shape)
+        layer = None
+        with errors.collect():
+            layer, misspelt = _layer(entry, i)
+            if misspelt is not None:
+                errors.add(misspelt)
+        if layer is None:
+            shape = None  # the shapes after an unknown layer are unknown
+            continue
         layers.append(layer)
+        if shape is not None:
+            try:
+                shape = layer.infer_shape(shape)
+            except SpecError as error:
+                errors.add(error)
+                shape = None
+    errors.raise_if_any()
     return layers
+
+
+def _layer(entry: Any, i: int) -> tuple[Layer, SpecError | None]:
+    """The layer of one `- Name: {options}` entry, and the error of its misspelt options."""
+    path = f"model.layers[{i}]"
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise SpecError(
+            f"expected one layer written as `- LayerName: {{options}}`, found {entry!r}",
+            where=path,
+            hint=f"Valid layers: {', '.join(layer_names())}.",
+        )
+    ((type_name, options),) = entry.items()
+    cls = canonical_layer(str(type_name))
+    if cls is None:
+        raise SpecError(
+            f"unknown layer '{type_name}'",
+            where=path,
+            hint=f"{did_you_mean(type_name, layer_names())}"
+            f"Valid layers: {', '.join(layer_names())}.",
+        )
+    if cls.keras_name == "Activation" and isinstance(options, str):
+        options = {"activation": options}  # `- Activation: relu` shorthand
+    layer_path = join_path(path, str(type_name))
+    what = f"{cls.keras_name} option"
+    try:
+        resolved = resolve_options(options, cls.OPTIONS, layer_path, what=what)
+    except SpecError as error:
+        # a misspelt option alone: build the layer without it so the shapes after it are
+        # still inferred and checked; the error is reported all the same
+        known = {k: v for k, v in options.items() if k in cls.OPTIONS}
+        if not isinstance(options, dict) or known == options:
+            raise
+        try:
+            resolved = resolve_options(known, cls.OPTIONS, layer_path, what=what)
+        except SpecError:
+            raise error from None
+        return cls(resolved, i, where=layer_path), error
+    return cls(resolved, i, where=layer_path), None
 
 
 def _named_section(value: Any, table: dict, path: str) -> dict[str, Any]:
@@ -621,18 +816,17 @@ def check_head(spec: Spec) -> None:
 # -- error locations ---------------------------------------------------------------------
 
 
-def _position_of(text: str, path: str) -> tuple[int, int] | None:
-    """1-based (line, column) of a YAML path like 'model.layers[2].Conv2D.filters': the key's
-    position, or the deepest parent that exists (a missing key points at its section)."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
+def _position_of(root, path: str) -> tuple[int, int] | None:
+    """1-based (line, column) of a YAML path like 'model.layers[2].Conv2D.filters' in the
+    composed file: the key's position, or the deepest parent that exists (a missing key points
+    at its section; a missing section at the first line)."""
+    if root is None:
         return None
     parts = [p for p in re.split(r"\.|\[(\d+)\]", path) if p]
-    mark = None
+    node, mark = root, root.start_mark
     for part in parts:
         if isinstance(node, yaml.MappingNode):
-            match = next((kv for kv in node.value if kv[0].value == part), None)
+            match = next((kv for kv in node.value if str(kv[0].value) == part), None)
             if match is None:
                 break
             mark, node = match[0].start_mark, match[1]
@@ -641,7 +835,7 @@ def _position_of(text: str, path: str) -> tuple[int, int] | None:
             mark = node.start_mark
         else:
             break
-    return (mark.line + 1, mark.column + 1) if mark else None
+    return mark.line + 1, mark.column + 1
 
 
 def _source_excerpt(text: str, line: int, column: int) -> str:

@@ -36,24 +36,70 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
-def summary_table(title: str, rows: list[SummaryRow], totals: dict[str, int]) -> Table:
+def summary_table(
+    title: str, rows: list[SummaryRow], totals: dict[str, int], memory: Any = None
+) -> Table:
+    """Keras' summary; with a cnnkit.memory.MemoryPlan, per-layer and total memory too."""
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
     table.add_column("Layer (type)")
     table.add_column("Output Shape")
     table.add_column("Param #", justify="right")
     table.add_column("MACs / image", justify="right")
-    for row in rows:
-        table.add_row(
-            f"{row.name} ({row.type})", row.output_shape, f"{row.params:,}", f"{row.macs:,}"
-        )
+    if memory is not None:
+        table.add_column("Forward", justify="right")
+        table.add_column("Training", justify="right")
+    for i, row in enumerate(rows):
+        cells = [f"{row.name} ({row.type})", row.output_shape, f"{row.params:,}", f"{row.macs:,}"]
+        if memory is not None:
+            layer = memory.layers[i]
+            cells += [human_bytes(layer.forward), human_bytes(layer.training)]
+        table.add_row(*cells)
     table.caption = (
         f"Total params: {totals['total']:,} ({human_bytes(totals['bytes'])})\n"
         f"Trainable params: {totals['trainable']:,}\n"
         f"Non-trainable params: {totals['non_trainable']:,}\n"
         f"MACs / image (forward): {totals['macs']:,}"
     )
+    if memory is not None:
+        table.caption += (
+            f"\nMemory for a batch of {memory.batch_size} (float32 arrays; Forward/Training "
+            "columns: what each layer keeps)\n"
+            f"  forward (inference): {human_bytes(memory.forward_total)} (input "
+            f"{human_bytes(memory.input)}, weights {human_bytes(memory.weights)}, "
+            f"activations {human_bytes(memory.forward_total - memory.input - memory.weights)})\n"
+            f"  training step: {human_bytes(memory.training_total)} (activations kept for "
+            f"backward {human_bytes(memory.activations_training)}, gradients "
+            f"{human_bytes(memory.gradients)}, optimizer state "
+            f"{human_bytes(memory.optimizer_state)}, weights {human_bytes(memory.weights)})"
+        )
     table.caption_justify = "left"
     return table
+
+
+def check_renderables(report: Any) -> list[Any]:
+    """`cnnkit check`: the summary with its memory plan, memory warnings, then ok."""
+    info = report.summary
+    out: list[Any] = [summary_table(info.title, info.rows, info.totals, info.memory)]
+    if report.available is not None:
+        out.append(f"Memory available now: {human_bytes(report.available)} (MemAvailable)")
+    else:
+        out.append("[dim]Memory available now: unknown (no /proc/meminfo): not checked[/dim]")
+    for w in report.warnings:
+        fits = (
+            f"The largest batch size that fits: {w.fits:,} (--set {w.option}={w.fits})."
+            if w.fits
+            else "Not even a batch of 1 fits: make the model smaller."
+        )
+        out.append(
+            f"[yellow]Warning:[/yellow] {w.what} at {w.option} {w.batch_size:,} plans "
+            f"{human_bytes(w.planned)} of memory, more than {w.share:.0%} of the "
+            f"{human_bytes(w.available)} available.\n  {fits}"
+        )
+    for note in report.spec.notes:
+        out.append(f"[yellow]Note:[/yellow] {escape(note)}")
+    where = escape(str(report.spec.file)) if report.spec.file else "spec"
+    out.append(f"[bold green]ok[/bold green]: {where} is valid")
+    return out
 
 
 def render_text(renderable: Any, width: int = 100) -> str:
@@ -64,6 +110,12 @@ def render_text(renderable: Any, width: int = 100) -> str:
 
 
 def print_error(error: CnnkitError) -> None:
+    errors = getattr(error, "errors", None)  # SpecErrors: every error of the spec, one panel each
+    if errors:
+        for one in errors:
+            print_error(one)
+        error_console.print(f"[bold red]{escape(error.message)}[/bold red]")
+        return
     body = f"[bold]{escape(error.message)}[/bold]"
     if error.where:
         body = f"[cyan]{escape(error.where)}[/cyan]\n{body}"

@@ -42,3 +42,15 @@ class CheckpointError(CnnkitError):
 
 class ImageError(CnnkitError):
     """An image given to `predict` cannot be read or converted."""
+
+
+class SpecErrors(SpecError):
+    """Several independent spec errors found in one pass (`errors` holds each, in file order
+    of discovery), so that one `cnnkit check` shows every mistake, not only the first."""
+
+    def __init__(self, errors: list[SpecError]):
+        super().__init__(f"{len(errors)} errors in the spec")
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(error) for error in self.errors)

@@ -8,11 +8,12 @@ the YAML path, says what was found and what would be valid, and suggests the clo
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cnnkit.errors import SpecError
+from cnnkit.errors import SpecError, SpecErrors
 
 REQUIRED = object()  # sentinel: the option has no default
 
@@ -172,28 +173,72 @@ def require_mapping(value: Any, path: str, what: str = "a mapping of options") -
 def resolve_options(
     given: Any, options: Mapping[str, Option], path: str, what: str = "option"
 ) -> dict[str, Any]:
-    """Check `given` against `options`; return every option with defaults filled in."""
+    """Check `given` against `options`; return every option with defaults filled in.
+
+    Every unknown key, bad value and missing option of the mapping is reported (SpecErrors
+    when there are several), not only the first."""
     given = require_mapping(given, path)
+    errors = ErrorList()
+    suggested = set()  # a misspelt required key is one error, not also a missing one
     for key in given:
         if key not in options:
-            raise SpecError(
-                f"unknown {what} '{key}'",
-                where=join_path(path, key),
-                hint=f"{did_you_mean(key, list(options))}Valid: {', '.join(options)}.",
+            suggested.add(closest(key, list(options)))
+            errors.add(
+                SpecError(
+                    f"unknown {what} '{key}'",
+                    where=join_path(path, key),
+                    hint=f"{did_you_mean(key, list(options))}Valid: {', '.join(options)}.",
+                )
             )
     resolved: dict[str, Any] = {}
     for key, opt in options.items():
         if key in given:
-            resolved[key] = opt.check(given[key], join_path(path, key))
-        elif opt.default is REQUIRED:
-            raise SpecError(
-                f"missing required {what} '{key}'",
-                where=path or "the spec",
-                hint=f"Add `{key}: ...`{' (' + opt.doc + ')' if opt.doc else ''}.",
+            with errors.collect():
+                resolved[key] = opt.check(given[key], join_path(path, key))
+        elif opt.default is REQUIRED and key not in suggested:
+            errors.add(
+                SpecError(
+                    f"missing required {what} '{key}'",
+                    where=path or "the spec",
+                    hint=f"Add `{key}: ...`{' (' + opt.doc + ')' if opt.doc else ''}.",
+                )
             )
         else:
             resolved[key] = opt.default
+    errors.raise_if_any()
     return resolved
+
+
+class ErrorList:
+    """Collects SpecErrors so that one pass over a spec reports every independent mistake.
+
+    errors = ErrorList()
+    with errors.collect():
+        data = check_data(...)      # on an error, data keeps its previous value
+    errors.raise_if_any()           # one error as itself, several as SpecErrors
+    """
+
+    def __init__(self) -> None:
+        self.found: list[SpecError] = []
+
+    def add(self, error: SpecError) -> None:
+        self.found.extend(error.errors if isinstance(error, SpecErrors) else [error])
+
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        try:
+            yield
+        except SpecError as error:
+            self.add(error)
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def raise_if_any(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            raise SpecErrors(self.found)
 
 
 def join_path(path: str, key: str | int) -> str:

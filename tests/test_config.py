@@ -158,7 +158,8 @@ def test_cross_entropy_needs_softmax_head():
 
 def test_yaml_syntax_error_has_line():
     err = spec_error("name: x\nmodel: {layers: [\n")
-    assert "not valid YAML" in err.message and "line" in err.message
+    # file:line:column, like every other spec error (line 3: where the stream ends)
+    assert "not valid YAML" in err.message and err.where == "spec:3:1"
 
 
 def test_validation_and_split_conflict():

@@ -25,7 +25,7 @@ import numpy as np
 
 from cnnkit.data.batches import Split, scale
 from cnnkit.errors import CheckpointError, SpecError
-from cnnkit.kernels.affine import FILL_MODES, augment_batch
+from cnnkit.kernels.nojit import FILL_MODES, lazy
 from cnnkit.options import Option, join_path, require_mapping, resolve_options
 
 NORMALIZATION_FILE = "normalization.json"
@@ -223,6 +223,9 @@ def transform_matrices(t: Transforms, height: int, width: int) -> np.ndarray:
     matrices[:, :, :2] = linear
     matrices[:, :, 2] = centre + offset - linear @ centre
     return matrices
+
+
+(augment_batch,) = lazy("cnnkit.kernels.affine", "augment_batch")  # numba on first use only
 
 
 class Augmenter:

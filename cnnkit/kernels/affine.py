@@ -18,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # the kernel's mode codes: the index
+from cnnkit.kernels.nojit import FILL_MODES  # noqa: F401 (the kernel's mode codes: the index)
 
 _SNAP = 1e-6
 

@@ -15,6 +15,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from cnnkit.kernels.nojit import conv_output_size  # noqa: F401 (re-exported; plain Python)
+
 # Number of batch chunks for the weight-gradient reduction. Fixed (not the thread count), so
 # the float summation order, and hence the result, does not depend on the machine.
 _WGRAD_CHUNKS = 16
@@ -23,26 +25,6 @@ _WGRAD_CHUNKS = 16
 # not pay off (K = KH*KW*C is tiny); forward and weight-gradient use direct loops instead.
 # Measured on the MNIST shapes: direct wins ~2x at C=1, GEMM wins ~1.3-2.5x at C>=32.
 _GEMM_MIN_CHANNELS = 8
-
-
-def conv_output_size(
-    size: int, kernel: int, stride: int, dilation: int, padding: str
-) -> tuple[int, int]:
-    """Keras/TensorFlow output size and leading pad for one spatial axis.
-
-    Returns (out, pad_before). For "same", extra odd padding goes after (bottom/right), as in TF.
-    """
-    eff_k = (kernel - 1) * dilation + 1
-    if padding == "valid":
-        out = (size - eff_k) // stride + 1
-        if out < 1:
-            raise ValueError(f"input size {size} is smaller than the effective kernel size {eff_k}")
-        return out, 0
-    if padding == "same":
-        out = -(-size // stride)  # ceil(size / stride) in integers
-        total = max((out - 1) * stride + eff_k - size, 0)
-        return out, total // 2
-    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
 
 
 # --------------------------------------------------------------------------- GEMM building blocks

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.kernels.conv import (
-    conv2d_backward_input,
-    conv2d_backward_weights,
-    conv2d_forward,
-    conv_output_size,
-)
+from cnnkit.kernels.nojit import conv_output_size, lazy
 from cnnkit.layers.base import ActivationMixin, KernelBiasMixin, Layer, Shape
 from cnnkit.options import Option
+
+# numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
+conv2d_backward_input, conv2d_backward_weights, conv2d_forward = lazy(
+    "cnnkit.kernels.conv", "conv2d_backward_input", "conv2d_backward_weights", "conv2d_forward"
+)
 
 
 class Conv2D(KernelBiasMixin, ActivationMixin, Layer):

@@ -8,10 +8,15 @@ import numpy as np
 
 from cnnkit.errors import SpecError
 from cnnkit.initializers import check_initializer, initialize
-from cnnkit.kernels.batchnorm import backward_input, backward_sums, batch_moments, normalize
+from cnnkit.kernels.nojit import lazy
 from cnnkit.layers.base import Layer, Shape
 from cnnkit.options import Option
 from cnnkit.regularizers import check_regularizer
+
+# numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
+backward_input, backward_sums, batch_moments, normalize = lazy(
+    "cnnkit.kernels.batchnorm", "backward_input", "backward_sums", "batch_moments", "normalize"
+)
 
 
 def _axis(value: Any, path: str) -> int:

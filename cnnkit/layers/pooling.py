@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.kernels.conv import conv_output_size
-from cnnkit.kernels.pool import (
-    avgpool2d_backward,
-    avgpool2d_forward,
-    maxpool2d_backward,
-    maxpool2d_forward,
-)
+from cnnkit.kernels.nojit import conv_output_size, lazy
 from cnnkit.layers.base import Layer, Shape
 from cnnkit.options import Option
+
+# numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
+avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward = lazy(
+    "cnnkit.kernels.pool",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
+    "maxpool2d_backward",
+    "maxpool2d_forward",
+)
 
 
 def _strides_or_null(value, path):

@@ -1,0 +1,55 @@
+"""Every command's --help has a one-line description and an example; completion is on."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cnnkit.cli import app
+
+
+def all_commands() -> list[tuple[tuple[str, ...], object]]:
+    """Every command and sub-command of the CLI, whoever added it."""
+    found = []
+
+    def walk(group, path: tuple[str, ...]) -> None:
+        for name, command in group.commands.items():
+            found.append(((*path, name), command))
+            if is_group(command):
+                walk(command, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def is_group(command) -> bool:
+    return hasattr(command, "commands")  # click.Group (typer vendors its own click)
+
+
+COMMANDS = all_commands()
+
+
+def test_the_commands_are_found():
+    names = {" ".join(path) for path, _ in COMMANDS}
+    assert {"train", "check", "summary", "schema", "init", "data check"} <= names
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else ""
+)
+def test_help_has_one_line_description_and_example(path, command):
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    first_paragraph = (command.help or "").strip().split("\n\n")[0]
+    assert first_paragraph and "\n" not in first_paragraph, f"{path}: {first_paragraph!r}"
+    assert len(first_paragraph) <= 100
+    if not is_group(command):
+        example = f"Example: cnnkit {' '.join(path)}"
+        assert example in command.help, f"`cnnkit {' '.join(path)} --help` has no example"
+        assert example in result.output
+
+
+def test_shell_completion_is_installable():
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "--install-completion" in result.output and "--show-completion" in result.output

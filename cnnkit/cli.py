@@ -13,7 +13,8 @@ import typer
 
 from cnnkit import api, display
 from cnnkit.config import load_spec
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, SpecError
+from cnnkit.interrupts import Interrupted
 from cnnkit.runs import json_safe
 
 app = typer.Typer(
@@ -31,7 +32,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")],
+    spec: Annotated[Path | None, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Override train.batch_size.")
@@ -42,8 +43,16 @@ def train(
         typer.Option(help="Start from this checkpoint (.npz) or run directory: model.weights."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run directory from its last checkpoint (mid-epoch included), "
+            "with its own spec; --epochs N may extend it."
+        ),
+    ] = None,
 ) -> None:
-    """Train the model of SPEC and write a new run directory under --out."""
+    """Train the model of SPEC and write a new run directory under --out
+    (or continue one: --resume RUN_DIR)."""
     overrides = {
         key: value
         for key, value in (
@@ -54,23 +63,46 @@ def train(
         )
         if value is not None
     }
-    parsed = load_spec(spec, overrides)
+    note = lambda text: display.console.print(f"[yellow]Note:[/yellow] {text}")  # noqa: E731
     with display.RichReporter() as reporter:
-        result = api.train(
-            parsed,
-            out=out,
-            reporter=reporter,
+        if resume is not None:
+            result = api.resume(resume, epochs, spec, overrides, reporter, note)
+        else:
+            if spec is None:
+                raise SpecError(
+                    "give a spec file, or --resume RUN_DIR",
+                    where="cnnkit train",
+                    hint="e.g. cnnkit train configs/mnist.yaml",
+                )
+            result = api.train(
+                load_spec(spec, overrides),
+                out=out,
+                reporter=reporter,
+                on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
+                on_note=note,
+            )
+    display.print_trained(result.run_dir, result.spec)
+
+
+@app.command()
+def reproduce(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `cnnkit train`.")],
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Train this many epochs (default: the spec's).")
+    ] = None,
+) -> None:
+    """Train RUN's saved spec again into a new run directory and report whether the metrics
+    (and final weights) match the original bit for bit. Exit code 1 when they do not."""
+    with display.RichReporter() as reporter:
+        result = api.reproduce(
+            run,
+            epochs,
+            reporter,
             on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
-            on_note=lambda text: display.console.print(f"[yellow]Note:[/yellow] {text}"),
         )
-    monitor = parsed.callbacks["checkpoint"]["monitor"]  # what chose best.npz
-    best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
-    display.console.print(
-        f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
-        "(checkpoints/best.npz).\n"
-        f"Run directory: [bold]{result.run_dir}[/bold]\n"
-        f"Next: cnnkit evaluate {result.run_dir}"
-    )
+    display.print_reproduction(result)
+    if not result.match:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -204,7 +236,10 @@ def main() -> None:
     except CnnkitError as error:
         display.print_error(error)
         raise SystemExit(error.exit_code) from None
+    except Interrupted as stop:
+        display.print_interrupted(stop)
+        raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
-        # Checkpoints are written atomically after each epoch, so what is on disk is whole.
-        display.error_console.print("Interrupted. Checkpoints of finished epochs are kept.")
+        # before training started (loading data): nothing to save; files on disk are whole
+        display.error_console.print("Interrupted before training started; nothing saved.")
         raise SystemExit(130) from None

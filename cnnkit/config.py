@@ -146,6 +146,8 @@ TRAIN_OPTIONS = {
     "batch_size": Option("int", default=32, minimum=1),
     "shuffle": Option("bool", default=True),
     "eval_batch_size": Option("int", default=500, minimum=1),
+    # also checkpoint last.npz every N optimizer steps (mid-epoch); null: at epoch ends only
+    "save_every_steps": Option("int_or_null", default=None, minimum=1),
 }
 
 

@@ -42,3 +42,14 @@ class CheckpointError(CnnkitError):
 
 class ImageError(CnnkitError):
     """An image given to `predict` cannot be read or converted."""
+
+
+class StorageError(CnnkitError):
+    """A file could not be written (full disk, read-only or unwritable run directory).
+    Writes are atomic, so the file it would have replaced is intact."""
+
+
+class DivergenceError(CnnkitError):
+    """The loss or a gradient became NaN or infinite: training stopped (exit code 3)."""
+
+    exit_code = 3

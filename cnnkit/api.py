@@ -414,6 +414,7 @@ def predict(
             {
                 "image": str(file),
                 "inverted": p.inverted,
+                "note": p.note,
                 "top": [{"class": names[i], "probability": float(row[i])} for i in order],
             }
         )

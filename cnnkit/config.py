@@ -241,7 +241,22 @@ def parse_spec(text: str, file: Path | None = None, overrides: dict | None = Non
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"not valid YAML{line}: {problem}", where=where) from None
+        error = SpecError(
+            f"not valid YAML{line}: {problem}",
+            where=f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where,
+            hint="A spec is a YAML mapping of `key: value` lines; check the indentation, the "
+            "colons and that every [ or { is closed, e.g. data: {source: mnist}.",
+        )
+        if mark:
+            error.context = _source_excerpt(text, mark.line + 1, mark.column + 1)
+        raise error from None
+    if raw is None:
+        raise SpecError(
+            "the spec file is empty",
+            where=where,
+            hint="A spec needs at least a data: and a model: section, e.g. start from "
+            "configs/mnist_basic.yaml.",
+        )
     for key, value in (overrides or {}).items():
         _set_dotted(raw if isinstance(raw, dict) else {}, key, value)
     try:

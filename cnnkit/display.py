@@ -205,6 +205,8 @@ def predictions_table(predictions: list[dict[str, Any]]) -> Table:
         top = p["top"]
         rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top[1:])
         note = "  (inverted)" if p.get("inverted") else ""
+        if p.get("note"):
+            note += f"\n  [yellow]note:[/yellow] {escape(p['note'])}"
         table.add_row(p["image"] + note, top[0]["class"], f"{top[0]['probability']:.4f}", rest)
     return table
 

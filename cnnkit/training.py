@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -217,22 +218,36 @@ def fit(
                 save_last(epoch, step, False, shuffle_state, augment_state, meta)
             return stop.requested
 
-        row = _train_epoch(
-            model,
-            loss_fn,
-            optimizer,
-            params,
-            splits.train,
-            spec,
-            shuffle_rng,
-            totals,
-            reporter,
-            preprocessor.training(augment_rng),
-            start_step=start_step,
-            augment_rng=augment_rng,
-            after_step=after_step,
-            epoch=epoch,
-        )
+        try:
+            row = _train_epoch(
+                model,
+                loss_fn,
+                optimizer,
+                params,
+                splits.train,
+                spec,
+                shuffle_rng,
+                totals,
+                reporter,
+                preprocessor.training(augment_rng),
+                start_step=start_step,
+                augment_rng=augment_rng,
+                after_step=after_step,
+                epoch=epoch,
+            )
+        except DivergenceError as error:
+            last = checkpoints / "last.json"
+            if last.is_file():
+                saved = json.loads(last.read_text())
+                error.hint += (
+                    f" The bad step was not applied and nothing was saved after it: "
+                    f"{checkpoints / 'last.npz'} keeps the last good weights (epoch "
+                    f"{saved.get('epoch')}, step {saved.get('step')}), metrics.csv the "
+                    "finished epochs."
+                )
+            else:
+                error.hint += " No checkpoint had been saved yet."
+            raise
         if row is None:  # stopped by a signal; last.npz saved by after_step
             write_metrics_csv(run_dir / "metrics.csv", history, columns)
             raise Interrupted(stop.signum, run_dir, epoch, stopped_at[0], steps)
@@ -339,12 +354,8 @@ def _check_finite(
         causes.append("inputs not rescaled to [0, 1] (data.rescale; Keras' rescale=1./255)")
     raise DivergenceError(
         f"training diverged at epoch {epoch}, step {step}/{steps}: {what}",
-        where="training",
-        hint="Likely causes: "
-        + "; ".join(causes)
-        + ". The step was not applied and nothing was saved after it: checkpoints/last.npz "
-        "still holds the last good weights (its epoch and step are in last.json), and "
-        "metrics.csv the finished epochs.",
+        where=str(spec.file) if spec.file else spec.name,
+        hint="Likely causes: " + "; ".join(causes) + ".",
     )
 
 
@@ -377,7 +388,11 @@ def _train_epoch(
     steps = -(-len(split) // batch_size)
     source = batches(split, batch_size, prepare, rng, start=start_step * batch_size)
     seen_before = totals.seen
-    with closing(prefetch(_with_rng_state(source, augment_rng))) as stream:
+    # overflow is caught by _check_finite with a clear message, not as numpy warnings
+    with (
+        closing(prefetch(_with_rng_state(source, augment_rng))) as stream,
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+    ):
         for step, (xb, yb, augment_state) in enumerate(stream, start=start_step + 1):
             logits = model.forward(xb, training=True)
             loss, dlogits = loss_fn(logits, yb)

@@ -248,7 +248,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         )
     meta = _read_sidecar(sidecar, required=False)
     arrays = read_npz(npz, "checkpoint")
-    expected = (meta.get("sha256") or {}).get(npz.name)
+    digests = meta.get("sha256") or {}
+    # a copy under another name keeps its sidecar's kind (best, last)
+    expected = digests.get(npz.name) or digests.get(f"{meta.get('kind')}.npz")
     if expected and hashlib.sha256(npz.read_bytes()).hexdigest() != expected:
         raise CheckpointError(
             f"{npz.name} does not match its sidecar {sidecar.name} (a different save, or the "
@@ -284,6 +286,15 @@ def _read_sidecar(sidecar: Path, required: bool) -> dict[str, Any]:
     return meta
 
 
+def _starts_like_pickle(path: Path) -> bool:
+    """A pickle stream (protocol 2+) starts with the PROTO opcode 0x80 and its version."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):  # a zip archive: an .npz holding an object array
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     """Every array of an .npz archive, loaded with allow_pickle=False."""
     if not path.is_file():
@@ -298,6 +309,12 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
         with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
     except ValueError as exc:
+        if "pickle" in str(exc) and not _starts_like_pickle(path):
+            raise CheckpointError(
+                f"corrupt {what}: not a numpy .npz archive (unknown content)",
+                where=str(path),
+                hint="Checkpoints are the .npz files cnnkit writes under RUN_DIR/checkpoints/.",
+            ) from None
         if "pickle" in str(exc):
             raise CheckpointError(
                 f"{what} contains pickled Python objects; cnnkit never unpickles (it could run "

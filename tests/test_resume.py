@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cnnkit import cli
+from clitools import flat, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,25 +64,6 @@ def subprocess_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess
         text=True,
         env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT), **(env or {})},
     )
-
-
-def run_cli(*args: str, monkeypatch, capsys) -> tuple[int, str, str]:
-    """cnnkit's real entry point (error panels, exit codes), in this process."""
-    monkeypatch.setattr(sys, "argv", ["cnnkit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def flat(text: str) -> str:
-    """Panel text without its borders and line wrapping."""
-    for ch in "│╭╮╰╯─":
-        text = text.replace(ch, " ")
-    return " ".join(text.split())
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:

@@ -4,8 +4,11 @@
       config.yaml            resolved spec (every default filled in)
       summary.txt            the model summary table
       metrics.csv            one row per epoch
-      checkpoints/last.npz   + last.json   (after every epoch)
+      checkpoints/last.npz   + last.json   (after every epoch, every train.save_every_steps
+                                            steps, and when Ctrl-C/SIGTERM stops training)
       checkpoints/last.optimizer.npz       (the optimizer's moments; its scalars in last.json)
+      checkpoints/last.state.npz           (resume state arrays; the rest in last.json:
+                                            cnnkit.resume)
       checkpoints/best.npz   + best.json   (best epoch by callbacks.checkpoint.monitor)
       evaluation.json        written by `cnnkit evaluate`
 

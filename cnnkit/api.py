@@ -206,7 +206,9 @@ def resume(
     if on_note:
         at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
         on_note(f"Resuming {run_dir} at {at} of {spec.train['epochs']}.")
-    atomic_write_text(run_dir / "config.yaml", spec.to_yaml())  # --epochs may have changed
+    config = run_dir / "config.yaml"
+    if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
+        atomic_write_text(config, spec.to_yaml())
     with catch_signals() as stop:
         history = fit(
             setup.model,

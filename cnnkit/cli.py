@@ -240,6 +240,7 @@ def main() -> None:
         display.print_interrupted(stop)
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
-        # before training started (loading data): nothing to save; files on disk are whole
-        display.error_console.print("Interrupted before training started; nothing saved.")
+        # outside the training loop (loading data, evaluate, predict): nothing to save, and
+        # every file on disk is whole (atomic writes)
+        display.error_console.print("Interrupted (no training step in progress; nothing to save).")
         raise SystemExit(130) from None

@@ -174,19 +174,20 @@ def test_second_ctrl_c_quits_at_once_without_saving(runs):
 def test_interrupted_anywhere_and_resumed_is_bitwise_the_uninterrupted_run(
     runs, work, monkeypatch, capsys
 ):
-    """The subprocess stopped by SIGINT after step 3 is resumed here, and interrupted again
-    by real signals after step 5 (SIGTERM: the last step of epoch 1, before its validation)
-    and step 8 (SIGINT, mid-epoch 2), then resumed to the end."""
+    """The subprocess stopped by SIGINT after step 3 is resumed in another subprocess that
+    SIGTERM stops after step 5 (the last step of epoch 1, before its validation), then here,
+    where a real SIGINT stops it after step 8 (mid-epoch 2), and then to the end."""
     reference = runs["reference"][0]
     run, code, output = runs["int3"]
     check_interrupted(run, run.relative_to(work), 3, code, 130, output)  # --out runs: relative
-    for step, signal_name, expected_code in ((5, "TERM", 143), (8, "INT", 130)):
-        monkeypatch.setenv("CNNKIT_INTERRUPT_AT_STEP", str(step))
-        monkeypatch.setenv("CNNKIT_INTERRUPT_SIGNAL", signal_name)
-        code, out, err = run_cli(
-            "train", "--resume", str(run), monkeypatch=monkeypatch, capsys=capsys
-        )
-        check_interrupted(run, run, step, code, expected_code, out + err)
+    env = {"CNNKIT_INTERRUPT_AT_STEP": "5", "CNNKIT_INTERRUPT_SIGNAL": "TERM"}
+    proc = subprocess_cli("train", "--resume", str(run), cwd=work, env=env)
+    stdout, stderr = proc.communicate(timeout=300)
+    check_interrupted(run, run, 5, proc.returncode, 143, stdout + stderr)
+    monkeypatch.setenv("CNNKIT_INTERRUPT_AT_STEP", "8")
+    monkeypatch.setenv("CNNKIT_INTERRUPT_SIGNAL", "INT")
+    code, out, err = run_cli("train", "--resume", str(run), monkeypatch=monkeypatch, capsys=capsys)
+    check_interrupted(run, run, 8, code, 130, out + err)
     monkeypatch.delenv("CNNKIT_INTERRUPT_AT_STEP")
     code, out, err = run_cli("train", "--resume", str(run), monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0, out + err

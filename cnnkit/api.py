@@ -5,28 +5,34 @@ Errors a user can cause surface as CnnkitError; the CLI turns them into exit cod
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnnkit.config import Spec, load_spec
+from cnnkit.config import Spec, SpecOverrides, load_spec
 from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, make_splits
 from cnnkit.data.images import collect_images, prepare_image
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
-from cnnkit.errors import CheckpointError, DataError
+from cnnkit.errors import CheckpointError, DataError, SpecError
+from cnnkit.interrupts import catch_signals
 from cnnkit.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.metrics import MetricSet, per_class_report
 from cnnkit.model import Sequential, SummaryRow
+from cnnkit.overrides import as_overrides
 from cnnkit.registry import LOSSES, OPTIMIZERS
 from cnnkit.report import write_report
+from cnnkit.resume import load_resume_state, refuse_changes
 from cnnkit.runs import (
     atomic_write_text,
     create_run_dir,
+    csv_value,
     load_checkpoint,
     load_run_spec,
     resolve_checkpoint,
@@ -124,6 +130,32 @@ def load_dataset(spec: Spec) -> Dataset:
 class TrainResult:
     run_dir: Path
     history: list[dict[str, Any]]
+    spec: Spec | None = None
+
+
+@dataclass
+class _Setup:
+    splits: Any
+    preprocessor: Preprocessor
+    model: Sequential
+    loss_fn: Any
+    optimizer: Any
+    notes: list[str]
+    skipped: list[str]
+
+
+def _setup(spec: Spec) -> _Setup:
+    """Data, model (weights from the seed), loss and optimizer of a spec."""
+    configure_threads()
+    dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
+    splits = make_splits(dataset, spec.data)
+    preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
+    model = Sequential.from_spec(spec).build(spec.seed)
+    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
+    return _Setup(
+        splits, preprocessor, model, loss_fn, optimizer, list(dataset.notes), dataset.skipped
+    )
 
 
 def train(
@@ -133,16 +165,13 @@ def train(
     on_run_dir=None,
     on_note=None,
 ) -> TrainResult:
-    """Load data, build the model from the seed, train, and write the run directory."""
-    configure_threads()
-    dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
-    splits = make_splits(dataset, spec.data)
-    preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
-    model = Sequential.from_spec(spec).build(spec.seed)
+    """Load data, build the model from the seed, train, and write the run directory.
+
+    SIGINT/SIGTERM during training: the step finishes, last.npz is saved with its resume
+    state and cnnkit.interrupts.Interrupted is raised (see `resume`)."""
+    setup = _setup(spec)
     if spec.model.get("weights"):
-        load_initial_weights(model, spec)
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-    optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
+        load_initial_weights(setup.model, spec)
 
     if spec.logging["tensorboard"]:
         from cnnkit.tblog import require_writer
@@ -153,33 +182,206 @@ def train(
     mark_running(run_dir, spec.train["epochs"])
     if on_run_dir:
         on_run_dir(run_dir)
-    notes = list(dataset.notes)
-    if dataset.skipped:
-        atomic_write_text(run_dir / "skipped_images.txt", "\n".join(dataset.skipped) + "\n")
+    notes = setup.notes
+    if setup.skipped:
+        atomic_write_text(run_dir / "skipped_images.txt", "\n".join(setup.skipped) + "\n")
         notes.append(
-            f"{len(dataset.skipped)} unreadable images skipped (data.skip_bad_images); "
+            f"{len(setup.skipped)} unreadable images skipped (data.skip_bad_images); "
             f"listed in {run_dir / 'skipped_images.txt'}"
         )
     for note in notes if on_note else ():
         on_note(note)
     atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
-    preprocessor.save(run_dir)  # normalization.json: featurewise statistics, if any
+    setup.preprocessor.save(run_dir)  # normalization.json: featurewise statistics, if any
     info = summarize(spec)
     table = summary_table(info.title, info.rows, info.totals)
     summary_text = render_text(table)
     atomic_write_text(run_dir / "summary.txt", summary_text)
-    # curves.png, run.json and TensorBoard, kept current at every epoch end
+    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text)
+    return TrainResult(run_dir, history, spec)
+
+
+def _tracked_fit(
+    setup: _Setup,
+    spec: Spec,
+    run_dir: Path,
+    reporter: Reporter | None,
+    on_note,
+    summary_text: str = "",
+    resume=None,
+) -> list[dict[str, Any]]:
+    """fit() with curves.png, run.json and TensorBoard kept current at every epoch end (the
+    RunTracker), the run's state recorded however it ends (track_run_state), and SIGINT /
+    SIGTERM turned into a clean stop after the current step (catch_signals)."""
+    done = resume.history if resume is not None else []
+    if resume is not None:  # a new run was marked running when its directory was made
+        mark_running(run_dir, spec.train["epochs"], epochs_done=len(done))
     tracker = RunTracker(
-        run_dir, spec, reporter or SilentReporter(), splits.train.x[:32], summary_text
+        run_dir,
+        spec,
+        reporter or SilentReporter(),
+        setup.splits.train.x[:32],
+        summary_text,
+        history=done,
     )
-    with track_run_state(run_dir):
+    with track_run_state(run_dir), catch_signals() as stop:
         try:
-            history = fit(
-                model, loss_fn, optimizer, splits, spec, run_dir, tracker, on_note, preprocessor
+            return fit(
+                setup.model,
+                setup.loss_fn,
+                setup.optimizer,
+                setup.splits,
+                spec,
+                run_dir,
+                tracker,
+                on_note,
+                setup.preprocessor,
+                resume=resume,
+                stop=stop,
             )
         finally:
             tracker.close()
-    return TrainResult(run_dir, history)
+
+
+def resume(
+    run_dir: Path,
+    epochs: int | None = None,
+    spec_file: Path | None = None,
+    overrides: SpecOverrides = None,
+    reporter: Reporter | None = None,
+    on_note=None,
+) -> TrainResult:
+    """Continue the run in run_dir from its last checkpoint, mid-epoch included, with the
+    spec in its config.yaml: the result is bit for bit the uninterrupted run's.
+
+    epochs: train to this many epochs in all (extends a finished run). spec_file/overrides
+    (an edited spec, --set-style dotted keys): refused with a diff if they change anything
+    but train.epochs and train.save_every_steps."""
+    run_dir = Path(run_dir)
+    spec = load_run_spec(run_dir)
+    overrides = as_overrides(overrides)
+    if any(o.path == "model.weights" and o.value for o in overrides):
+        raise SpecError(
+            "--weights cannot be combined with --resume: a resumed run continues from its own "
+            "checkpoints/last.npz",
+            where=str(run_dir),
+            hint="To fine-tune from this run instead: cnnkit train SPEC --weights RUN_DIR.",
+        )
+    if spec_file is not None or overrides:
+        given = load_spec(spec_file or run_dir / "config.yaml", overrides)
+        source = f"{spec_file}" if spec_file is not None else "options given"
+        refuse_changes(spec, given, run_dir, source)
+        spec.train["epochs"] = given.train["epochs"]
+        spec.train["save_every_steps"] = given.train.get("save_every_steps")
+    if epochs is not None:
+        spec.train["epochs"] = int(epochs)
+    state = load_resume_state(run_dir, spec)
+    epoch, step = state.next_position()
+    if state.info.get("stopped_early"):
+        raise CheckpointError(
+            f"nothing to resume: early stopping ended this run after epoch {state.epoch}",
+            where=str(run_dir),
+            hint="Start a new run with different callbacks.early_stopping settings.",
+        )
+    if epoch > spec.train["epochs"]:
+        done = state.epoch
+        raise CheckpointError(
+            f"nothing to resume: the run has finished {done} of {spec.train['epochs']} epochs",
+            where=str(run_dir),
+            hint=f"Train further with --epochs N (N > {done}): "
+            f"cnnkit train --resume {run_dir} --epochs {done + 5}",
+        )
+    setup = _setup(spec)
+    setup.model.load_params(state.weights, str(state.path.with_suffix(".npz")))
+    if on_note:
+        at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
+        on_note(f"Resuming {run_dir} at {at} of {spec.train['epochs']}.")
+    config = run_dir / "config.yaml"
+    if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
+        atomic_write_text(config, spec.to_yaml())
+    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, resume=state)
+    return TrainResult(run_dir, history, spec)
+
+
+@dataclass
+class Reproduction:
+    original: Path
+    run_dir: Path
+    epochs: list[int]  # epochs compared
+    differences: list[tuple[int, str, Any, Any]]  # (epoch, column, original, new)
+    weights: bool | None  # last.npz identical; None: not comparable (different epochs)
+
+    @property
+    def match(self) -> bool:
+        return bool(self.epochs) and not self.differences and self.weights is not False
+
+
+def reproduce(
+    run_dir: Path,
+    epochs: int | None = None,
+    reporter: Reporter | None = None,
+    on_run_dir=None,
+    on_note=None,
+) -> Reproduction:
+    """Train the run's saved spec again into a new run directory beside it, and compare the
+    metrics of every epoch both have, at full precision (seconds and images/s aside), and
+    the final weights when both stopped at the same epoch."""
+    original = Path(run_dir)
+    spec = load_run_spec(original)
+    before = _full_history(original)
+    if epochs is not None:
+        spec.train["epochs"] = int(epochs)
+    result = train(spec, original.parent, reporter, on_run_dir, on_note)
+    after = {row["epoch"]: row for row in result.history}
+    differences, compared = [], []
+    for row in before:
+        new = after.get(row["epoch"])
+        if new is None:
+            continue
+        compared.append(row["epoch"])
+        for key in row:
+            if key in ("seconds", "images_per_s", "epoch"):
+                continue
+            a, b = row[key], new.get(key)
+            if isinstance(a, str):  # from metrics.csv
+                b = str(csv_value(b))
+            same = (a == b) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+            if not same:
+                differences.append((row["epoch"], key, a, b))
+    weights = None
+    last_old, last_new = (d / "checkpoints" / "last" for d in (original, result.run_dir))
+    old_meta = _sidecar(last_old)
+    if old_meta.get("epoch_complete", True) and old_meta.get("epoch") == _sidecar(last_new).get(
+        "epoch"
+    ):
+        a, _ = load_checkpoint(last_old)
+        b, _ = load_checkpoint(last_new)
+        weights = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    return Reproduction(original, result.run_dir, compared, differences, weights)
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _full_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's finished epochs at full precision (last.json's resume state), else the
+    values of metrics.csv."""
+    from cnnkit.resume import decode_float
+
+    info = _sidecar(run_dir / "checkpoints" / "last").get("resume")
+    if info and info.get("history"):
+        return [{k: decode_float(v) for k, v in row.items()} for row in info["history"]]
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        raise CheckpointError(
+            "the run has no finished epoch to compare with (no metrics.csv)", where=str(run_dir)
+        )
+    with open(path) as f:  # 6 significant digits: compared as metrics.csv writes them
+        return [{k: int(v) if k == "epoch" else v for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def load_initial_weights(model: Sequential, spec: Spec) -> Path:
@@ -318,6 +520,7 @@ def predict(
             {
                 "image": str(file),
                 "inverted": p.inverted,
+                "note": p.note,
                 "top": [{"class": names[i], "probability": float(row[i])} for i in order],
             }
         )

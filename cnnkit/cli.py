@@ -13,7 +13,8 @@ import typer
 
 from cnnkit import api, display
 from cnnkit.config import load_spec
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, SpecError
+from cnnkit.interrupts import Interrupted
 from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
@@ -45,7 +46,7 @@ SetOpt = Annotated[
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")],
+    spec: Annotated[Path | None, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Override train.batch_size.")
@@ -58,11 +59,19 @@ def train(
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
     quiet: QuietOpt = False,
     set_: SetOpt = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run directory from its last checkpoint (mid-epoch included), "
+            "with its own spec; --epochs N may extend it.",
+        ),
+    ] = None,
 ) -> None:
-    """Train the model of SPEC and write a new run directory under --out.
+    """Train the model of SPEC and write a new run directory under --out (or --resume one).
 
     In a terminal: a live progress bar. Elsewhere (a pipe, CI): plain lines, one per epoch and
-    one every logging.every_steps steps. --quiet: only the run directory is printed.
+    one every logging.every_steps steps. --quiet: only the run directory is printed. After
+    Ctrl-C the run continues with --resume RUN_DIR, bit for bit as if never interrupted.
 
     Example: cnnkit train configs/mnist.yaml --set train.epochs=3
     """
@@ -76,30 +85,60 @@ def train(
         )
         if value is not None
     ]
-    parsed = load_spec(spec, [*(set_ or []), *options])
-    parsed.command = command_line()  # config.yaml records it
+    overrides = [*(set_ or []), *options]
     notes = display.error_console if quiet else display.console
-    with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
-        result = api.train(
-            parsed,
-            out=out,
-            reporter=reporter,
-            on_run_dir=None
-            if quiet
-            else lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
-            on_note=lambda text: notes.print(f"[yellow]Note:[/yellow] {text}"),
-        )
+    note = lambda text: notes.print(f"[yellow]Note:[/yellow] {text}")  # noqa: E731
+    show_run_dir = (
+        None if quiet else (lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"))
+    )
+    if resume is not None:
+        every_steps = api.load_run_spec(resume).logging["every_steps"]
+        with display.make_reporter(quiet, every_steps) as reporter:
+            result = api.resume(resume, epochs, spec, overrides, reporter, note)
+    else:
+        if spec is None:
+            raise SpecError(
+                "give a spec file, or --resume RUN_DIR",
+                where="cnnkit train",
+                hint="e.g. cnnkit train configs/mnist.yaml",
+            )
+        parsed = load_spec(spec, overrides)
+        parsed.command = command_line()  # config.yaml records it
+        with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
+            result = api.train(
+                parsed, out=out, reporter=reporter, on_run_dir=show_run_dir, on_note=note
+            )
     if quiet:
         print(result.run_dir)
         return
-    monitor = parsed.callbacks["checkpoint"]["monitor"]  # what chose best.npz
-    best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
-    display.console.print(
-        f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
-        "(checkpoints/best.npz).\n"
-        f"Run directory: [bold]{result.run_dir}[/bold] (report.md, curves.png)\n"
-        f"Next: cnnkit evaluate {result.run_dir}"
-    )
+    display.print_trained(result.run_dir, result.spec)
+
+
+@app.command()
+def reproduce(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `cnnkit train`.")],
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Train this many epochs (default: the spec's).")
+    ] = None,
+) -> None:
+    """Train RUN's saved spec again and report whether the metrics match bit for bit.
+
+    The new run directory is made beside RUN. The metrics of every epoch both runs have are
+    compared at full precision, and the final weights when both end at the same epoch. Exit
+    code 1 when they do not match.
+
+    Example: cnnkit reproduce runs/mnist --epochs 2
+    """
+    with display.RichReporter() as reporter:
+        result = api.reproduce(
+            run,
+            epochs,
+            reporter,
+            on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
+        )
+    display.print_reproduction(result)
+    if not result.match:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -369,7 +408,11 @@ def main() -> None:
     except CnnkitError as error:
         display.print_error(error)
         raise SystemExit(error.exit_code) from None
+    except Interrupted as stop:
+        display.print_interrupted(stop)
+        raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
-        # Checkpoints are written atomically after each epoch, so what is on disk is whole.
-        display.error_console.print("Interrupted. Checkpoints of finished epochs are kept.")
+        # outside the training loop (loading data, evaluate, predict): nothing to save, and
+        # every file on disk is whole (atomic writes)
+        display.error_console.print("Interrupted (no training step in progress; nothing to save).")
         raise SystemExit(130) from None

@@ -173,6 +173,8 @@ TRAIN_OPTIONS = {
     "batch_size": Option("int", default=32, minimum=1),
     "shuffle": Option("bool", default=True),
     "eval_batch_size": Option("int", default=500, minimum=1),
+    # also checkpoint last.npz every N optimizer steps (mid-epoch); null: at epoch ends only
+    "save_every_steps": Option("int_or_null", default=None, minimum=1),
 }
 
 LOGGING_OPTIONS = {
@@ -301,11 +303,23 @@ def parse_spec(text: str, file: Path | None = None, overrides: SpecOverrides = N
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        error = SpecError(f"not valid YAML: {problem}", where=where)
+        error = SpecError(
+            f"not valid YAML: {problem}",
+            where=where,
+            hint="A spec is a YAML mapping of `key: value` lines; check the indentation, the "
+            "colons and that every [ or { is closed, e.g. data: {source: mnist}.",
+        )
         if mark is not None:
             error.where = f"{where}:{mark.line + 1}:{mark.column + 1}"
             error.context = _source_excerpt(text, mark.line + 1, mark.column + 1)
         raise error from None
+    if raw is None:
+        raise SpecError(
+            "the spec file is empty",
+            where=where,
+            hint="A spec needs at least a data: and a model: section, e.g. start from "
+            "configs/mnist_basic.yaml (or run cnnkit init).",
+        )
     errors = ErrorList()
     spec = None
     raw, not_applied = apply_overrides(raw, sets)

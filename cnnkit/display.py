@@ -266,6 +266,8 @@ def predictions_table(predictions: list[dict[str, Any]]) -> Table:
         top = p["top"]
         rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top[1:])
         note = "  (inverted)" if p.get("inverted") else ""
+        if p.get("note"):
+            note += f"\n  [yellow]note:[/yellow] {escape(p['note'])}"
         table.add_row(p["image"] + note, top[0]["class"], f"{top[0]['probability']:.4f}", rest)
     return table
 
@@ -537,3 +539,71 @@ def compare_renderables(result: dict[str, Any]) -> list[Any]:
             cells.append(f"[bold green]★ {text}" if row["better"] == side else text)
         metrics.add_row(escape(row["metric"]), *cells)
     return [spec, metrics]
+
+
+def print_trained(run_dir: Any, spec: Any) -> None:
+    """The closing lines of `cnnkit train`: best checkpoint, run directory, next command."""
+    import json
+
+    monitor = spec.callbacks["checkpoint"]["monitor"]  # what chose best.npz
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    console.print(
+        f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
+        "(checkpoints/best.npz).\n"
+        f"Run directory: [bold]{escape(str(run_dir))}[/bold] (report.md, curves.png)\n"
+        f"Next: cnnkit evaluate {escape(str(run_dir))}"
+    )
+
+
+def print_interrupted(stop: Any) -> None:
+    """After SIGINT/SIGTERM: what was saved and the exact command that continues."""
+    import shlex
+
+    name = {2: "Ctrl-C (SIGINT)", 15: "SIGTERM"}.get(stop.signum, f"signal {stop.signum}")
+    where = (
+        f"epoch {stop.epoch}, after step {stop.step}/{stop.steps}"
+        if stop.step
+        else f"the end of epoch {stop.epoch - 1}"
+    )
+    command = f"cnnkit train --resume {shlex.quote(str(stop.run_dir))}"
+    error_console.print(
+        f"[yellow]Interrupted by {name}[/yellow] at {where}. Saved "
+        f"{escape(str(stop.run_dir))}/checkpoints/last.npz with the optimizer, schedule, "
+        "random-stream and epoch state; metrics.csv holds the finished epochs.\n"
+        f"Resume exactly where it stopped with:\n  [bold]{escape(command)}[/bold]",
+        soft_wrap=True,
+    )
+
+
+def print_reproduction(result: Any) -> None:
+    epochs = result.epochs
+    if not epochs:
+        console.print(
+            f"[red]Nothing compared:[/red] {escape(str(result.original))} and "
+            f"{escape(str(result.run_dir))} have no finished epoch in common."
+        )
+        return
+    span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
+    weights = {
+        True: "final weights identical",
+        False: "[red]final weights differ[/red]",
+        None: "final weights not compared (different epochs)",
+    }[result.weights]
+    if result.match:
+        console.print(
+            f"[bold green]Reproduced bit for bit:[/bold green] {escape(str(result.run_dir))} "
+            f"matches {escape(str(result.original))}: metrics of {span} identical at full "
+            f"precision (seconds aside), {weights}."
+        )
+        return
+    table = Table(title="Differences", box=box.SIMPLE_HEAVY, title_justify="left")
+    for column in ("epoch", "metric", "original", "reproduced"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for epoch, key, a, b in result.differences[:30]:
+        table.add_row(str(epoch), key, repr(a), repr(b))
+    console.print(table)
+    console.print(
+        f"[bold red]Not reproduced:[/bold red] {len(result.differences)} values differ over "
+        f"{span}; {weights}. Same machine and thread count (NUMBA_NUM_THREADS) are needed "
+        "for bit-for-bit results."
+    )

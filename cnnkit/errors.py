@@ -54,3 +54,14 @@ class SpecErrors(SpecError):
 
     def __str__(self) -> str:
         return "\n\n".join(str(error) for error in self.errors)
+
+
+class StorageError(CnnkitError):
+    """A file could not be written (full disk, read-only or unwritable run directory).
+    Writes are atomic, so the file it would have replaced is intact."""
+
+
+class DivergenceError(CnnkitError):
+    """The loss or a gradient became NaN or infinite: training stopped (exit code 3)."""
+
+    exit_code = 3

@@ -195,6 +195,25 @@ class MetricSet:
     def count(self) -> int:
         return int(self.confusion.sum())
 
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What update() accumulated so far, as (arrays, JSON-safe scalars): saved with a
+        mid-epoch checkpoint so the resumed epoch reports the same metrics."""
+        arrays = {"confusion": self.confusion.copy()}
+        if self.wants_auc:
+            arrays["scores"] = np.concatenate(self._scores) if self._scores else np.empty(0)
+            arrays["labels"] = (
+                np.concatenate(self._labels) if self._labels else np.empty(0, np.intp)
+            )
+        return arrays, {"top_k_hits": {str(k): v for k, v in self.top_k_hits.items()}}
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        self.reset()
+        self.confusion = np.array(arrays["confusion"], dtype=np.int64)
+        self.top_k_hits.update({int(k): int(v) for k, v in scalars["top_k_hits"].items()})
+        if self.wants_auc and len(arrays.get("scores", ())):
+            self._scores = [np.array(arrays["scores"], dtype=np.float64)]
+            self._labels = [np.array(arrays["labels"], dtype=np.intp)]
+
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """Add a batch: logits (N, K) or one unit (N, 1); labels (N,) class indices."""
         z = as_class_logits(logits)

@@ -4,8 +4,11 @@
       config.yaml            resolved spec (every default filled in)
       summary.txt            the model summary table
       metrics.csv            one row per epoch
-      checkpoints/last.npz   + last.json   (after every epoch)
+      checkpoints/last.npz   + last.json   (after every epoch, every train.save_every_steps
+                                            steps, and when Ctrl-C/SIGTERM stops training)
       checkpoints/last.optimizer.npz       (the optimizer's moments; its scalars in last.json)
+      checkpoints/last.state.npz           (resume state arrays; the rest in last.json:
+                                            cnnkit.resume)
       checkpoints/best.npz   + best.json   (best epoch by callbacks.checkpoint.monitor)
       run.json               the run's state (cnnkit.runstate)
       curves.png, report.md  the training curves and the run's Markdown report
@@ -20,12 +23,15 @@ interrupted write never leaves a half-written file behind a valid name.
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import json
 import math
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ import numpy as np
 
 from cnnkit import CHECKPOINT_FORMAT_VERSION, __version__
 from cnnkit.config import Spec, load_spec
-from cnnkit.errors import CheckpointError
+from cnnkit.errors import CheckpointError, StorageError
 
 METRICS_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
 
@@ -80,7 +86,18 @@ FILE_MODE = _file_mode()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temporary file beside `path`, fsync, rename into place. A failed write (full
+    disk, unwritable folder) leaves the previous file intact and raises StorageError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _stage(path, data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _storage_error(exc, path) from None
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """Write `data` to a new temporary file in path's folder (fsynced); its path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
@@ -88,10 +105,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _storage_error(exc: OSError, path: Path, kept: str = "") -> StorageError:
+    reason = exc.strerror or str(exc)
+    code = errno.errorcode.get(exc.errno or 0)
+    return StorageError(
+        f"could not write {path.name}: {reason}" + (f" ({code})" if code else ""),
+        where=str(path.parent),
+        hint=(kept or f"The previous {path.name}, if any, is intact (writes are atomic).")
+        + " Free some disk space or make the folder writable, then try again.",
+    )
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -120,11 +148,11 @@ def write_metrics_csv(
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+        writer.writerow({k: csv_value(row.get(k)) for k in columns})
     atomic_write_text(path, buffer.getvalue())
 
 
-def _csv_value(value: Any) -> Any:
+def csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -140,12 +168,22 @@ def save_checkpoint(
     params: dict[str, np.ndarray],
     meta: dict[str, Any],
     optimizer_state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+    state_arrays: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write `<path>.npz`, then (given Optimizer.state_dict()) `<path>.optimizer.npz`, then the
-    `<path>.json` sidecar, each atomically; the sidecar comes last, so it never describes
-    arrays that are not on disk yet. The optimizer's scalars (iterations, learning rate,
-    schedule state) go in the sidecar's "optimizer" entry."""
-    _write_npz(path.with_suffix(".npz"), params)
+    """Write the checkpoint set `<path>.npz` (+ `<path>.optimizer.npz` given
+    Optimizer.state_dict(), + `<path>.state.npz` given resume arrays) and its `<path>.json`
+    sidecar, replacing the previous set only once the new one is complete and verified.
+
+    Every file is first written to a temporary name and fsynced, then read back and checked
+    (same bytes, a loadable archive with the expected keys); only then are the files renamed
+    into place, the sidecar last, with a second Ctrl-C held off for those few renames. The
+    sidecar records each file's sha256, so a set mixed from two saves is recognised on load.
+    A write error (full disk, unwritable folder) leaves the previous set intact and raises
+    StorageError. The optimizer's scalars (iterations, learning rate, schedule state) go in
+    the sidecar's "optimizer" entry."""
+    from cnnkit.interrupts import critical
+
+    files = {path.with_suffix(".npz"): _npz_bytes(params)}
     sidecar = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "cnnkit_version": __version__,
@@ -155,64 +193,166 @@ def save_checkpoint(
     if optimizer_state is not None:
         arrays, optimizer_meta = optimizer_state
         state_file = path.with_suffix(".optimizer.npz")
-        _write_npz(state_file, arrays)
+        files[state_file] = _npz_bytes(arrays)
         sidecar["optimizer"] = {**optimizer_meta, "state_file": state_file.name}
-    write_json(path.with_suffix(".json"), sidecar)
+    if state_arrays is not None:
+        files[path.with_suffix(".state.npz")] = _npz_bytes(state_arrays)
+    sidecar["sha256"] = {p.name: hashlib.sha256(data).hexdigest() for p, data in files.items()}
+    files[path.with_suffix(".json")] = (
+        json.dumps(json_safe(sidecar), indent=2, allow_nan=False) + "\n"
+    ).encode()
+    staged: dict[Path, Path] = {}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for final, data in files.items():
+            staged[final] = _stage(final, data)
+            _verify_staged(staged[final], data, final)
+        with critical():
+            for final, tmp in staged.items():  # sidecar last (insertion order)
+                os.replace(tmp, final)
+            staged.clear()
+    except OSError as exc:
+        raise _storage_error(
+            exc,
+            path.with_suffix(".npz"),
+            f"The previous {path.name} checkpoint is intact: it is replaced only once the new "
+            "one is completely written and verified.",
+        ) from None
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _verify_staged(tmp: Path, data: bytes, final: Path) -> None:
+    """Read the staged file back: the same bytes, and (npz) an archive numpy can open."""
+    on_disk = tmp.read_bytes()
+    if on_disk != data:
+        raise OSError(errno.EIO, f"read back {len(on_disk)} bytes, wrote {len(data)}", str(final))
+    if final.suffix == ".npz":
+        with np.load(io.BytesIO(on_disk), allow_pickle=False) as archive:
+            for key in archive.files:
+                archive[key]
 
 
 def load_optimizer_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """What save_checkpoint stored for the optimizer beside `path` (e.g. checkpoints/last),
     ready for Optimizer.load_state_dict; never unpickles."""
-    sidecar = path.with_suffix(".json")
-    try:
-        meta = json.loads(sidecar.read_text()).get("optimizer")
-    except (OSError, json.JSONDecodeError) as exc:
-        message = f"unreadable checkpoint metadata: {exc}"
-        raise CheckpointError(message, where=str(sidecar)) from None
+    meta = _read_sidecar(path.with_suffix(".json"), required=True).get("optimizer")
     if not meta:
-        raise CheckpointError("this checkpoint has no optimizer state", where=str(sidecar))
+        raise CheckpointError(
+            "this checkpoint has no optimizer state", where=str(path.with_suffix(".json"))
+        )
     state_file = path.parent / meta.get("state_file", path.with_suffix(".optimizer.npz").name)
-    try:
-        with np.load(state_file, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(f"unreadable optimizer state: {exc}", where=str(state_file)) from None
-    return arrays, meta
+    return read_npz(state_file, "optimizer state"), meta
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays and sidecar metadata; never unpickles (allow_pickle=False)."""
+    """Arrays and sidecar metadata, with a clear CheckpointError for a missing, truncated or
+    corrupt file, a newer format version or pickled objects. Never unpickles
+    (allow_pickle=False), never runs code. When the sidecar records the file's sha256 (every
+    checkpoint written since resume support), the file must match it."""
     npz, sidecar = path.with_suffix(".npz"), path.with_suffix(".json")
     if not npz.is_file():
-        raise CheckpointError("checkpoint not found", where=str(npz))
-    meta: dict[str, Any] = {}
-    if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(
-                f"unreadable checkpoint metadata: {exc}", where=str(sidecar)
-            ) from None
+        raise CheckpointError(
+            "checkpoint not found",
+            where=str(npz),
+            hint="A run directory holds checkpoints/best.npz and checkpoints/last.npz once an "
+            "epoch (or train.save_every_steps steps) has finished.",
+        )
+    meta = _read_sidecar(sidecar, required=False)
+    arrays = read_npz(npz, "checkpoint")
+    digests = meta.get("sha256") or {}
+    # a copy under another name keeps its sidecar's kind (best, last)
+    expected = digests.get(npz.name) or digests.get(f"{meta.get('kind')}.npz")
+    if expected and hashlib.sha256(npz.read_bytes()).hexdigest() != expected:
+        raise CheckpointError(
+            f"{npz.name} does not match its sidecar {sidecar.name} (a different save, or the "
+            "file was modified)",
+            where=str(npz),
+            hint="Use the other checkpoint (--checkpoint best or last), or train again.",
+        )
+    return arrays, meta
+
+
+def _read_sidecar(sidecar: Path, required: bool) -> dict[str, Any]:
+    if not sidecar.is_file():
+        if required:
+            raise CheckpointError("checkpoint metadata not found", where=str(sidecar))
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"unreadable checkpoint metadata (truncated or corrupt JSON): {exc}",
+            where=str(sidecar),
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError("checkpoint metadata is not a JSON object", where=str(sidecar))
     version = meta.get("format_version", CHECKPOINT_FORMAT_VERSION)
     if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint format version {version} is newer than this cnnkit understands "
-            f"({CHECKPOINT_FORMAT_VERSION})",
+            f"checkpoint format version {version} is newer than this cnnkit "
+            f"{__version__} understands (version {CHECKPOINT_FORMAT_VERSION})",
             where=str(sidecar),
             hint="Upgrade cnnkit to load it.",
         )
+    return meta
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """A pickle stream (protocol 2+) starts with the PROTO opcode 0x80 and its version."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):  # a zip archive: an .npz holding an object array
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive, loaded with allow_pickle=False."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found", where=str(path))
     try:
-        with np.load(npz, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CheckpointError(
+                f"not an .npz archive (a single .npy array?): cannot be a {what}",
+                where=str(path),
+            )
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(f"corrupt or unreadable checkpoint: {exc}", where=str(npz)) from None
-    return arrays, meta
+    except ValueError as exc:
+        if "pickle" in str(exc) and not _starts_like_pickle(path):
+            raise CheckpointError(
+                f"corrupt {what}: not a numpy .npz archive (unknown content)",
+                where=str(path),
+                hint="Checkpoints are the .npz files cnnkit writes under RUN_DIR/checkpoints/.",
+            ) from None
+        if "pickle" in str(exc):
+            raise CheckpointError(
+                f"{what} contains pickled Python objects; cnnkit never unpickles (it could run "
+                "arbitrary code)",
+                where=str(path),
+                hint="A checkpoint holds plain numeric arrays only, as written by cnnkit.",
+            ) from None
+        raise CheckpointError(f"corrupt {what}: {exc}", where=str(path)) from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error) as exc:
+        raise CheckpointError(
+            f"corrupt or truncated {what} ({exc.__class__.__name__}: {exc})", where=str(path)
+        ) from None
+    bad = [k for k, a in arrays.items() if a.dtype.kind not in "biuf"]
+    if bad:
+        raise CheckpointError(
+            f"{what} array {bad[0]} has dtype {arrays[bad[0]].dtype}, not a number type",
+            where=str(path),
+        )
+    return arrays
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:

@@ -118,9 +118,11 @@ def track_run_state(run_dir: Path) -> Iterator[None]:
     the code inside already marked the run interrupted, e.g. a SIGINT handler that stops after
     the epoch), interrupted on KeyboardInterrupt, failed on any other exception. report.md is
     rewritten in every case."""
+    from cnnkit.interrupts import Interrupted
+
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # Interrupted: stopped cleanly on a signal
         mark_interrupted(run_dir)
         _report(run_dir)
         raise

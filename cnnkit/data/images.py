@@ -45,6 +45,7 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 class PreparedImage:
     array: np.ndarray  # uint8 (H, W, C), the model's input before rescale
     inverted: bool
+    note: str | None = None  # e.g. the channel conversion made to fit the model
 
 
 def prepare_image(
@@ -65,6 +66,7 @@ def prepare_image(
     try:
         with Image.open(path) as img:
             img.load()
+            mode = img.mode
             image = flatten_alpha(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(
@@ -73,6 +75,7 @@ def prepare_image(
             hint="Give PNG, JPEG, BMP, GIF, TIFF or WebP files.",
         ) from None
     image = image.convert("L" if channels == 1 else "RGB")
+    note = _conversion_note(mode, channels)
     inverted = False
     if background == "dark":
         pixels = np.asarray(image.convert("L"), dtype=np.float64)
@@ -85,7 +88,22 @@ def prepare_image(
         array = _centre_digit(np.asarray(image), height, width)
     else:
         array = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
-    return PreparedImage(array.reshape(height, width, channels).astype(np.uint8), inverted)
+    return PreparedImage(array.reshape(height, width, channels).astype(np.uint8), inverted, note)
+
+
+_MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "F": 1, "I;16": 1, "LA": 2, "P": 3, "RGB": 3}
+
+
+def _conversion_note(mode: str, channels: int) -> str | None:
+    """Says so when the image's channel count is not the model's (it is converted)."""
+    have = _MODE_CHANNELS.get(mode, len(mode))
+    if have == channels:
+        return None
+    target = "grayscale (1 channel)" if channels == 1 else "RGB (3 channels)"
+    alpha = ", transparency composited onto white" if mode in ("RGBA", "LA", "PA") else ""
+    return (
+        f"converted from {mode} ({have} channels) to {target}{alpha}: the model expects {channels}"
+    )
 
 
 def flatten_alpha(img: Image.Image) -> Image.Image:

@@ -467,36 +467,41 @@ def runs_table(runs: list[dict[str, Any]], root: str = "") -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    for col, justify in (
-        ("run", "left"),
-        ("started", "left"),
-        ("data", "left"),
-        ("epochs", "right"),
-        ("best val acc", "right"),
-        ("test acc", "right"),
-        ("img/s", "right"),
-        ("state", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=True)
-    table.caption = "started: month-day hour:minute UTC; best val acc: its epoch in brackets"
-    table.caption_justify = "left"
+    rows = []
     for r in runs:
         planned = r["epochs_planned"] if r["epochs_planned"] is not None else "?"
-        style = _STATE_STYLE.get(r["state"], "dim")
         started = (r["started"] or "–").replace("T", " ")[5:16]  # 11-22 01:54
         best = _num(r["best_val_accuracy"])
         if r["best_epoch"] is not None:
             best += f" ({r['best_epoch']})"
-        table.add_row(
-            f"[bold]{escape(r['name'])}",
-            started,
-            escape(r["dataset"]),
-            f"{r['epochs_done']}/{planned}",
-            best,
-            _num(r["test_accuracy"]),
-            _num(r["images_per_s"], "{:,.0f}"),
-            f"[{style}]{r['state']}[/{style}]",
+        rows.append(
+            (
+                escape(r["name"]),
+                started,
+                escape(r["dataset"]),
+                f"{r['epochs_done']}/{planned}",
+                best,
+                _num(r["test_accuracy"]),
+                _num(r["images_per_s"], "{:,.0f}"),
+                r["state"],
+            )
         )
+    headers = ("run", "started", "data", "epochs", "best val acc", "test acc", "img/s", "state")
+    widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in enumerate(headers)]
+    # in a narrow terminal (or a pipe: 80 columns) only the run and data names shrink, with an
+    # ellipsis; the figures and the state are never cut (Rich would drop whole columns)
+    spare = console.width - 2 * (len(headers) - 1) - sum(widths) + widths[0] + widths[2]
+    if spare < widths[0] + widths[2]:
+        widths[0] = max(6, min(widths[0], spare - min(widths[2], max(6, spare // 3))))
+        widths[2] = max(6, spare - widths[0])
+    for i, col in enumerate(headers):
+        justify = "right" if i in (3, 4, 5, 6) else "left"
+        table.add_column(col, justify=justify, no_wrap=True, width=widths[i], overflow="ellipsis")
+    table.caption = "started: month-day hour:minute UTC; best val acc: its epoch in brackets"
+    table.caption_justify = "left"
+    for row in rows:
+        style = _STATE_STYLE.get(row[-1], "dim")
+        table.add_row(f"[bold]{row[0]}", *row[1:-1], f"[{style}]{row[-1]}[/{style}]")
     if not runs:
         table.caption = "no run directories found"
     return table

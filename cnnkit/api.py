@@ -527,6 +527,15 @@ def predict(
     return results
 
 
+def _round_robin_by_class(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of up to n samples: the first of every class, then the second, ..."""
+    per_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    rank = np.concatenate([np.arange(len(idx)) for idx in per_class])
+    order = np.concatenate(per_class)
+    # stable: within a rank, classes in order
+    return order[np.argsort(rank, kind="stable")][:n]
+
+
 @dataclass
 class AugmentPreview:
     path: Path
@@ -539,18 +548,20 @@ def augment_preview(
     spec: Spec, n: int = 20, out: Path = Path("augment.png"), versions: int = 4
 ) -> AugmentPreview:
     """A PNG grid of n training images (first row) and `versions` augmented rows, without
-    training. Only the first n training images are kept (data.max_train_samples)."""
+    training. The n images are taken from every class in turn (the first of each class,
+    then the second, ...), so that a dataset sorted by class does not show one class only."""
     from PIL import Image
 
     from cnnkit.data.augment import Augmenter, augments, preview_grid
     from cnnkit.runs import atomic_write_bytes
     from cnnkit.seeding import random_stream
 
-    limit = min(n, spec.data.get("max_train_samples") or n)
-    data = {**spec.data, "max_train_samples": limit, "validation": "none"}
-    spec = replace(spec, data=data)  # the synthetic source then makes only n images
+    data = {**spec.data, "validation": "none"}
+    if spec.data["source"] == "synthetic":  # made on demand: make only what is shown
+        data["max_train_samples"] = min(n, spec.data.get("max_train_samples") or n)
+    spec = replace(spec, data=data)
     train = make_splits(load_dataset(spec), data).train
-    x = train.x[:limit]
+    x = train.x[_round_robin_by_class(train.y, n)]
     grid = preview_grid(
         x, Augmenter(spec.augmentation), random_stream(spec.seed, "augment"), versions
     )

@@ -426,3 +426,25 @@ def test_augment_preview_writes_a_grid(tmp_path: Path):
     grid = np.asarray(image)
     first = make_splits(api.load_dataset(s), s.data).train.x[0, ..., 0]
     assert np.array_equal(grid[2:62:5, 2:62:5], first)  # the first original, top left
+
+
+def test_augment_preview_shows_every_class_of_a_sorted_dataset(tmp_path: Path):
+    # an npz sorted by class (as an image folder is): class c's images are all of value 40 c
+    y = np.repeat(np.arange(3), 4)
+    x = np.repeat((40 * y + 20).astype(np.uint8), 12 * 12).reshape(12, 12, 12, 1)
+    np.savez(tmp_path / "sorted.npz", x=x, y=y)
+    s = parse_spec(
+        f"seed: 3\ndata: {{source: npz, path: {tmp_path / 'sorted.npz'}, validation: none}}\n"
+        + LAYERS
+    )
+    out = tmp_path / "preview.png"
+    api.augment_preview(s, n=6, out=out, versions=1)
+    grid = np.asarray(Image.open(out))
+    firsts = [int(grid[4, 2 + 62 * i]) for i in range(6)]  # top-left pixel of each original
+    assert firsts == [20, 60, 100, 20, 60, 100]  # classes in turn, not the first 6 of class 0
+
+
+def test_round_robin_by_class_takes_each_class_in_turn():
+    y = np.array([2, 0, 0, 1, 0, 2, 1])
+    assert api._round_robin_by_class(y, 5).tolist() == [1, 3, 0, 2, 6]
+    assert api._round_robin_by_class(y, 100).tolist() == [1, 3, 0, 2, 6, 5, 4]

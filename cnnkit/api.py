@@ -80,9 +80,11 @@ def train(
     reporter: Reporter | None = None,
     on_run_dir=None,
     on_note=None,
+    threads: int | None = None,
 ) -> TrainResult:
-    """Load data, build the model from the seed, train, and write the run directory."""
-    configure_threads()
+    """Load data, build the model from the seed, train, and write the run directory.
+    threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one)."""
+    configure_threads(threads)
     dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
     splits = make_splits(dataset, spec.data)
     preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
@@ -274,3 +276,10 @@ def augment_preview(
     out = Path(out)
     atomic_write_bytes(out, buffer.getvalue())
     return AugmentPreview(out, len(x), versions, augments(spec.augmentation))
+
+
+def bench(spec: Spec, **options: Any):
+    """`cnnkit bench`: throughput on synthetic data (see cnnkit.bench.run_bench)."""
+    from cnnkit.bench import run_bench
+
+    return run_bench(spec, **options)

@@ -42,6 +42,9 @@ def train(
         typer.Option(help="Start from this checkpoint (.npz) or run directory: model.weights."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder that holds run directories.")] = Path("runs"),
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads for the kernels (default: all cores).")
+    ] = None,
 ) -> None:
     """Train the model of SPEC and write a new run directory under --out."""
     overrides = {
@@ -60,6 +63,7 @@ def train(
             parsed,
             out=out,
             reporter=reporter,
+            threads=threads,
             on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
             on_note=lambda text: display.console.print(f"[yellow]Note:[/yellow] {text}"),
         )
@@ -196,6 +200,40 @@ def data_check(
             display.console.print(renderable)
     if report["findings"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist_basic.yaml.")],
+    steps: Annotated[int, typer.Option(min=1, help="Timed batches per round.")] = 20,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Default: the spec's.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads (both frameworks; default: all cores).")
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds; medians are reported.")] = 3,
+    vs: Annotated[
+        str | None, typer.Option("--vs", help="torch: the same network in PyTorch, alternately.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Training and inference images/s on synthetic data, per-layer times, GFLOP/s."""
+    parsed = load_spec(spec)
+    result = api.bench(
+        parsed,
+        steps=steps,
+        batch_size=batch_size,
+        threads=threads,
+        vs=vs,
+        rounds=rounds,
+        on_progress=None if as_json else display.bench_progress,
+    )
+    if as_json:
+        print(json.dumps(json_safe(result.to_dict()), indent=2))
+        return
+    for renderable in display.bench_renderables(result.to_dict()):
+        display.console.print(renderable)
 
 
 def main() -> None:

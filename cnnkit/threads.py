@@ -56,6 +56,8 @@ def configure_threads(threads: int | None = None) -> int:
     # a sleeping thread costs a few microseconds to wake, per kernel of milliseconds.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not _configured:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call: limit it too)
+
         threadpool_limits(limits=1, user_api="blas")
         _configured = True
     import numba  # here, not at the top: `cnnkit --help` should not pay for importing numba

@@ -67,8 +67,16 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
         (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
         w = self.params["kernel"]
         out = np.empty((x.shape[0], *self.output_shape), dtype=x.dtype)
-        conv2d_forward(x, w, self._bias(x.dtype), sh, sw, dh, dw, self.pad_top, self.pad_left, out)
+        # relu fused into the kernel (one pass less over the output); relu's backward needs
+        # only where the output is positive, which the fused output tells as well as z.
+        fused = self._activation_name() == "relu" and not self.returns_logits
+        conv2d_forward(
+            x, w, self._bias(x.dtype), sh, sw, dh, dw, self.pad_top, self.pad_left, out, fused
+        )
         self._x = x
+        if fused:
+            self._z = self._a = out
+            return out
         return self.activate(out)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:

@@ -144,6 +144,50 @@ def test_conv2d_against_reference(shape, padding, stride, dilation, dtype):
     close(db, db_ref, dtype)
 
 
+def close_sum(actual, expected, dtype):
+    """float32 sums of thousands of terms: the absolute error scales with the largest result."""
+    assert actual.dtype == np.dtype(dtype)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6 * scale)
+
+
+# Paths the CONV_CASES shapes are too small to reach: a batch larger than the kernels' batch
+# chunks (16), output rows split over several im2col blocks with a remainder (forward/input
+# gradient blocks of 256 KB, weight-gradient blocks of 1 MB), 1x1 kernels on the GEMM path,
+# stride 2 and dilation on big inputs, and the fused relu.
+@pytest.mark.parametrize(
+    "shape, padding, stride, dilation",
+    [
+        ((17, 9, 7, 8, 3, 3, 5), "same", (1, 1), (1, 1)),  # batch > chunks
+        ((2, 64, 60, 32, 3, 3, 4), "valid", (1, 1), (1, 1)),  # several blocks, remainder
+        ((3, 6, 5, 16, 1, 1, 7), "valid", (1, 1), (1, 1)),  # 1x1 on the GEMM path
+        ((2, 41, 43, 32, 3, 3, 6), "same", (2, 2), (1, 1)),  # stride 2, several blocks
+        ((2, 30, 33, 24, 3, 3, 5), "same", (1, 1), (2, 2)),  # dilation, several blocks
+        ((21, 12, 12, 1, 5, 5, 8), "valid", (1, 1), (1, 1)),  # 1 input channel, batch > chunks
+    ],
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_big_shapes_against_reference(shape, padding, stride, dilation, relu):
+    dtype = np.float32
+    x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, dilation, dtype)
+    args = (*stride, *dilation, *pad)
+    expected = ref.conv2d_forward(x, wt, b, stride, dilation, pad, out_hw)
+    out = np.full((x.shape[0], *out_hw, wt.shape[3]), np.nan, dtype=dtype)
+    conv2d_forward(x, wt, b, *args, out, relu)
+    close_sum(out, np.maximum(expected, 0) if relu else expected, dtype)
+    if relu:
+        return  # the gradients do not depend on the forward's activation
+    dx = np.full(x.shape, np.nan, dtype=dtype)
+    conv2d_backward_input(dout, wt, *args, dx)
+    close_sum(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, dilation, pad), dtype)
+    dw = np.full(wt.shape, np.nan, dtype=dtype)
+    db = np.full(b.shape, np.nan, dtype=dtype)
+    conv2d_backward_weights(x, dout, *args, dw, db)
+    dw_ref, db_ref = ref.conv2d_backward_weights(x, dout, wt.shape, stride, dilation, pad)
+    close_sum(dw, dw_ref, dtype)
+    close_sum(db, db_ref, dtype)
+
+
 def test_conv2d_weight_grad_many_chunks():
     """Batch larger than the chunk count: uneven chunks still sum to the reference."""
     x, wt, b, out_hw, pad, dout = conv_case((37, 5, 4, 2, 3, 2, 3), "same", (1, 1), (1, 1), float)

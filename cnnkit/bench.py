@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,9 @@ class BenchResult:
     infer_gflops: float
     layers: list[dict[str, Any]]  # name, type, forward_ms, backward_ms; slowest first
     peak_memory_mb: float | None = None  # the process's peak resident set (ru_maxrss)
+    # numpy memory allocated at once during one training step after warm-up (tracemalloc
+    # peak; arrays reused from step to step do not count; Numba's scratch is not traced)
+    step_alloc_mb: float | None = None
     torch: dict[str, Any] | None = None  # --vs torch: throughputs, ratios, correctness guard
     rounds_detail: list[dict[str, float]] = field(default_factory=list)
 
@@ -154,6 +158,10 @@ def run_bench(
         if theirs is not None:
             theirs.train_step()
             theirs.infer()
+    tracemalloc.start()
+    ours.train_step()
+    step_alloc = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     detail = []
     for r in range(rounds):
         progress(f"round {r + 1} of {rounds}")
@@ -197,6 +205,7 @@ def run_bench(
         infer_gflops=median("infer") * infer_flops / 1e9,
         layers=layer_rows,
         rounds_detail=detail,
+        step_alloc_mb=step_alloc,
     )
     if theirs is not None:
         result.torch = {

@@ -356,6 +356,10 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
     notes = []
     if result.get("peak_memory_mb") is not None:
         notes.append(f"Peak memory (resident): {result['peak_memory_mb']:,.0f} MB")
+    if result.get("step_alloc_mb") is not None:
+        notes.append(
+            f"Allocated during one training step (numpy, peak): {result['step_alloc_mb']:.1f} MB"
+        )
     if torch:
         check = torch["check"]
         grads = check["grads_max_rel_diff"]

@@ -391,3 +391,16 @@ def test_kernels_bitwise_deterministic(dtype):
     for _ in range(3):
         for a, b_ in zip(first, run_all(), strict=True):
             assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward_into_against_reference(dtype):
+    from cnnkit.kernels.activations import relu_backward_into
+
+    rng = np.random.default_rng(3)
+    y = np.maximum(rng.standard_normal((3, 5, 4, 7)), 0).astype(dtype)  # a relu output
+    y[0, 0, 0, :3] = 0.0  # exact zeros: the kink, where the gradient is 0 (as TF)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    out = np.full(y.shape, np.nan, dtype=dtype)
+    relu_backward_into(dy.reshape(-1), y.reshape(-1), out.reshape(-1))
+    np.testing.assert_array_equal(out, ref.relu_backward(dy, y))

@@ -405,37 +405,44 @@ def conv2d_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
     n_chunks = max(min(n_b, _WGRAD_CHUNKS), 1)  # >= 1 so an empty batch yields zeros
     part_w = np.zeros((n_chunks, kk, f_n), dtype=dw_out.dtype)
     part_b = np.zeros((n_chunks, f_n), dtype=db_out.dtype)
-    rows = min(_block_rows(ow_n, kk, x.itemsize, 4), oh_n)
+    d_flat = dout.reshape(n_b * p_n, f_n)  # row (n*OH + oh)*OW + ow
+    # Output rows per GEMM block, counted across the chunk's images (a block may span several
+    # images): a deep reduction per BLAS call, and one pass adding its product to the partials.
+    rows = _block_rows(ow_n, kk, x.itemsize, 4)
     for k in prange(n_chunks):
         n0, n1 = _chunk(k, n_b, n_chunks)
         pw = part_w[k]
         pb = part_b[k]
-        cols = np.empty((rows * ow_n, kk), dtype=x.dtype)
-        tmp = np.empty((kk, f_n), dtype=dw_out.dtype)
-        for n in range(n0, n1):
-            d2 = dout[n].reshape(p_n, f_n)
-            if c_in == 1:
+        if c_in == 1:
+            for n in range(n0, n1):
                 for oh in range(oh_n):
                     _wgrad_row_one_channel(x, dout[n, oh], n, oh, kw, sh, sw, dh, dw, pt, pl, pw)
-            elif c_in < _GEMM_MIN_CHANNELS:
+        elif c_in < _GEMM_MIN_CHANNELS:
+            for n in range(n0, n1):
                 for oh in range(oh_n):
                     _wgrad_row_direct(x, dout[n, oh], n, oh, kh, kw, sh, sw, dh, dw, pt, pl, pw)
-            else:
-                for oh0 in range(0, oh_n, rows):
-                    oh1 = min(oh0 + rows, oh_n)
-                    for oh in range(oh0, oh1):
-                        r = (oh - oh0) * ow_n
-                        _im2col_row(x, n, oh, kh, kw, sh, sw, dh, dw, pt, pl, cols[r : r + ow_n])
-                    np.dot(cols[: (oh1 - oh0) * ow_n].T, d2[oh0 * ow_n : oh1 * ow_n], tmp)
-                    for q in range(kk):
-                        pq = pw[q]
-                        tq = tmp[q]
-                        for f in range(f_n):
-                            pq[f] += tq[f]
-            for p in range(p_n):
-                g = d2[p]
-                for f in range(f_n):
-                    pb[f] += g[f]
+        else:
+            cols = np.empty((rows * ow_n, kk), dtype=x.dtype)
+            tmp = np.empty((kk, f_n), dtype=dw_out.dtype)
+            q_end = n1 * oh_n
+            for q0 in range(n0 * oh_n, q_end, rows):
+                q1 = min(q0 + rows, q_end)
+                for q in range(q0, q1):
+                    n = q // oh_n
+                    r = (q - q0) * ow_n
+                    _im2col_row(
+                        x, n, q - n * oh_n, kh, kw, sh, sw, dh, dw, pt, pl, cols[r : r + ow_n]
+                    )
+                np.dot(cols[: (q1 - q0) * ow_n].T, d_flat[q0 * ow_n : q1 * ow_n], tmp)
+                for c in range(kk):
+                    pc = pw[c]
+                    tc = tmp[c]
+                    for f in range(f_n):
+                        pc[f] += tc[f]
+        for p in range(n0 * p_n, n1 * p_n):
+            g = d_flat[p]
+            for f in range(f_n):
+                pb[f] += g[f]
     # Fixed-order reduction over chunks (serial: the buffers are small).
     # Indexed 4D (no reshape) so a non-contiguous dw_out also works.
     r = 0

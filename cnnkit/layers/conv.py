@@ -67,6 +67,7 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
         w = self.params["kernel"]
+        x = np.ascontiguousarray(x)  # what the kernels read (a no-op for the usual input)
         shape = (x.shape[0], *self.output_shape)
         # training reuses the layer's output array from step to step (the training loop makes
         # no large allocation per step); inference returns a fresh array the caller may keep

@@ -163,6 +163,39 @@ def _im2col_row(x, n, oh, kh, kw, sh, sw, dh, dw, pt, pl, cols):
 
 
 @numba.njit(cache=True)
+def _col2im_row(gcols, n, oh, kh, kw, sh, sw, dh, dw, pt, pl, dx):
+    """dx[n, ih, iw, c] += gcols[ow, (i*KW + j)*C + c] for output row oh (the adjoint of
+    _im2col_row; out-of-range taps dropped). dx must be C-contiguous: with dilation 1 along
+    the width, the KW taps of kernel row i add into KW*C consecutive floats of dx[n, ih]."""
+    h, wd, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    span = kw * c_in
+    for ow in range(gcols.shape[0]):
+        row = gcols[ow]
+        iw0 = ow * sw - pl
+        whole = dw == 1 and iw0 >= 0 and iw0 + kw <= wd
+        k = 0
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= h:
+                k += span
+                continue
+            if whole:
+                d = dx[n, ih].reshape(wd * c_in)
+                base = iw0 * c_in
+                for e in range(span):
+                    d[base + e] += row[k + e]
+                k += span
+                continue
+            for j in range(kw):
+                iw = iw0 + j * dw
+                if iw >= 0 and iw < wd:
+                    d = dx[n, ih, iw]
+                    for c in range(c_in):
+                        d[c] += row[k + c]
+                k += c_in
+
+
+@numba.njit(cache=True)
 def _conv_row_direct(x, w, n, oh, sh, sw, dh, dw, pt, pl, o):
     """o[ow, f] += sum_{i, j, c} x[n, ih, iw, c] * w[i, j, c, f] for output row oh, skipping
     out-of-range taps; same term order as im2col + GEMM (i, j, c increasing)."""
@@ -366,7 +399,7 @@ def conv2d_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
 @numba.njit(cache=True, parallel=True)
 def conv2d_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
     """dx[n, ih, iw, c] = sum of dout[n, oh, ow, f] * w[i, j, c, f] over all (oh, ow, i, j, f)
-    whose tap reads (ih, iw). dx is fully overwritten; dout must be C-contiguous.
+    whose tap reads (ih, iw). dx is fully overwritten; dout and dx must be C-contiguous.
 
     Per block of output rows: column gradients gcols = dout_rows @ w2.T (BLAS), then col2im
     scatter-adds them into dx. Each image writes only dx[n]: chunks of the batch are race-free.
@@ -390,18 +423,20 @@ def conv2d_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
                 oh1 = min(oh0 + rows, oh_n)
                 np.dot(d2[oh0 * ow_n : oh1 * ow_n], wt2, gcols[: (oh1 - oh0) * ow_n])
                 for oh in range(oh0, oh1):
-                    for ow in range(ow_n):
-                        row = gcols[(oh - oh0) * ow_n + ow]
-                        q = 0
-                        for i in range(kh):
-                            ih = oh * sh - pt + i * dh
-                            for j in range(kw):
-                                iw = ow * sw - pl + j * dw
-                                if ih >= 0 and ih < h and iw >= 0 and iw < wd:
-                                    d = dx[n, ih, iw]
-                                    for c in range(c_in):
-                                        d[c] += row[q + c]
-                                q += c_in
+                    _col2im_row(
+                        gcols[(oh - oh0) * ow_n : (oh - oh0 + 1) * ow_n],
+                        n,
+                        oh,
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        dh,
+                        dw,
+                        pt,
+                        pl,
+                        dx,
+                    )
 
 
 @numba.njit(cache=True, parallel=True)

@@ -154,7 +154,10 @@ def close_sum(actual, expected, dtype):
 # Paths the CONV_CASES shapes are too small to reach: a batch larger than the kernels' batch
 # chunks (16), output rows split over several im2col blocks with a remainder (forward/input
 # gradient blocks of 256 KB, weight-gradient blocks of 1 MB), 1x1 kernels on the GEMM path,
-# stride 2 and dilation on big inputs, and the fused relu.
+# stride 2 and dilation on big inputs, and the fused relu. The input gradient of stride-1
+# convolutions whose output is not much smaller than their input (every "same" case here and
+# above, and the big valid ones) runs as a forward convolution with the rotated kernel; the
+# rest (strides, small valid layers) through column gradients and col2im: both are covered.
 @pytest.mark.parametrize(
     "shape, padding, stride, dilation",
     [

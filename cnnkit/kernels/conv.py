@@ -396,8 +396,31 @@ def conv2d_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
                     orow[f] = v
 
 
-@numba.njit(cache=True, parallel=True)
 def conv2d_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
+    """dx[n, ih, iw, c] = sum of dout[n, oh, ow, f] * w[i, j, c, f] over all (oh, ow, i, j, f)
+    whose tap reads (ih, iw). dx is fully overwritten; dout and dx must be C-contiguous.
+
+    Stride 1: the input gradient is itself a convolution (of dout with the kernel rotated by
+    180 degrees, its channel axes swapped, padded by (K-1)*dilation - pad), so it runs on the
+    forward kernel: a deep GEMM (reduction KH*KW*F) and a gather, instead of a shallow GEMM
+    (reduction F) and a scatter. Measured 1.5-2x on the two_conv/lenet layers. Other strides
+    take the column-gradient path below, and so do small valid convolutions whose padded
+    gradient would be mostly zeros (12x12 -> 8x8 with 5x5 kernels: 2.25x the multiplications,
+    measured 2.3x slower): the convolution path needs H*W <= 1.25 * OH*OW.
+    """
+    kh, kw = w.shape[0], w.shape[1]
+    h, wd = dx.shape[1], dx.shape[2]
+    small_output = h * wd * 4 > dout.shape[1] * dout.shape[2] * 5
+    if sh == 1 and sw == 1 and not small_output and (kh - 1) * dh >= pt and (kw - 1) * dw >= pl:
+        wt = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        zero = np.zeros(wt.shape[3], dtype=dx.dtype)
+        conv2d_forward(dout, wt, zero, 1, 1, dh, dw, (kh - 1) * dh - pt, (kw - 1) * dw - pl, dx)
+    else:
+        conv2d_backward_input_cols(dout, w, sh, sw, dh, dw, pt, pl, dx)
+
+
+@numba.njit(cache=True, parallel=True)
+def conv2d_backward_input_cols(dout, w, sh, sw, dh, dw, pt, pl, dx):
     """dx[n, ih, iw, c] = sum of dout[n, oh, ow, f] * w[i, j, c, f] over all (oh, ow, i, j, f)
     whose tap reads (ih, iw). dx is fully overwritten; dout and dx must be C-contiguous.
 
@@ -473,11 +496,12 @@ def conv2d_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
                 for oh in range(oh_n):
                     _wgrad_row_direct(x, dout[n, oh], n, oh, kh, kw, sh, sw, dh, dw, pt, pl, pw)
         else:
-            cols = np.empty((rows * ow_n, kk), dtype=x.dtype)
-            tmp = np.empty((kk, f_n), dtype=dw_out.dtype)
             q_end = n1 * oh_n
-            for q0 in range(n0 * oh_n, q_end, rows):
-                q1 = min(q0 + rows, q_end)
+            rows_k = max(min(rows, q_end - n0 * oh_n), 1)  # no bigger than the chunk needs
+            cols = np.empty((rows_k * ow_n, kk), dtype=x.dtype)
+            tmp = np.empty((kk, f_n), dtype=dw_out.dtype)
+            for q0 in range(n0 * oh_n, q_end, rows_k):
+                q1 = min(q0 + rows_k, q_end)
                 for q in range(q0, q1):
                     n = q // oh_n
                     r = (q - q0) * ow_n

@@ -132,16 +132,21 @@ def test_conv2d_against_reference(shape, padding, stride, dilation, dtype):
     conv2d_forward(x, wt, b, *args, out)
     close(out, ref.conv2d_forward(x, wt, b, stride, dilation, pad, out_hw), dtype)
 
+    check_conv_backward(x, wt, b, pad, dout, stride, dilation, dtype, close)
+
+
+def check_conv_backward(x, wt, b, pad, dout, stride, dilation, dtype, close_fn):
+    """Both backward kernels, from garbage-filled outputs, against the references."""
+    args = (*stride, *dilation, *pad)
     dx = np.full(x.shape, np.nan, dtype=dtype)
     conv2d_backward_input(dout, wt, *args, dx)
-    close(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, dilation, pad), dtype)
-
+    close_fn(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, dilation, pad), dtype)
     dw = np.full(wt.shape, np.nan, dtype=dtype)
     db = np.full(b.shape, np.nan, dtype=dtype)
     conv2d_backward_weights(x, dout, *args, dw, db)
     dw_ref, db_ref = ref.conv2d_backward_weights(x, dout, wt.shape, stride, dilation, pad)
-    close(dw, dw_ref, dtype)
-    close(db, db_ref, dtype)
+    close_fn(dw, dw_ref, dtype)
+    close_fn(db, db_ref, dtype)
 
 
 def close_sum(actual, expected, dtype):
@@ -180,15 +185,7 @@ def test_conv2d_big_shapes_against_reference(shape, padding, stride, dilation, r
     close_sum(out, np.maximum(expected, 0) if relu else expected, dtype)
     if relu:
         return  # the gradients do not depend on the forward's activation
-    dx = np.full(x.shape, np.nan, dtype=dtype)
-    conv2d_backward_input(dout, wt, *args, dx)
-    close_sum(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, dilation, pad), dtype)
-    dw = np.full(wt.shape, np.nan, dtype=dtype)
-    db = np.full(b.shape, np.nan, dtype=dtype)
-    conv2d_backward_weights(x, dout, *args, dw, db)
-    dw_ref, db_ref = ref.conv2d_backward_weights(x, dout, wt.shape, stride, dilation, pad)
-    close_sum(dw, dw_ref, dtype)
-    close_sum(db, db_ref, dtype)
+    check_conv_backward(x, wt, b, pad, dout, stride, dilation, dtype, close_sum)
 
 
 def test_conv2d_weight_grad_many_chunks():

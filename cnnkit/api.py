@@ -144,9 +144,9 @@ class _Setup:
     skipped: list[str]
 
 
-def _setup(spec: Spec) -> _Setup:
-    """Data, model (weights from the seed), loss and optimizer of a spec."""
-    configure_threads()
+def _setup(spec: Spec, threads: int | None = None) -> _Setup:
+    """Data, model (weights from the seed), loss and optimizer of a spec; threads: as train's."""
+    configure_threads(threads)
     dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
     splits = make_splits(dataset, spec.data)
     preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
@@ -164,12 +164,14 @@ def train(
     reporter: Reporter | None = None,
     on_run_dir=None,
     on_note=None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Load data, build the model from the seed, train, and write the run directory.
 
     SIGINT/SIGTERM during training: the step finishes, last.npz is saved with its resume
-    state and cnnkit.interrupts.Interrupted is raised (see `resume`)."""
-    setup = _setup(spec)
+    state and cnnkit.interrupts.Interrupted is raised (see `resume`).
+    threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one)."""
+    setup = _setup(spec, threads)
     if spec.model.get("weights"):
         load_initial_weights(setup.model, spec)
 
@@ -250,6 +252,7 @@ def resume(
     overrides: SpecOverrides = None,
     reporter: Reporter | None = None,
     on_note=None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Continue the run in run_dir from its last checkpoint, mid-epoch included, with the
     spec in its config.yaml: the result is bit for bit the uninterrupted run's.
@@ -291,7 +294,7 @@ def resume(
             hint=f"Train further with --epochs N (N > {done}): "
             f"cnnkit train --resume {run_dir} --epochs {done + 5}",
         )
-    setup = _setup(spec)
+    setup = _setup(spec, threads)
     setup.model.load_params(state.weights, str(state.path.with_suffix(".npz")))
     if on_note:
         at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
@@ -595,3 +598,10 @@ def summary_dict(info: ModelSummary) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {"title": info.title, "layers": [asdict(r) for r in info.rows], "totals": info.totals}
+
+
+def bench(spec: Spec, **options: Any):
+    """`cnnkit bench`: throughput on synthetic data (see cnnkit.bench.run_bench)."""
+    from cnnkit.bench import run_bench
+
+    return run_bench(spec, **options)

@@ -66,6 +66,9 @@ def train(
             "with its own spec; --epochs N may extend it.",
         ),
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads for the kernels (default: all cores).")
+    ] = None,
 ) -> None:
     """Train the model of SPEC and write a new run directory under --out (or --resume one).
 
@@ -94,7 +97,7 @@ def train(
     if resume is not None:
         every_steps = api.load_run_spec(resume).logging["every_steps"]
         with display.make_reporter(quiet, every_steps) as reporter:
-            result = api.resume(resume, epochs, spec, overrides, reporter, note)
+            result = api.resume(resume, epochs, spec, overrides, reporter, note, threads=threads)
     else:
         if spec is None:
             raise SpecError(
@@ -106,7 +109,12 @@ def train(
         parsed.command = command_line()  # config.yaml records it
         with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
             result = api.train(
-                parsed, out=out, reporter=reporter, on_run_dir=show_run_dir, on_note=note
+                parsed,
+                out=out,
+                reporter=reporter,
+                on_run_dir=show_run_dir,
+                on_note=note,
+                threads=threads,
             )
     if quiet:
         print(result.run_dir)
@@ -400,6 +408,48 @@ def data_check(
             display.console.print(renderable)
     if report["findings"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    spec: Annotated[Path, typer.Argument(help="YAML spec, e.g. configs/mnist_basic.yaml.")],
+    steps: Annotated[int, typer.Option(min=1, help="Timed batches per round.")] = 20,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Default: the spec's.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads (both frameworks; default: all cores).")
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds; medians are reported.")] = 3,
+    vs: Annotated[
+        str | None, typer.Option("--vs", help="torch: the same network in PyTorch, alternately.")
+    ] = None,
+    as_json: JsonOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Training and inference images/s on synthetic data, per-layer times, GFLOP/s.
+
+    Timed after an untimed warm-up. With --vs torch the same network is built in PyTorch
+    (when installed), checked to give the same outputs for the same weights, and timed
+    alternately with cnnkit in this process: the ratios are what to read.
+
+    Example: cnnkit bench configs/mnist_basic.yaml --threads 2 --vs torch
+    """
+    parsed = load_spec(spec, set_)
+    result = api.bench(
+        parsed,
+        steps=steps,
+        batch_size=batch_size,
+        threads=threads,
+        vs=vs,
+        rounds=rounds,
+        on_progress=None if as_json else display.bench_progress,
+    )
+    if as_json:
+        print(json.dumps(json_safe(result.to_dict()), indent=2))
+        return
+    for renderable in display.bench_renderables(result.to_dict()):
+        display.console.print(renderable)
 
 
 def main() -> None:

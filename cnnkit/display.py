@@ -612,3 +612,76 @@ def print_reproduction(result: Any) -> None:
         f"{span}; {weights}. Same machine and thread count (NUMBA_NUM_THREADS) are needed "
         "for bit-for-bit results."
     )
+
+
+def bench_progress(text: str) -> None:
+    error_console.print(f"[dim]bench: {escape(text)}[/dim]")
+
+
+def bench_renderables(result: dict[str, Any]) -> list[Any]:
+    """`cnnkit bench`: throughput table (with PyTorch and ratios under --vs torch), then the
+    per-layer times, slowest first."""
+    torch = result.get("torch")
+    title = (
+        f"{result['spec']}: batch {result['batch_size']}, {result['threads']} threads, "
+        f"{result['rounds']} rounds of {result['steps']} batches (medians)"
+    )
+    if torch:
+        title += f"; PyTorch {torch['version']}, alternately in the same process"
+    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+    table.add_column("")
+    table.add_column("cnnkit images/s", justify="right")
+    table.add_column("GFLOP/s", justify="right")
+    if torch:
+        table.add_column("PyTorch images/s", justify="right")
+        table.add_column("cnnkit / PyTorch", justify="right")
+    for kind, label in (("train", "training"), ("infer", "inference")):
+        row = [
+            label,
+            f"{result[f'{kind}_images_per_s']:,.0f}",
+            f"{result[f'{kind}_gflops']:.1f}",
+        ]
+        if torch:
+            ratio = torch[f"{kind}_ratio"]
+            style = "green" if ratio >= 1 else ("yellow" if ratio >= 0.5 else "red")
+            row += [
+                f"{torch[f'{kind}_images_per_s']:,.0f}",
+                f"[{style}]{ratio:.2f}×[/{style}]",
+            ]
+        table.add_row(*row)
+    notes = []
+    if result.get("peak_memory_mb") is not None:
+        notes.append(f"Peak memory (resident): {result['peak_memory_mb']:,.0f} MB")
+    if result.get("step_alloc_mb") is not None:
+        notes.append(
+            f"Allocated during one training step (numpy, peak): {result['step_alloc_mb']:.1f} MB"
+        )
+    if torch:
+        check = torch["check"]
+        grads = check["grads_max_rel_diff"]
+        notes.append(
+            "Correctness guard: same weights, same outputs (max relative difference "
+            f"{check['outputs_max_rel_diff']:.1e}"
+            + (f"), same gradients ({grads:.1e})" if grads is not None else ")")
+        )
+        ratios = ", ".join(
+            f"{r['train_ratio']:.2f}/{r['infer_ratio']:.2f}" for r in result["rounds_detail"]
+        )
+        notes.append(f"Ratios per round (train/inference): {ratios}")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    layers = Table(
+        title="Per layer, one training step (ms), slowest first",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    for name in ("Layer (type)", "forward", "backward", "total"):
+        layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
+    for row in result["layers"]:
+        layers.add_row(
+            f"{row['name']} ({row['type']})",
+            f"{row['forward_ms']:.2f}",
+            f"{row['backward_ms']:.2f}",
+            f"{row['forward_ms'] + row['backward_ms']:.2f}",
+        )
+    return [table, layers]

@@ -64,6 +64,8 @@ def kept_elements(layer: Layer, training: bool, is_last: bool) -> tuple[int, int
         activation = layer._activation_name()
         new_activation = activation != "linear" and not (is_last and "activation" in layer.options)
         own_z = name in ("Conv2D", "Dense")  # Activation/LeakyReLU keep their input as z
+        if name == "Conv2D" and activation == "relu" and new_activation:
+            new_activation = False  # relu fused into the conv kernel: one array for both
         return out * (int(own_z) + int(new_activation)), 0
     if name == "MaxPooling2D":
         return out, out

@@ -5,18 +5,65 @@ parallel kernel runs next, both thread pools fight for the same cores. Measured 
 mnist_basic step (2 cores): conv backward 104 -> 40 ms, max-pool backward 39 -> 8 ms, Dense
 backward 20 -> 9 ms with BLAS limited to one thread. threadpoolctl does this at run time, even
 when numpy was imported (and OpenBLAS started) before cnnkit.
+
+The number of Numba threads is `--threads`, else the CNNKIT_NUM_THREADS environment variable,
+else every core Numba sees. BLAS stays at one thread whatever that number: the two pools never
+oversubscribe the cores.
 """
 
 from __future__ import annotations
 
+import os
+
 from threadpoolctl import threadpool_limits
+
+from cnnkit.errors import CnnkitError
 
 _configured = False
 
+ENV_THREADS = "CNNKIT_NUM_THREADS"
 
-def configure_threads() -> None:
-    """Limit BLAS to one thread for the rest of the process (idempotent)."""
+
+def requested_threads(threads: int | None = None) -> int | None:
+    """`threads`, else CNNKIT_NUM_THREADS, else None (all cores). A bad value is a user error."""
+    if threads is None:
+        raw = os.environ.get(ENV_THREADS, "").strip()
+        if not raw:
+            return None
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise CnnkitError(
+                f"{ENV_THREADS}={raw!r} is not a whole number",
+                hint=f"Set {ENV_THREADS} to a number of threads such as 2, or unset it.",
+            ) from None
+    if threads < 1:
+        raise CnnkitError(
+            f"the number of threads must be at least 1, got {threads}",
+            hint=f"Use --threads N or {ENV_THREADS}=N with N >= 1.",
+        )
+    return threads
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Limit BLAS to one thread for the rest of the process (idempotent) and set Numba's
+    thread count (`threads`, CNNKIT_NUM_THREADS, or all cores, capped at Numba's maximum).
+    Returns the number of Numba threads in use."""
     global _configured
+    # Idle OpenMP threads sleep instead of spinning (must be set before libgomp loads: Numba
+    # loads it at the first parallel kernel). On the shared 2-core machines, spinning pools
+    # (Numba's, and PyTorch's in `bench --vs torch`) made both frameworks 1.5-3x slower;
+    # a sleeping thread costs a few microseconds to wake, per kernel of milliseconds.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not _configured:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call: limit it too)
+
         threadpool_limits(limits=1, user_api="blas")
         _configured = True
+    import numba  # here, not at the top: `cnnkit --help` should not pay for importing numba
+
+    wanted = requested_threads(threads)
+    most = numba.config.NUMBA_NUM_THREADS
+    n = most if wanted is None else min(wanted, most)
+    numba.set_num_threads(n)
+    return n

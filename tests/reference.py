@@ -140,3 +140,8 @@ def avgpool2d_backward(dout, x_shape, pool, stride, pad):
         for ih, iw in pos:
             dx[:, ih, iw, :] += dout[:, oh, ow, :] / len(pos)
     return dx.astype(dout.dtype)
+
+
+def relu_backward(dy, y):
+    """relu's input gradient from its output: dy where the output is positive, else 0."""
+    return np.where(y > 0, dy, np.zeros_like(dy))

@@ -132,16 +132,60 @@ def test_conv2d_against_reference(shape, padding, stride, dilation, dtype):
     conv2d_forward(x, wt, b, *args, out)
     close(out, ref.conv2d_forward(x, wt, b, stride, dilation, pad, out_hw), dtype)
 
+    check_conv_backward(x, wt, b, pad, dout, stride, dilation, dtype, close)
+
+
+def check_conv_backward(x, wt, b, pad, dout, stride, dilation, dtype, close_fn):
+    """Both backward kernels, from garbage-filled outputs, against the references."""
+    args = (*stride, *dilation, *pad)
     dx = np.full(x.shape, np.nan, dtype=dtype)
     conv2d_backward_input(dout, wt, *args, dx)
-    close(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, dilation, pad), dtype)
-
+    close_fn(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, dilation, pad), dtype)
     dw = np.full(wt.shape, np.nan, dtype=dtype)
     db = np.full(b.shape, np.nan, dtype=dtype)
     conv2d_backward_weights(x, dout, *args, dw, db)
     dw_ref, db_ref = ref.conv2d_backward_weights(x, dout, wt.shape, stride, dilation, pad)
-    close(dw, dw_ref, dtype)
-    close(db, db_ref, dtype)
+    close_fn(dw, dw_ref, dtype)
+    close_fn(db, db_ref, dtype)
+
+
+def close_sum(actual, expected, dtype):
+    """float32 sums of thousands of terms: the absolute error scales with the largest result."""
+    assert actual.dtype == np.dtype(dtype)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6 * scale)
+
+
+# Paths the CONV_CASES shapes are too small to reach: a batch larger than the kernels' batch
+# chunks (16), output rows split over several im2col blocks with a remainder (forward/input
+# gradient blocks of 256 KB, weight-gradient blocks of 1 MB), 1x1 kernels on the GEMM path,
+# stride 2 and dilation on big inputs, and the fused relu. The input gradient of stride-1
+# convolutions whose output is not much smaller than their input (every "same" case here and
+# above, and the big valid ones) runs as a forward convolution with the rotated kernel; the
+# rest (strides, small valid layers) through column gradients and col2im: both are covered.
+@pytest.mark.parametrize(
+    "shape, padding, stride, dilation",
+    [
+        ((17, 9, 7, 8, 3, 3, 5), "same", (1, 1), (1, 1)),  # batch > chunks
+        ((2, 64, 60, 32, 3, 3, 4), "valid", (1, 1), (1, 1)),  # several blocks, remainder
+        ((3, 6, 5, 16, 1, 1, 7), "valid", (1, 1), (1, 1)),  # 1x1 on the GEMM path
+        ((2, 41, 43, 32, 3, 3, 6), "same", (2, 2), (1, 1)),  # stride 2, several blocks
+        ((2, 30, 33, 24, 3, 3, 5), "same", (1, 1), (2, 2)),  # dilation, several blocks
+        ((21, 12, 12, 1, 5, 5, 8), "valid", (1, 1), (1, 1)),  # 1 input channel, batch > chunks
+    ],
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_big_shapes_against_reference(shape, padding, stride, dilation, relu):
+    dtype = np.float32
+    x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, dilation, dtype)
+    args = (*stride, *dilation, *pad)
+    expected = ref.conv2d_forward(x, wt, b, stride, dilation, pad, out_hw)
+    out = np.full((x.shape[0], *out_hw, wt.shape[3]), np.nan, dtype=dtype)
+    conv2d_forward(x, wt, b, *args, out, relu)
+    close_sum(out, np.maximum(expected, 0) if relu else expected, dtype)
+    if relu:
+        return  # the gradients do not depend on the forward's activation
+    check_conv_backward(x, wt, b, pad, dout, stride, dilation, dtype, close_sum)
 
 
 def test_conv2d_weight_grad_many_chunks():
@@ -347,3 +391,16 @@ def test_kernels_bitwise_deterministic(dtype):
     for _ in range(3):
         for a, b_ in zip(first, run_all(), strict=True):
             assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward_into_against_reference(dtype):
+    from cnnkit.kernels.activations import relu_backward_into
+
+    rng = np.random.default_rng(3)
+    y = np.maximum(rng.standard_normal((3, 5, 4, 7)), 0).astype(dtype)  # a relu output
+    y[0, 0, 0, :3] = 0.0  # exact zeros: the kink, where the gradient is 0 (as TF)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    out = np.full(y.shape, np.nan, dtype=dtype)
+    relu_backward_into(dy.reshape(-1), y.reshape(-1), out.reshape(-1))
+    np.testing.assert_array_equal(out, ref.relu_backward(dy, y))

@@ -42,6 +42,22 @@ class Layer:
         # saves a whole backward convolution.
         self.needs_input_grad = True
 
+    def workspace(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An array this layer reuses from training step to training step (no large
+        allocation per step): allocated again only when a bigger batch, another sample shape
+        or dtype asks for it; a smaller batch (an epoch's last) gets a view of its first rows.
+        Its content is valid until the layer's next call that asks for the same name."""
+        spaces = self.__dict__.setdefault("_workspaces", {})
+        array = spaces.get(name)
+        if (
+            array is None
+            or array.shape[1:] != tuple(shape[1:])
+            or array.shape[0] < shape[0]
+            or array.dtype != dtype
+        ):
+            array = spaces[name] = np.empty(shape, dtype)
+        return array[: shape[0]]
+
     # -- shapes (no arrays) -------------------------------------------------------------
     def infer_shape(self, input_shape: Shape) -> Shape:
         """Remember and return the output shape; raise SpecError if the input does not fit."""

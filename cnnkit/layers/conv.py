@@ -12,6 +12,7 @@ from cnnkit.options import Option
 conv2d_backward_input, conv2d_backward_weights, conv2d_forward = lazy(
     "cnnkit.kernels.conv", "conv2d_backward_input", "conv2d_backward_weights", "conv2d_forward"
 )
+(relu_backward_into,) = lazy("cnnkit.kernels.activations", "relu_backward_into")
 
 
 class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
@@ -66,17 +67,36 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
         w = self.params["kernel"]
-        out = np.empty((x.shape[0], *self.output_shape), dtype=x.dtype)
-        conv2d_forward(x, w, self._bias(x.dtype), sh, sw, dh, dw, self.pad_top, self.pad_left, out)
+        x = np.ascontiguousarray(x)  # what the kernels read (a no-op for the usual input)
+        shape = (x.shape[0], *self.output_shape)
+        # training reuses the layer's output array from step to step (the training loop makes
+        # no large allocation per step); inference returns a fresh array the caller may keep
+        out = self.workspace("out", shape, x.dtype) if training else np.empty(shape, x.dtype)
+        # relu fused into the kernel (one pass less over the output); relu's backward needs
+        # only where the output is positive, which the fused output tells as well as z.
+        fused = self._activation_name() == "relu" and not self.returns_logits
+        conv2d_forward(
+            x, w, self._bias(x.dtype), sh, sw, dh, dw, self.pad_top, self.pad_left, out, fused
+        )
         self._x = x
+        self._fused = fused
+        if fused:
+            self._z = self._a = out
+            return out
         return self.activate(out)
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
-        dz = np.ascontiguousarray(self.activate_backward(dy))
+        if self._fused:
+            dz = self.workspace("dz", dy.shape, dy.dtype)
+            relu_backward_into(
+                np.ascontiguousarray(dy).reshape(-1), self._a.reshape(-1), dz.reshape(-1)
+            )
+        else:
+            dz = np.ascontiguousarray(self.activate_backward(dy))
         (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
         w, x = self.params["kernel"], self._x
-        dw_out = np.empty_like(w)
-        db_out = np.empty(w.shape[3], dtype=x.dtype)
+        dw_out = self.workspace("dkernel", w.shape, w.dtype)
+        db_out = self.workspace("dbias", (w.shape[3],), x.dtype)
         conv2d_backward_weights(x, dz, sh, sw, dh, dw, self.pad_top, self.pad_left, dw_out, db_out)
         self.grads["kernel"] = dw_out
         if "bias" in self.params:
@@ -84,6 +104,6 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
         self.add_regularization_grads()
         if not self.needs_input_grad:
             return None
-        dx = np.empty_like(x)
+        dx = self.workspace("dx", x.shape, x.dtype)
         conv2d_backward_input(dz, w, sh, sw, dh, dw, self.pad_top, self.pad_left, dx)
         return dx

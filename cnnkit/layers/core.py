@@ -42,11 +42,15 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dz = self.activate_backward(dy)
-        self.grads["kernel"] = self._x.T @ dz
+        kernel = self.params["kernel"]
+        # into arrays reused from step to step (see Layer.workspace)
+        dkernel = self.workspace("dkernel", kernel.shape, np.result_type(self._x, dz))
+        self.grads["kernel"] = np.matmul(self._x.T, dz, out=dkernel)
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0)
         self.add_regularization_grads()
-        return dz @ self.params["kernel"].T
+        dx = self.workspace("dx", (dz.shape[0], kernel.shape[0]), np.result_type(dz, kernel))
+        return np.matmul(dz, kernel.T, out=dx)
 
 
 class Flatten(Layer):

@@ -56,15 +56,20 @@ class MaxPooling2D(_Pooling2D):
     aliases = ("MaxPool2D", "max_pool2d")
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        out = np.empty((x.shape[0], *self.output_shape), dtype=x.dtype)
-        self._argmax = np.empty(out.shape, dtype=np.int64)
+        shape = (x.shape[0], *self.output_shape)
+        if training:  # reused from step to step (see Layer.workspace)
+            out = self.workspace("out", shape, x.dtype)
+            self._argmax = self.workspace("argmax", shape, np.int64)
+        else:
+            out = np.empty(shape, dtype=x.dtype)
+            self._argmax = np.empty(shape, dtype=np.int64)
         (ph, pw), (sh, sw) = self.options["pool_size"], self.strides
         maxpool2d_forward(x, ph, pw, sh, sw, self.pad_top, self.pad_left, out, self._argmax)
         self._x_shape = x.shape
         return out
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx = np.empty(self._x_shape, dtype=dy.dtype)
+        dx = self.workspace("dx", self._x_shape, dy.dtype)
         maxpool2d_backward(np.ascontiguousarray(dy), self._argmax, dx)
         return dx
 

@@ -1,0 +1,221 @@
+"""`cnnkit bench`: training and inference throughput of a spec on synthetic data, per-layer
+times, achieved GFLOP/s, and optionally the same network in PyTorch side by side.
+
+Machines here are shared and noisy, so a comparison runs both frameworks alternately in one
+process (cnnkit, PyTorch, cnnkit, PyTorch, ...) and reports per-round ratios and their median:
+absolute times move with the load, ratios measured that way hold.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cnnkit.config import Spec
+from cnnkit.errors import CnnkitError
+from cnnkit.losses import Loss
+from cnnkit.model import Sequential
+from cnnkit.optimizers import Optimizer
+from cnnkit.registry import LOSSES, OPTIMIZERS
+from cnnkit.threads import configure_threads
+
+
+@dataclass
+class BenchResult:
+    spec: str
+    batch_size: int
+    steps: int
+    rounds: int
+    threads: int
+    train_images_per_s: float  # median over rounds
+    infer_images_per_s: float
+    train_gflops: float  # achieved, from the summary's MACs (2 FLOPs a MAC)
+    infer_gflops: float
+    layers: list[dict[str, Any]]  # name, type, forward_ms, backward_ms; slowest first
+    peak_memory_mb: float | None = None  # the process's peak resident set (ru_maxrss)
+    # numpy memory allocated at once during one training step after warm-up (tracemalloc
+    # peak; arrays reused from step to step do not count; Numba's scratch is not traced)
+    step_alloc_mb: float | None = None
+    torch: dict[str, Any] | None = None  # --vs torch: throughputs, ratios, correctness guard
+    rounds_detail: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _layer_names(model: Sequential) -> list[str]:
+    return [row.name for row in model.summary_rows()]
+
+
+def _synthetic_batch(model: Sequential, loss_fn: Loss, batch: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, *model.input_shape), dtype=np.float32)
+    units = model.layers[-1].output_shape[-1]
+    classes = 2 if units == 1 else units
+    y = rng.integers(0, classes, size=batch)
+    return x, y
+
+
+class _CnnkitRunner:
+    """One training step and one inference pass of cnnkit's model on a fixed batch."""
+
+    def __init__(self, spec: Spec, batch: int):
+        self.model = Sequential.from_spec(spec).build(spec.seed)
+        self.loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+        options = {k: v for k, v in spec.optimizer.items() if k != "name"}
+        self.optimizer: Optimizer = OPTIMIZERS[spec.optimizer["name"]](**options)
+        self.params = self.model.named_params()
+        self.x, self.y = _synthetic_batch(self.model, self.loss_fn, batch, spec.seed)
+
+    def train_step(self) -> None:
+        logits = self.model.forward(self.x, training=True)
+        _, dlogits = self.loss_fn(logits, self.y)
+        self.model.backward(dlogits)
+        self.optimizer.step(self.params, self.model.named_grads())
+
+    def infer(self) -> np.ndarray:
+        return self.model.forward(self.x, training=False)
+
+    def layer_times(self, steps: int) -> list[tuple[float, float]]:
+        """Mean forward and backward seconds per layer over `steps` training steps."""
+        layers = self.model.layers
+        fwd, bwd = [0.0] * len(layers), [0.0] * len(layers)
+        for _ in range(steps):
+            x = self.x
+            for i, layer in enumerate(layers):
+                t = time.perf_counter()
+                x = layer.forward(x, True)
+                fwd[i] += time.perf_counter() - t
+            _, grad = self.loss_fn(x, self.y)
+            for i in range(len(layers) - 1, -1, -1):
+                t = time.perf_counter()
+                grad = layers[i].backward(grad)
+                bwd[i] += time.perf_counter() - t
+            self.optimizer.step(self.params, self.model.named_grads())
+        return [(f / steps, b / steps) for f, b in zip(fwd, bwd, strict=True)]
+
+
+def _timed(fn, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - start
+
+
+def _flops(model: Sequential) -> tuple[float, float]:
+    """FLOPs per image of inference and of a training step (forward + both backward GEMMs;
+    the first layer computes no input gradient)."""
+    infer = train = 0.0
+    for layer, row in zip(model.layers, model.summary_rows(), strict=True):
+        infer += 2.0 * row.macs
+        train += 2.0 * row.macs * (3 if layer.needs_input_grad else 2)
+    return infer, train
+
+
+def _peak_memory_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
+
+
+def run_bench(
+    spec: Spec,
+    steps: int = 20,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    vs: str | None = None,
+    rounds: int = 3,
+    warmup: int = 3,
+    on_progress=None,
+) -> BenchResult:
+    """Time `steps` training steps and `steps` inference batches per round, `rounds` times,
+    after `warmup` untimed steps (which compile the kernels on a cold cache)."""
+    if vs not in (None, "torch"):
+        raise CnnkitError(f"--vs {vs!r} is not supported", hint="Use --vs torch.")
+    progress = on_progress or (lambda text: None)
+    n_threads = configure_threads(threads)
+    batch = batch_size or spec.train["batch_size"]
+    ours = _CnnkitRunner(spec, batch)
+    theirs = None
+    if vs == "torch":
+        from cnnkit.bench_torch import TorchRunner
+
+        theirs = TorchRunner(spec, ours.model, ours.loss_fn, batch, n_threads, ours.x, ours.y)
+    progress("warming up (compiles the kernels on a cold cache)")
+    guard = None
+    if theirs is not None:
+        guard = theirs.check_against(ours)  # before any training step changes the weights
+    for _ in range(warmup):
+        ours.train_step()
+        ours.infer()
+        if theirs is not None:
+            theirs.train_step()
+            theirs.infer()
+    tracemalloc.start()
+    ours.train_step()
+    step_alloc = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    detail = []
+    for r in range(rounds):
+        progress(f"round {r + 1} of {rounds}")
+        row = {"train": batch * steps / _timed(ours.train_step, steps)}
+        if theirs is not None:
+            row["torch_train"] = batch * steps / _timed(theirs.train_step, steps)
+        row["infer"] = batch * steps / _timed(ours.infer, steps)
+        if theirs is not None:
+            row["torch_infer"] = batch * steps / _timed(theirs.infer, steps)
+            row["train_ratio"] = row["train"] / row["torch_train"]
+            row["infer_ratio"] = row["infer"] / row["torch_infer"]
+        detail.append(row)
+    progress("per-layer times")
+    names = _layer_names(ours.model)
+    layer_rows = [
+        {
+            "name": names[i],
+            "type": layer.keras_name,
+            "forward_ms": 1000 * f,
+            "backward_ms": 1000 * b,
+        }
+        for i, (layer, (f, b)) in enumerate(
+            zip(ours.model.layers, ours.layer_times(max(steps // 2, 3)), strict=True)
+        )
+    ]
+    layer_rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+
+    def median(key: str) -> float:
+        return statistics.median(row[key] for row in detail)
+
+    infer_flops, train_flops = _flops(ours.model)
+    result = BenchResult(
+        spec=spec.name,
+        batch_size=batch,
+        steps=steps,
+        rounds=rounds,
+        threads=n_threads,
+        train_images_per_s=median("train"),
+        infer_images_per_s=median("infer"),
+        train_gflops=median("train") * train_flops / 1e9,
+        infer_gflops=median("infer") * infer_flops / 1e9,
+        layers=layer_rows,
+        rounds_detail=detail,
+        step_alloc_mb=step_alloc,
+    )
+    if theirs is not None:
+        result.torch = {
+            "version": theirs.version,
+            "threads": theirs.threads,
+            "train_images_per_s": median("torch_train"),
+            "infer_images_per_s": median("torch_infer"),
+            "train_ratio": median("train_ratio"),
+            "infer_ratio": median("infer_ratio"),
+            "check": guard,
+        }
+    result.peak_memory_mb = _peak_memory_mb()
+    return result

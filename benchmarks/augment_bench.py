@@ -87,7 +87,7 @@ def train_throughput(spec, split: Split, augmented: bool, prefetched: bool = Tru
             split,
             spec,
             random_stream(spec.seed, "shuffle"),
-            MetricSet.from_spec(spec),
+            training.EpochTotals(MetricSet.from_spec(spec)),
             SilentReporter(),
             pre.training(random_stream(spec.seed, "augment")),
         )

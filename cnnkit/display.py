@@ -492,8 +492,8 @@ def runs_table(runs: list[dict[str, Any]], root: str = "") -> Table:
     # ellipsis; the figures and the state are never cut (Rich would drop whole columns)
     spare = console.width - 2 * (len(headers) - 1) - sum(widths) + widths[0] + widths[2]
     if spare < widths[0] + widths[2]:
-        widths[0] = max(6, min(widths[0], spare - min(widths[2], max(6, spare // 3))))
-        widths[2] = max(6, spare - widths[0])
+        widths[0] = max(6, spare - min(widths[2], max(6, spare // 3)))
+        widths[2] = max(3, spare - widths[0])
     for i, col in enumerate(headers):
         justify = "right" if i in (3, 4, 5, 6) else "left"
         table.add_column(col, justify=justify, no_wrap=True, width=widths[i], overflow="ellipsis")

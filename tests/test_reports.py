@@ -419,3 +419,32 @@ def test_json_options_print_only_json(runs, tmp_path):
     assert compared["spec_diff"]
     evaluated = json.loads(invoke("evaluate", str(runs["finished"]), "--json"))
     assert evaluated["most_confused"] and evaluated["misclassified"] > 0
+
+
+def test_runs_table_in_80_columns_never_cuts_figures_or_state(monkeypatch):
+    from rich.console import Console
+
+    from cnnkit import display
+
+    rows = [
+        {
+            "name": f"a_rather_long_experiment_name-{i}",
+            "started": "2026-11-22T03:09:00",
+            "dataset": "fashion_mnist",
+            "epochs_done": 12,
+            "epochs_planned": 12,
+            "best_val_accuracy": 0.9288,
+            "best_epoch": 12,
+            "test_accuracy": 0.9911,
+            "images_per_s": 12345.0,
+            "state": state,
+        }
+        for i, state in enumerate(("interrupted", "finished"))
+    ]
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    monkeypatch.setattr(display, "console", console)
+    console.print(display.runs_table(rows, "runs"))
+    text = console.file.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for figure in ("12/12", "0.9288 (12)", "0.9911", "12,345", "interrupted", "finished"):
+        assert figure in text, (figure, text)

@@ -138,6 +138,15 @@ class Optimizer:
             slot = self.state[f"{kind}.{key}"] = np.full_like(like, fill)
         return slot
 
+    def _scratch(self, index: int, key: str, like: np.ndarray) -> np.ndarray:
+        """A reusable work array shaped like a parameter (not state: never saved), so an
+        update allocates nothing per step. index: which of the update's work arrays."""
+        scratch = self.__dict__.setdefault("_scratch_arrays", {})
+        array = scratch.get((index, key))
+        if array is None or array.shape != like.shape or array.dtype != like.dtype:
+            array = scratch[(index, key)] = np.empty_like(like)
+        return array
+
     # -- saving and restoring --------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         """Scalars beyond `iterations` that a subclass keeps across steps (JSON-safe)."""
@@ -202,12 +211,13 @@ class SGD(Optimizer):
     def update(self, key: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         dt = p.dtype.type
         lr, momentum = dt(lr), dt(self.options["momentum"])
+        scaled = np.multiply(g, lr, out=self._scratch(0, key, p))  # lr * g, no allocation
         if momentum == 0:
-            p -= lr * g
+            p -= scaled
             return
         v = self._slot("momentum", key, p)
         v *= momentum
-        v -= lr * g
+        v -= scaled
         if self.options["nesterov"]:
             p += momentum * v - lr * g
         else:
@@ -280,15 +290,23 @@ class Adam(Optimizer):
         dt = p.dtype.type
         b1, b2 = dt(self.options["beta_1"]), dt(self.options["beta_2"])
         m, v = self._slot("m", key, p), self._slot("v", key, p)
-        m += (g - m) * (1 - b1)
-        v += (g * g - v) * (1 - b2)
+        # the same operations, in the same order, as m += (g - m) * (1 - b1) and so on, into
+        # two reused work arrays: bitwise the same result, no allocation per step
+        work, step = self._scratch(0, key, p), self._scratch(1, key, p)
+        np.subtract(g, m, out=work)
+        work *= 1 - b1
+        m += work
+        np.multiply(g, g, out=work)
+        work -= v
+        work *= 1 - b2
+        v += work
         if self.options["amsgrad"]:
             v_hat = self._slot("vhat", key, p)
             np.maximum(v_hat, v, out=v_hat)
             v = v_hat
-        denominator = np.sqrt(v)
+        denominator = np.sqrt(v, out=work)
         denominator += dt(self.options["epsilon"])
-        step = m * dt(self._alpha)
+        np.multiply(m, dt(self._alpha), out=step)
         step /= denominator
         p -= step
 

@@ -616,3 +616,27 @@ def test_state_of_another_optimizer_is_refused():
     arrays, meta = make(Adam).state_dict()
     with pytest.raises(CheckpointError, match="'adam', not 'sgd'"):
         make(SGD).load_state_dict(arrays, meta)
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [(Adam, {}), (Adam, {"amsgrad": True}), (SGD, {"momentum": 0.9}), (SGD, {})],
+    ids=["adam", "amsgrad", "sgd-momentum", "sgd"],
+)
+def test_an_update_allocates_no_parameter_sized_array(cls, options):
+    """After the first step (which creates the slots), a step reuses work arrays: the
+    training loop allocates nothing large per step (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    p = {"w": rng.standard_normal((512, 512)).astype(np.float32)}  # 1 MiB
+    g = {"w": rng.standard_normal((512, 512)).astype(np.float32)}
+    opt = cls(**options)
+    opt.step(p, g)
+    tracemalloc.start()
+    try:
+        opt.step(p, g)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < p["w"].nbytes // 4, peak

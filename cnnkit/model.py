@@ -125,9 +125,14 @@ class Sequential:
 
     # -- computation ---------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Outputs of the last layer before its fused head activation (logits)."""
+        """Outputs of the last layer before its fused head activation (logits).
+
+        In inference nothing will call backward: each layer lets go of what it kept for it as
+        soon as it has run, which keeps evaluate's peak memory to about one layer's arrays."""
         for layer in self.layers:
             x = layer.forward(x, training)
+            if not training:
+                layer.release_cache()
         return x
 
     def backward(self, dlogits: np.ndarray) -> None:

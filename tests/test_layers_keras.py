@@ -667,9 +667,10 @@ def test_last_layer_leaky_relu_is_not_skipped_as_a_logits_head():
     )
     model = Sequential.from_spec(spec).build(0, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((8, 6, 6, 2))
-    logits = model.forward(x)
+    logits = model.forward(x, training=True)  # (no dropout here) so that _z is kept to read
     z = model.layers[1]._z
     np.testing.assert_allclose(logits, np.where(z > 0, z, 0.3 * z))
+    np.testing.assert_array_equal(model.forward(x), logits)  # inference: the same logits
 
 
 @pytest.mark.parametrize(
@@ -688,3 +689,22 @@ def test_layer_names_keras_and_snake_case(cls, name):
 
     assert canonical_layer(name) is cls
     assert canonical_layer(cls.keras_name) is cls
+
+
+def test_inference_lets_go_of_backward_arrays_and_gives_the_same_outputs():
+    """Sequential.forward in inference releases each layer's backward arrays right after it
+    runs (evaluate's peak memory: one layer's arrays, not all of them); outputs unchanged."""
+    spec = parse_spec((ROOT / "configs" / "mnist.yaml").read_text())
+    model = Sequential.from_spec(spec).build(0)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    kept = x
+    for layer in model.layers:  # layer by layer, nothing released
+        kept = layer.forward(kept, False)
+    held = [n for layer in model.layers for n, v in vars(layer).items() if n.startswith("_")]
+    assert any(isinstance(getattr(model.layers[0], n, None), np.ndarray) for n in held)
+    np.testing.assert_array_equal(model.forward(x), kept)
+    for layer in model.layers:
+        cached = [
+            n for n, v in vars(layer).items() if n.startswith("_") and isinstance(v, np.ndarray)
+        ]
+        assert not cached, (layer.name, cached)

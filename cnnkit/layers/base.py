@@ -42,6 +42,16 @@ class Layer:
         # saves a whole backward convolution.
         self.needs_input_grad = True
 
+    def release_cache(self) -> None:
+        """Drop the arrays forward kept for backward (attributes named _x, _z, _argmax, ...).
+
+        Inference calls it after each layer (Sequential.forward with training=False), so that
+        evaluate and predict hold one layer's arrays at a time, not every layer's. Workspaces,
+        parameters and state live in dicts and are kept."""
+        for name, value in list(vars(self).items()):
+            if name.startswith("_") and isinstance(value, np.ndarray):
+                setattr(self, name, None)
+
     def workspace(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An array this layer reuses from training step to training step (no large
         allocation per step): allocated again only when a bigger batch, another sample shape

@@ -349,7 +349,8 @@ def _locate(exc: SpecError, text: str, root, where: str, sets: list[Override]) -
     owner = next((o for o in reversed(sets) if o.owns(path)), None)  # the last one wins
     if owner is not None:  # the value the override set, or inside it
         exc.where = f"{owner.arg} {path}".rstrip()
-        exc.context = owner.excerpt()
+        about_key = path == owner.path and exc.message.startswith("unknown ")
+        exc.context = owner.excerpt(at_value=not about_key)  # an unknown key: under the key
         return
     # an error about a node the override changed inside (a layer whose kernel_size it set):
     # name the override, and show the node's line in the file too

@@ -50,7 +50,16 @@ class Override:
         return exc
 
     def excerpt(self, at_value: bool = True) -> str:
-        column = self.value_column if at_value else self.arg.find(" ") + 1
+        """The argument with a caret under its value, or (at_value False) under the last key
+        of its path: where an unknown key is."""
+        column = self.value_column
+        if not at_value:
+            key_end = max(self.value_column - 1, 0)  # the '=' before the value
+            column = 1 + max(
+                self.arg.rfind(".", 0, key_end),
+                self.arg.rfind("]", 0, key_end),
+                self.arg.find(" "),
+            )
         return f"  {self.arg}\n  {' ' * column}^"
 
     def owns(self, path: str) -> bool:

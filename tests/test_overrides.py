@@ -111,6 +111,16 @@ def test_bad_value_names_the_argument_with_a_caret_under_the_value():
     assert arg_line.index("abc") == caret_line.index("^")
 
 
+@pytest.mark.parametrize(
+    ("arg", "key"),
+    [("train.epoch=3", "epoch"), ("model.layers[0].Conv2D.filtres=3", "filtres")],
+)
+def test_unknown_key_gets_the_caret_under_the_key(arg, key):
+    (error,) = errors_of([arg])
+    arg_line, caret_line = error.context.splitlines()
+    assert arg_line.index(key) == caret_line.index("^")
+
+
 def test_nested_override_error_position():
     (error,) = errors_of(["callbacks.early_stopping.patience=-1"])
     assert error.where.startswith("--set callbacks.early_stopping.patience=-1 ")

@@ -1,11 +1,58 @@
-"""Run cnnkit's real entry point (cnnkit.cli.main: error panels, exit codes) in-process:
-a subprocess costs about a second of imports."""
+"""Run cnnkit's real entry point: in-process (run_cli: cnnkit.cli.main, its error panels and
+exit codes, without the second of imports a subprocess costs) or as a real process
+(run_subprocess, start_subprocess) where the test needs one: signals, a pipe, a fresh import.
+
+A subprocess always imports this checkout's cnnkit (PYTHONPATH), whatever is installed, and
+never forced colour: a terminal width is set so that output wraps the same everywhere."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 from cnnkit import cli, display
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(columns: int = 120, env: dict | None = None) -> dict[str, str]:
+    base = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(ROOT)}
+    base.pop("FORCE_COLOR", None)
+    return {**base, **(env or {})}
+
+
+def run_subprocess(
+    *args: str,
+    cwd: Path = ROOT,
+    columns: int = 120,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """`python -m cnnkit ARGS...` to the end: returncode, stdout, stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "cnnkit", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(columns, env),
+        timeout=timeout,
+    )
+
+
+def start_subprocess(
+    *args: str, cwd: Path, columns: int = 200, env: dict | None = None
+) -> subprocess.Popen:
+    """`python -m cnnkit ARGS...` started in the background (stdout and stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(columns, env),
+    )
 
 
 def run_cli(*args: str, monkeypatch, capsys) -> tuple[int, str, str]:

@@ -4,15 +4,13 @@ reuse of its arrays (issue 6)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
+from clitools import run_subprocess
 
 from cnnkit.bench import _CnnkitRunner, run_bench
 from cnnkit.config import load_spec
@@ -52,19 +50,8 @@ def restore_threads():
     numba.set_num_threads(before)
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnkit", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        timeout=300,
-    )
-
-
 def test_bench_json(spec_path):
-    result = run_cli(
+    result = run_subprocess(
         "bench", str(spec_path), "--steps", "2", "--rounds", "2", "--threads", "1", "--json"
     )
     assert result.returncode == 0, result.stderr
@@ -83,14 +70,18 @@ def test_bench_json(spec_path):
 
 
 def test_bench_table_and_batch_size(spec_path):
-    result = run_cli("bench", str(spec_path), "--steps", "1", "--rounds", "1", "--batch-size", "4")
+    result = run_subprocess(
+        "bench", str(spec_path), "--steps", "1", "--rounds", "1", "--batch-size", "4"
+    )
     assert result.returncode == 0, result.stderr
     assert "batch 4" in result.stdout and "training" in result.stdout
     assert "conv2d_1 (Conv2D)" in result.stdout
 
 
 def test_bad_thread_count_is_a_user_error(spec_path):
-    result = run_cli("bench", str(spec_path), "--steps", "1", env={"CNNKIT_NUM_THREADS": "two"})
+    result = run_subprocess(
+        "bench", str(spec_path), "--steps", "1", env={"CNNKIT_NUM_THREADS": "two"}
+    )
     assert result.returncode == 2
     assert "CNNKIT_NUM_THREADS" in result.stderr and "Traceback" not in result.stderr
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_subprocess
 
 from cnnkit import api
 from cnnkit.config import parse_spec
@@ -17,18 +19,7 @@ from cnnkit.model import Sequential
 from cnnkit.registry import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cnnkit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "cnnkit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+cnnkit = partial(run_subprocess, columns=160, timeout=120)
 
 
 def test_check_ok_prints_summary_and_ok():

@@ -7,12 +7,11 @@ import csv
 import gzip
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_subprocess as cnnkit
 from PIL import Image
 
 from cnnkit.data.idx import read_idx
@@ -40,18 +39,6 @@ loss: sparse_categorical_crossentropy
 optimizer: {{name: adam, learning_rate: 0.01}}
 train: {{epochs: 2, batch_size: 64}}
 """
-
-
-def cnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run(
-        [sys.executable, "-m", "cnnkit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")

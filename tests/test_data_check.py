@@ -4,13 +4,11 @@ exit codes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_subprocess
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -48,13 +46,7 @@ def finding(report: dict, kind: str) -> dict:
 
 def test_clean_folder_exits_0_through_the_cli(tmp_path: Path):
     make_clean(tmp_path / "d")
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnkit", "data", "check", str(tmp_path / "d")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "120"},
-        timeout=60,
-    )
+    result = run_subprocess("data", "check", str(tmp_path / "d"), timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Clean: no findings" in result.stdout and "Traceback" not in result.stderr
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import struct
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_subprocess
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,6 +31,8 @@ from cnnkit.runstate import read_state
 from cnnkit.training import SilentReporter
 
 ROOT = Path(__file__).resolve().parents[1]
+# no COLUMNS: what a pipe gets (Rich: 80)
+cnnkit = partial(run_subprocess, columns=80)
 
 TINY = """\
 name: {name}
@@ -352,19 +354,6 @@ def test_plain_reporter_lines():
         "epoch 1/3 step 4/5  loss 0.5000  accuracy 0.7500  100 img/s",
         "Epoch 1/3  loss 0.5000  accuracy 0.7500  val_loss 0.6000  100 img/s  1.0s",
     ]
-
-
-def cnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("FORCE_COLOR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cnnkit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def no_control_characters(text: str) -> None:

@@ -13,14 +13,13 @@ import errno
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from clitools import flat, run_cli
+from clitools import start_subprocess as subprocess_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,17 +52,6 @@ schedule: {{name: cosine_decay}}
 callbacks: {{early_stopping: {{patience: 5, restore_best_weights: true}}}}
 """
 STEPS = 5  # per epoch
-
-
-def subprocess_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT), **(env or {})},
-    )
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:

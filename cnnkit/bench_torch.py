@@ -76,6 +76,11 @@ class TorchRunner:
             kind = layer.keras_name
             key = f"layers.{layer.index}."
             opts = layer.options
+            # not modelled by the twin, which is the guard's reference: refuse rather than
+            # blame cnnkit's (correct) penalty gradients
+            regularizers = [o for o in layer.REGULARIZED.values() if opts.get(o)]
+            if regularizers:
+                raise _unsupported(f"{regularizers[0]} (layer {layer.index}, {kind})")
             if kind == "Conv2D":
                 kh, kw, c, f = layer.param_shapes()["kernel"]
                 h, w, _ = layer.input_shape
@@ -156,8 +161,12 @@ class TorchRunner:
     def _loss(self, spec, loss_fn):
         name = spec.loss["name"]
         self.binary = name == "binary_crossentropy"
+        smoothing = spec.loss.get("label_smoothing", 0.0)
         if name in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
-            return self.torch.nn.CrossEntropyLoss()
+            # t (1 - s) + s / K, as Keras and cnnkit
+            return self.torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+        if smoothing:
+            raise _unsupported(f"{name} with label_smoothing")
         if self.binary:
             return self.torch.nn.BCEWithLogitsLoss()
         raise _unsupported(f"the {name} loss")

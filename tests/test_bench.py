@@ -224,3 +224,26 @@ def test_bench_refuses_a_wrong_cnnkit_kernel(spec_path, monkeypatch, capsys, res
     text = flat(err)
     assert "cnnkit's gradient of layers." in text and "from a float64 reference" in text
     assert "tolerance 1e-04" in text and "images/s" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"model.layers[0].Conv2D.kernel_regularizer": {"l2": 0.01}}, "kernel_regularizer"),
+        ({"loss": {"name": "categorical_crossentropy", "label_smoothing": 0.1}}, None),
+    ],
+)
+def test_twin_models_the_loss_or_refuses(spec_path, change, refused, restore_threads):
+    """What the twin (the guard's reference) cannot model is refused up front, never blamed
+    on cnnkit; label smoothing it models."""
+    pytest.importorskip("torch")
+    from cnnkit.bench_torch import TorchRunner
+
+    spec = load_spec(spec_path, change)
+    ours = _CnnkitRunner(spec, 8)
+    if refused:
+        with pytest.raises(CnnkitError, match=f"cannot build {refused}"):
+            TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y)
+        return
+    check = TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y).check_against(ours)
+    assert check["cnnkit"]["ok"] and check["torch"]["ok"], check

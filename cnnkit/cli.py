@@ -430,8 +430,9 @@ def bench(
     """Training and inference images/s on synthetic data, per-layer times, GFLOP/s.
 
     Timed after an untimed warm-up. With --vs torch the same network is built in PyTorch
-    (when installed), checked to give the same outputs for the same weights, and timed
-    alternately with cnnkit in this process: the ratios are what to read.
+    (when installed); both are checked against the network in float64 on the same weights
+    (refused only if cnnkit is off) and timed alternately in this process: the ratios are
+    what to read.
 
     Example: cnnkit bench configs/mnist_basic.yaml --threads 2 --vs torch
     """

@@ -658,12 +658,16 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
         )
     if torch:
         check = torch["check"]
-        grads = check["grads_max_rel_diff"]
-        notes.append(
-            "Correctness guard: same weights, same outputs (max relative difference "
-            f"{check['outputs_max_rel_diff']:.1e}"
-            + (f"), same gradients ({grads:.1e})" if grads is not None else ")")
-        )
+        theirs = check["torch"]
+        guard = f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 reference"
+        if theirs["ok"]:
+            guard += ", PyTorch float32 too"
+        else:
+            guard += (
+                f"; [yellow]PyTorch float32 is not[/yellow] ({theirs['worst']}: "
+                f"{theirs['max']:.1e}), its own rounding: the benchmark ran"
+            )
+        notes.append(guard)
         ratios = ", ".join(
             f"{r['train_ratio']:.2f}/{r['infer_ratio']:.2f}" for r in result["rounds_detail"]
         )
@@ -684,4 +688,35 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
             f"{row['backward_ms']:.2f}",
             f"{row['forward_ms'] + row['backward_ms']:.2f}",
         )
-    return [table, layers]
+    if not torch:
+        return [table, layers]
+    return [table, _bench_check_table(torch["check"]), layers]
+
+
+def _bench_check_table(check: dict[str, Any]) -> Table:
+    """Each side's error against the float64 reference, per array; over the tolerance in
+    yellow (only PyTorch's can be: cnnkit over it stops the benchmark)."""
+    table = Table(
+        title=f"Error vs a float64 reference (tolerance {check['tolerance']:.0e})",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+        caption="Per array: max |x - ref| / max |ref|; ref: the PyTorch twin in float64, "
+        "same weights, same batch."
+        + ("" if check["cnnkit"]["gradients"] else " Dropout: loss and gradients not compared."),
+        caption_justify="left",
+    )
+    for name in ("", "cnnkit", "PyTorch float32"):
+        table.add_column(name, justify="right" if name else "left")
+
+    def cell(value: float | None) -> str:
+        if value is None:
+            return "-"
+        text = f"{value:.1e}"
+        return text if value <= check["tolerance"] else f"[yellow]{text}[/yellow]"
+
+    ours, theirs = check["cnnkit"], check["torch"]
+    table.add_row("output (logits)", cell(ours["output"]), cell(theirs["output"]))
+    table.add_row("loss", cell(ours["loss"]), cell(theirs["loss"]))
+    for key, value in ours["gradients"].items():
+        table.add_row(f"gradient {key}", cell(value), cell(theirs["gradients"][key]))
+    return table

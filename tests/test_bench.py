@@ -1,16 +1,17 @@
 """`cnnkit bench`, the PyTorch twin's correctness guard, --threads, and the training step's
-reuse of its arrays (issue 6)."""
+reuse of its arrays (issue 6); the guard judges both sides against a float64 twin (issue 12)."""
 
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
-from clitools import run_subprocess
+from clitools import flat, run_cli, run_subprocess
 
 from cnnkit.bench import _CnnkitRunner, run_bench
 from cnnkit.config import load_spec
@@ -110,12 +111,19 @@ def test_training_step_reuses_its_arrays(spec_path):
 
 def test_vs_torch_guard(spec_path, restore_threads):
     pytest.importorskip("torch")
-    from cnnkit.bench_torch import TorchRunner
+    from cnnkit.bench_torch import TOLERANCE, TorchRunner
 
     result = run_bench(load_spec(spec_path), steps=1, rounds=1, warmup=1, threads=1, vs="torch")
     torch = result.torch
-    assert torch["check"]["ok"] and torch["check"]["outputs_max_rel_diff"] < 1e-4
-    assert torch["check"]["grads_max_rel_diff"] < 1e-3
+    check = torch["check"]
+    assert check["ok"] and check["tolerance"] == TOLERANCE
+    keys = _param_keys(spec_path)
+    for side in ("cnnkit", "torch"):  # both judged against the float64 twin, every array
+        errors = check[side]
+        assert list(errors["gradients"]) == keys
+        values = [errors["output"], errors["loss"], *errors["gradients"].values()]
+        assert all(0 <= v < 1e-5 for v in values), errors
+        assert errors["max"] == max(values) and errors["ok"]
     assert torch["train_ratio"] == pytest.approx(
         result.train_images_per_s / torch["train_images_per_s"]
     )
@@ -124,5 +132,118 @@ def test_vs_torch_guard(spec_path, restore_threads):
     ours = _CnnkitRunner(spec, 8)
     theirs = TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y)
     ours.model.layers[2].params["kernel"][0, 0, 0, 0] += np.float32(0.5)
-    with pytest.raises(CnnkitError, match="disagree"):
+    with pytest.raises(CnnkitError, match="cnnkit's .* is off by .* from a float64 reference"):
         theirs.check_against(ours)
+
+
+def _param_keys(spec_path) -> list[str]:
+    return list(_CnnkitRunner(load_spec(spec_path), 1).model.named_params())
+
+
+def _perturb_torch(monkeypatch, factor: float = 1e-3) -> None:
+    """PyTorch's float32 side computes slightly off: its first conv kernel is scaled by
+    1 + factor after cnnkit's weights are copied in (the float64 reference keeps them)."""
+    from cnnkit.bench_torch import TorchRunner
+
+    copy_weights = TorchRunner.copy_weights
+
+    def perturbed(self, model):
+        copy_weights(self, model)
+        with self.torch.no_grad():
+            self.copies[0][1].mul_(1 + factor)
+
+    monkeypatch.setattr(TorchRunner, "copy_weights", perturbed)
+
+
+def test_vs_torch_guard_does_not_blame_cnnkit_for_torch(spec_path, restore_threads, monkeypatch):
+    """PyTorch off, cnnkit right: the benchmark runs and reports whose error it is."""
+    pytest.importorskip("torch")
+    from cnnkit.bench_torch import TOLERANCE
+
+    _perturb_torch(monkeypatch)
+    result = run_bench(load_spec(spec_path), steps=1, rounds=1, warmup=1, threads=1, vs="torch")
+    check = result.torch["check"]
+    assert check["ok"] and check["cnnkit"]["ok"] and check["cnnkit"]["max"] < 1e-5
+    assert not check["torch"]["ok"] and check["torch"]["max"] > TOLERANCE
+    assert check["torch"]["output"] > TOLERANCE
+    assert check["torch"]["gradients"]["layers.0.kernel"] > TOLERANCE
+    assert (
+        check["torch"]["gradients"]["layers.0.kernel"]
+        > 100 * (check["cnnkit"]["gradients"]["layers.0.kernel"])
+    )
+    text = flat(_render(result))
+    assert "cnnkit within 1e-04 of a float64 reference" in text
+    assert "PyTorch float32 is not" in text and "the benchmark ran" in text
+    assert "gradient layers.0.kernel" in text and "PyTorch float32" in text
+
+
+def _render(result) -> str:
+    from rich.console import Console
+
+    from cnnkit.display import bench_renderables
+
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    for renderable in bench_renderables(result.to_dict()):
+        console.print(renderable)
+    return console.export_text()
+
+
+def test_bench_vs_torch_json_reports_both_errors(spec_path, monkeypatch, capsys, restore_threads):
+    pytest.importorskip("torch")
+    _perturb_torch(monkeypatch)
+    code, out, err = run_cli(
+        "bench", str(spec_path), "--steps", "1", "--rounds", "1", "--threads", "1",
+        "--vs", "torch", "--json", monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    check = json.loads(out)["torch"]["check"]
+    keys = _param_keys(spec_path)
+    for side in ("cnnkit", "torch"):
+        assert set(check[side]) >= {"output", "loss", "gradients", "max", "worst", "ok"}
+        assert list(check[side]["gradients"]) == keys
+    assert check["cnnkit"]["ok"] is True and check["torch"]["ok"] is False
+    assert check["torch"]["worst"] in ("output", "loss", *(f"gradient of {k}" for k in keys))
+
+
+def test_bench_refuses_a_wrong_cnnkit_kernel(spec_path, monkeypatch, capsys, restore_threads):
+    """A conv weight-gradient kernel that skips the batch's last image: exit 2, cnnkit named."""
+    pytest.importorskip("torch")
+    import cnnkit.layers.conv as conv
+
+    real = conv.conv2d_backward_weights
+
+    def skips_last_image(x, dz, *args):
+        real(x[:-1], dz[:-1], *args)
+
+    monkeypatch.setattr(conv, "conv2d_backward_weights", skips_last_image)
+    code, out, err = run_cli(
+        "bench", str(spec_path), "--steps", "1", "--rounds", "1", "--threads", "1",
+        "--vs", "torch", monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    text = flat(err)
+    assert "cnnkit's gradient of layers." in text and "from a float64 reference" in text
+    assert "tolerance 1e-04" in text and "images/s" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"model.layers[0].Conv2D.kernel_regularizer": {"l2": 0.01}}, "kernel_regularizer"),
+        ({"loss": {"name": "categorical_crossentropy", "label_smoothing": 0.1}}, None),
+    ],
+)
+def test_twin_models_the_loss_or_refuses(spec_path, change, refused, restore_threads):
+    """What the twin (the guard's reference) cannot model is refused up front, never blamed
+    on cnnkit; label smoothing it models."""
+    pytest.importorskip("torch")
+    from cnnkit.bench_torch import TorchRunner
+
+    spec = load_spec(spec_path, change)
+    ours = _CnnkitRunner(spec, 8)
+    if refused:
+        with pytest.raises(CnnkitError, match=f"cannot build {refused}"):
+            TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y)
+        return
+    check = TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y).check_against(ours)
+    assert check["cnnkit"]["ok"] and check["torch"]["ok"], check

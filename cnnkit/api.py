@@ -148,7 +148,7 @@ def _setup(spec: Spec, threads: int | None = None) -> _Setup:
     """Data, model (weights from the seed), loss and optimizer of a spec; threads: as train's."""
     configure_threads(threads)
     dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
-    splits = make_splits(dataset, spec.data)
+    splits = make_splits(dataset, spec.data, spec.seed)
     preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
     model = Sequential.from_spec(spec).build(spec.seed)
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
@@ -433,7 +433,7 @@ def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = N
     """Test-set loss, accuracy, per-class report and confusion matrix; writes evaluation.json."""
     run_dir = Path(run_dir)
     spec, model, path, meta = load_model(run_dir, checkpoint)
-    splits = make_splits(load_dataset(spec), spec.data)
+    splits = make_splits(load_dataset(spec), spec.data, spec.seed)
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     test: Split | None = splits.test
     evaluated = "test"
@@ -563,7 +563,7 @@ def augment_preview(
     if spec.data["source"] == "synthetic":  # made on demand: make only what is shown
         data["max_train_samples"] = min(n, spec.data.get("max_train_samples") or n)
     spec = replace(spec, data=data)
-    train = make_splits(load_dataset(spec), data).train
+    train = make_splits(load_dataset(spec), data, spec.seed).train
     x = train.x[_round_robin_by_class(train.y, n)]
     grid = preview_grid(
         x, Augmenter(spec.augmentation), random_stream(spec.seed, "augment"), versions

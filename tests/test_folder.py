@@ -71,7 +71,7 @@ def test_split_layout_classes_sorted_and_formats_read(tmp_path: Path):
     assert dataset.notes == [f"2 hidden or non-image files ignored in {tmp_path / 'd'}"]
     # the red channel carries the class's value: ant's first image (png, lossless) is 10
     assert dataset.x_train[0, 0, 0, 0] == 10
-    splits = make_splits(dataset, spec.data)
+    splits = make_splits(dataset, spec.data, spec.seed)
     assert splits.validation is not None and len(splits.validation) == 12  # val/ is used
 
 

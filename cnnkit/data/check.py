@@ -109,7 +109,7 @@ def check_spec(path: Path) -> dict[str, Any]:
     if source == "folder":
         report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)))
     elif source in ARRAY_SOURCES:
-        splits = make_splits(api.load_dataset(spec), spec.data)
+        splits = make_splits(api.load_dataset(spec), spec.data, spec.seed)
         arrays = {"train": splits.train}
         if splits.validation is not None and splits.validation is not splits.test:
             arrays["val"] = splits.validation

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.errors import LiveError
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
@@ -439,6 +440,56 @@ def epoch_line(row: dict[str, Any]) -> str:
     parts = [format_metrics(train)] + ([format_metrics(val)] if val else [])
     parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
     return "  ".join(parts)
+
+
+class DecodeBar:
+    """A transient Rich bar while a folder's images are decoded the first time; in a pipe one
+    plain line for the whole load (no bar, no control characters)."""
+
+    def __init__(self, out: Console):
+        self.out = out
+        self.progress: Progress | None = None
+        self.task = None
+        self.said = False
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.out.is_terminal:
+            if not self.said:
+                self.out.print("Decoding images (first run only; later runs read the cache) ...")
+                self.said = True
+            return
+        if done == 0:
+            self.progress = Progress(
+                TextColumn(f"Decoding {escape(label)}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.out,
+                transient=True,
+            )
+            self.task = self.progress.add_task("decode", total=total)
+            try:
+                self.progress.start()
+            except LiveError:  # Rich before 14 refuses a second live display: no bar
+                self.progress = None
+        elif self.progress is not None:
+            self.progress.update(self.task, completed=done)
+        if done >= total and self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def load_progress(quiet: bool = False, out: Console | None = None) -> Any:
+    """For loading an image folder: its "Found N images belonging to K classes" lines and a
+    decoding bar (DecodeBar); nothing with --quiet."""
+    from cnnkit.data.folder import LoadProgress
+
+    if quiet:
+        return LoadProgress()
+    out = out or console
+    return LoadProgress(found=lambda text: out.print(escape(text)), decoding=DecodeBar(out))
 
 
 def make_reporter(quiet: bool = False, every_steps: int = 50) -> Any:

@@ -403,9 +403,10 @@ def data_check(
 ) -> None:
     """Data-quality report without training: counts, bad files, duplicates, leakage.
 
-    Class counts and imbalance, unreadable files, mixed sizes and modes, duplicates within
-    and across splits, differing class folders. Exit code 0 when clean, 1 when there are
-    findings.
+    Findings that can hurt training exit 1: unreadable files, duplicates across splits
+    (leakage), empty, tiny or differing class folders, class imbalance. Information exits 0:
+    a histogram of image sizes (training resizes them), image modes, duplicates within a
+    split, ignored files. --json: counts and a few examples of each.
 
     Example: cnnkit data check datasets/shapes
     """

@@ -17,6 +17,7 @@ import numpy as np
 from cnnkit.config import Spec, SpecOverrides, load_spec
 from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, make_splits
+from cnnkit.data.folder import LoadProgress
 from cnnkit.data.images import collect_images, prepare_image
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
@@ -122,8 +123,13 @@ def spec_from_spec_or_run(path: str | Path, overrides=None) -> Spec:
     return load_spec(path, overrides)
 
 
-def load_dataset(spec: Spec) -> Dataset:
-    return SOURCES[spec.data["source"]].load(spec)
+def load_dataset(spec: Spec, progress: LoadProgress | None = None) -> Dataset:
+    """progress: an image folder's "Found N images" lines and decoding progress go there
+    (cnnkit.display.load_progress); without it the lines are the dataset's notes."""
+    source = SOURCES[spec.data["source"]]
+    if progress is not None and source.reports_progress:
+        return source.load(spec, progress=progress)
+    return source.load(spec)
 
 
 @dataclass
@@ -144,11 +150,11 @@ class _Setup:
     skipped: list[str]
 
 
-def _setup(spec: Spec, threads: int | None = None) -> _Setup:
+def _setup(spec: Spec, threads: int | None = None, progress: LoadProgress | None = None) -> _Setup:
     """Data, model (weights from the seed), loss and optimizer of a spec; threads: as train's."""
     configure_threads(threads)
-    dataset = load_dataset(spec)  # before the run dir exists: a data error leaves nothing
-    splits = make_splits(dataset, spec.data)
+    dataset = load_dataset(spec, progress)  # before the run dir exists: a data error leaves nothing
+    splits = make_splits(dataset, spec.data, spec.seed)
     preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
     model = Sequential.from_spec(spec).build(spec.seed)
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
@@ -165,13 +171,15 @@ def train(
     on_run_dir=None,
     on_note=None,
     threads: int | None = None,
+    progress: LoadProgress | None = None,
 ) -> TrainResult:
     """Load data, build the model from the seed, train, and write the run directory.
 
     SIGINT/SIGTERM during training: the step finishes, last.npz is saved with its resume
     state and cnnkit.interrupts.Interrupted is raised (see `resume`).
-    threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one)."""
-    setup = _setup(spec, threads)
+    threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one).
+    progress: what loading an image folder reports (load_dataset)."""
+    setup = _setup(spec, threads, progress)
     if spec.model.get("weights"):
         load_initial_weights(setup.model, spec)
 
@@ -253,6 +261,7 @@ def resume(
     reporter: Reporter | None = None,
     on_note=None,
     threads: int | None = None,
+    progress: LoadProgress | None = None,
 ) -> TrainResult:
     """Continue the run in run_dir from its last checkpoint, mid-epoch included, with the
     spec in its config.yaml: the result is bit for bit the uninterrupted run's.
@@ -294,7 +303,7 @@ def resume(
             hint=f"Train further with --epochs N (N > {done}): "
             f"cnnkit train --resume {run_dir} --epochs {done + 5}",
         )
-    setup = _setup(spec, threads)
+    setup = _setup(spec, threads, progress)
     setup.model.load_params(state.weights, str(state.path.with_suffix(".npz")))
     if on_note:
         at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
@@ -325,6 +334,7 @@ def reproduce(
     reporter: Reporter | None = None,
     on_run_dir=None,
     on_note=None,
+    progress: LoadProgress | None = None,
 ) -> Reproduction:
     """Train the run's saved spec again into a new run directory beside it, and compare the
     metrics of every epoch both have, at full precision (seconds and images/s aside), and
@@ -334,7 +344,7 @@ def reproduce(
     before = _full_history(original)
     if epochs is not None:
         spec.train["epochs"] = int(epochs)
-    result = train(spec, original.parent, reporter, on_run_dir, on_note)
+    result = train(spec, original.parent, reporter, on_run_dir, on_note, progress=progress)
     after = {row["epoch"]: row for row in result.history}
     differences, compared = [], []
     for row in before:
@@ -429,11 +439,16 @@ def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Sequentia
     return spec, model, path, meta
 
 
-def evaluate(run_dir: Path, checkpoint: str = "best", batch_size: int | None = None) -> dict:
+def evaluate(
+    run_dir: Path,
+    checkpoint: str = "best",
+    batch_size: int | None = None,
+    progress: LoadProgress | None = None,
+) -> dict:
     """Test-set loss, accuracy, per-class report and confusion matrix; writes evaluation.json."""
     run_dir = Path(run_dir)
     spec, model, path, meta = load_model(run_dir, checkpoint)
-    splits = make_splits(load_dataset(spec), spec.data)
+    splits = make_splits(load_dataset(spec, progress), spec.data, spec.seed)
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     test: Split | None = splits.test
     evaluated = "test"
@@ -548,7 +563,11 @@ class AugmentPreview:
 
 
 def augment_preview(
-    spec: Spec, n: int = 20, out: Path = Path("augment.png"), versions: int = 4
+    spec: Spec,
+    n: int = 20,
+    out: Path = Path("augment.png"),
+    versions: int = 4,
+    progress: LoadProgress | None = None,
 ) -> AugmentPreview:
     """A PNG grid of n training images (first row) and `versions` augmented rows, without
     training. The n images are taken from every class in turn (the first of each class,
@@ -563,7 +582,7 @@ def augment_preview(
     if spec.data["source"] == "synthetic":  # made on demand: make only what is shown
         data["max_train_samples"] = min(n, spec.data.get("max_train_samples") or n)
     spec = replace(spec, data=data)
-    train = make_splits(load_dataset(spec), data).train
+    train = make_splits(load_dataset(spec, progress), data, spec.seed).train
     x = train.x[_round_robin_by_class(train.y, n)]
     grid = preview_grid(
         x, Augmenter(spec.augmentation), random_stream(spec.seed, "augment"), versions

@@ -97,7 +97,16 @@ def train(
     if resume is not None:
         every_steps = api.load_run_spec(resume).logging["every_steps"]
         with display.make_reporter(quiet, every_steps) as reporter:
-            result = api.resume(resume, epochs, spec, overrides, reporter, note, threads=threads)
+            result = api.resume(
+                resume,
+                epochs,
+                spec,
+                overrides,
+                reporter,
+                note,
+                threads=threads,
+                progress=display.load_progress(quiet),
+            )
     else:
         if spec is None:
             raise SpecError(
@@ -115,6 +124,7 @@ def train(
                 on_run_dir=show_run_dir,
                 on_note=note,
                 threads=threads,
+                progress=display.load_progress(quiet),
             )
     if quiet:
         print(result.run_dir)
@@ -143,6 +153,7 @@ def reproduce(
             epochs,
             reporter,
             on_run_dir=lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"),
+            progress=display.load_progress(),
         )
     display.print_reproduction(result)
     if not result.match:
@@ -163,7 +174,7 @@ def evaluate(
 
     Example: cnnkit evaluate runs/mnist --checkpoint last
     """
-    report = api.evaluate(run, checkpoint)
+    report = api.evaluate(run, checkpoint, progress=display.load_progress(as_json or quiet))
     if as_json:
         print(json.dumps(json_safe(report), indent=2))
         return
@@ -341,7 +352,9 @@ def augment(
 
     Example: cnnkit augment configs/shapes_folder.yaml --n 8 --out augment.png
     """
-    preview = api.augment_preview(load_spec(spec), n=n, out=out, versions=versions)
+    preview = api.augment_preview(
+        load_spec(spec), n=n, out=out, versions=versions, progress=display.load_progress()
+    )
     if not preview.augments:
         display.console.print(
             "[yellow]Note:[/yellow] the spec's augmentation section changes no image: "
@@ -390,9 +403,10 @@ def data_check(
 ) -> None:
     """Data-quality report without training: counts, bad files, duplicates, leakage.
 
-    Class counts and imbalance, unreadable files, mixed sizes and modes, duplicates within
-    and across splits, differing class folders. Exit code 0 when clean, 1 when there are
-    findings.
+    Findings that can hurt training exit 1: unreadable files, duplicates across splits
+    (leakage), empty, tiny or differing class folders, class imbalance. Information exits 0:
+    a histogram of image sizes (training resizes them), image modes, duplicates within a
+    split, ignored files. --json: counts and a few examples of each.
 
     Example: cnnkit data check datasets/shapes
     """

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.errors import LiveError
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
@@ -273,11 +274,12 @@ def predictions_table(predictions: list[dict[str, Any]]) -> Table:
 
 
 _SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
-_LISTED = 50  # rows shown for a long list of files (--json lists every one)
+_LISTED = 10  # rows shown for a long list (--json has the counts and more examples)
 
 
 def data_check_renderables(report: dict[str, Any]) -> list[Any]:
-    """`cnnkit data check`: class counts, one table per finding, then a clean / summary line."""
+    """`cnnkit data check`: class counts, a size histogram, one table per finding, a line per
+    piece of information, then a clean / summary line. A few dozen lines for any folder."""
     where = escape(str(report.get("path") or report["input"]))
     out: list[Any] = [
         f"Checked [bold]{report['images']:,}[/bold] images of [bold]{where}[/bold] "
@@ -297,9 +299,9 @@ def data_check_renderables(report: dict[str, Any]) -> list[Any]:
     counts.add_row("[italic]total", *(f"{s['images']:,}" for s in splits.values()))
     out.append(counts)
     if report.get("file_checks"):
-        sizes = ", ".join(f"{s['width']}×{s['height']} ({s['count']:,})" for s in report["sizes"])
+        out.append(_sizes_renderable(report["sizes"]))
         modes = ", ".join(f"{m['mode']} ({m['count']:,})" for m in report["modes"])
-        out.append(f"Sizes (width×height): {sizes or '-'}\nModes: {modes or '-'}")
+        out.append(f"Modes: {modes or '-'}")
     else:
         out.append(
             "[dim]Arrays: file-level checks (unreadable files, sizes, modes, ignored files) "
@@ -307,18 +309,70 @@ def data_check_renderables(report: dict[str, Any]) -> list[Any]:
         )
     for finding in report["findings"]:
         out.extend(_finding_renderables(finding))
+    for info in report.get("info", []):
+        out.extend(_finding_renderables(info))
     findings = report["findings"]
+    notes = len(report.get("info", []))
+    also = f" ({notes} note{'s' * (notes != 1)}, information only)" if notes else ""
     if not findings:
-        out.append("[bold green]✓ Clean: no findings.[/bold green]")
+        out.append(f"[bold green]✓ Clean: no findings.[/bold green]{also}")
     else:
         tally = Counter(f["severity"] for f in findings)
         colour = "red" if tally["error"] else "yellow"
         parts = [f"{tally[s]} {s}{'s' * (tally[s] != 1)}" for s in _SEVERITY_STYLE if tally[s]]
         out.append(
             f"[bold {colour}]✗ {len(findings)} finding{'s' * (len(findings) != 1)}: "
-            f"{', '.join(parts)}.[/bold {colour}]"
+            f"{', '.join(parts)}.[/bold {colour}]{also}"
         )
     return out
+
+
+def _sizes_renderable(sizes: dict[str, Any]) -> Any:
+    """One line for one size; else a table of the sizes, or of a histogram of the longer side
+    when there are many, with counts and example files."""
+    if sizes["distinct"] <= 1:
+        (only,) = sizes["common"] or [None]
+        return "Sizes: -" if only is None else f"Sizes: all {only['width']}×{only['height']}"
+    (w0, w1), (h0, h1) = sizes["width"], sizes["height"]
+    title = f"Image sizes: {sizes['distinct']:,} (width {w0}–{w1}, height {h0}–{h1})"
+    table = Table(title=title, box=box.SIMPLE, title_justify="left")
+    examples = {"no_wrap": True}
+
+    def listed(files: list[str], used: int) -> str:  # as many as fit the terminal's width
+        room, shown = max(12, console.width - used), []
+        for name in files:
+            if len(", ".join([*shown, name])) + 3 > room:  # room for ", …"
+                break
+            shown.append(name)
+        text = ", ".join(shown) + (", …" if len(shown) < len(files) else "")
+        return escape(text if shown else files[0][: room - 1] + "…")
+
+    if sizes["histogram"]:
+        bins = sizes["histogram"]
+        largest = max(b["count"] for b in bins)
+        table.add_column("longer side", no_wrap=True, min_width=11)
+        table.add_column("images", justify="right", no_wrap=True, min_width=6)
+        table.add_column("", no_wrap=True, min_width=20)
+        table.add_column("e.g.", **examples)
+        for b in bins:
+            low, high = b["longer_side"]
+            label = f"> {low - 1}" if high is None else f"{low}–{high}"
+            bar = "█" * max(1, round(20 * b["count"] / largest))
+            table.add_row(label, f"{b['count']:,}", bar, listed(b["examples"], 48))
+        repeated = [c for c in sizes["common"][:3] if c["count"] > 1]
+        if repeated:
+            table.caption = "most common: " + ", ".join(
+                f"{c['width']}×{c['height']} ({c['count']:,})" for c in repeated
+            )
+    else:
+        table.add_column("width×height", no_wrap=True, min_width=12)
+        table.add_column("images", justify="right", no_wrap=True, min_width=6)
+        table.add_column("e.g.", **examples)
+        for c in sizes["common"]:
+            table.add_row(
+                f"{c['width']}×{c['height']}", f"{c['count']:,}", listed(c["examples"], 30)
+            )
+    return table
 
 
 def _finding_renderables(finding: dict[str, Any]) -> list[Any]:
@@ -351,32 +405,22 @@ def _finding_renderables(finding: dict[str, Any]) -> list[Any]:
             t.add_row(escape(d["file"]), escape(d["error"]))
         if len(finding["files"]) > _LISTED:
             t.caption = f"first {_LISTED} of {len(finding['files']):,} (--json lists all)"
-    elif kind in ("mixed_sizes", "mixed_modes"):
-        t = table("size" if kind == "mixed_sizes" else "mode (channels)", "images", "examples")
-        for d in finding["sizes" if kind == "mixed_sizes" else "modes"]:
-            value = (
-                f"{d['width']}×{d['height']}"
-                if kind == "mixed_sizes"
-                else f"{d['mode']} ({d['channels']})"
-            )
-            t.add_row(value, f"{d['count']:,}", escape(", ".join(d["examples"])))
     elif kind in ("leakage", "duplicates"):
         t = table("image", "class", "identical to", "class")
-        for d in finding["pairs"]:
+        for d in finding["pairs"][:_LISTED]:
             other = escape(d["b_class"])
             other = other if d["b_class"] == d["a_class"] else f"[red]{other}"
             t.add_row(escape(d["a"]), escape(d["a_class"]), escape(d["b"]), other)
-        if finding["count"] > len(finding["pairs"]):
-            t.caption = f"first {len(finding['pairs'])} of {finding['count']:,} pairs"
+        if finding["count"] > min(_LISTED, len(finding["pairs"])):
+            shown = min(_LISTED, len(finding["pairs"]))
+            t.caption = f"first {shown} of {finding['count']:,} pairs"
     elif kind == "empty_classes":
         t = table("split", "class")
         for d in finding["empty"]:
             t.add_row(d["split"], escape(d["class"]))
     elif kind == "ignored" and finding["examples"]:
-        t = table("e.g.")
-        for name in finding["examples"]:
-            t.add_row(escape(name))
-    else:
+        return [title + escape(" (e.g. " + ", ".join(finding["examples"][:3]) + ")")]
+    else:  # tiny classes, mixed sizes and modes: the message says it all
         return [title]
     return [title, t]
 
@@ -439,6 +483,56 @@ def epoch_line(row: dict[str, Any]) -> str:
     parts = [format_metrics(train)] + ([format_metrics(val)] if val else [])
     parts += [f"{row['images_per_s']:,.0f} img/s", f"{row['seconds']:.1f}s"]
     return "  ".join(parts)
+
+
+class DecodeBar:
+    """A transient Rich bar while a folder's images are decoded the first time; in a pipe one
+    plain line for the whole load (no bar, no control characters)."""
+
+    def __init__(self, out: Console):
+        self.out = out
+        self.progress: Progress | None = None
+        self.task = None
+        self.said = False
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.out.is_terminal:
+            if not self.said:
+                self.out.print("Decoding images (first run only; later runs read the cache) ...")
+                self.said = True
+            return
+        if done == 0:
+            self.progress = Progress(
+                TextColumn(f"Decoding {escape(label)}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.out,
+                transient=True,
+            )
+            self.task = self.progress.add_task("decode", total=total)
+            try:
+                self.progress.start()
+            except LiveError:  # Rich before 14 refuses a second live display: no bar
+                self.progress = None
+        elif self.progress is not None:
+            self.progress.update(self.task, completed=done)
+        if done >= total and self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def load_progress(quiet: bool = False, out: Console | None = None) -> Any:
+    """For loading an image folder: its "Found N images belonging to K classes" lines and a
+    decoding bar (DecodeBar); nothing with --quiet."""
+    from cnnkit.data.folder import LoadProgress
+
+    if quiet:
+        return LoadProgress()
+    out = out or console
+    return LoadProgress(found=lambda text: out.print(escape(text)), decoding=DecodeBar(out))
 
 
 def make_reporter(quiet: bool = False, every_steps: int = 50) -> Any:

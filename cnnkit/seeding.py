@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 # append only: indices pick the streams
-STREAMS = ("init", "dropout", "shuffle", "split", "augment")
+STREAMS = ("init", "dropout", "shuffle", "split", "augment", "train_subset", "test_subset")
 
 
 def random_stream(seed: int, name: str) -> np.random.Generator:

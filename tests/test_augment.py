@@ -374,7 +374,7 @@ def test_training_with_augmentation_is_deterministic_and_validation_is_not_augme
     # val_loss was computed on plain (rescaled, not augmented) batches: recompute it
     s = spec(FULL)
     _, model, _, _ = api.load_model(first.run_dir, "last")
-    splits = make_splits(api.load_dataset(s), s.data)
+    splits = make_splits(api.load_dataset(s), s.data, s.seed)
     loss_fn = LOSSES[s.loss["name"]].from_spec(s)
     result = evaluate_split(model, loss_fn, splits.validation, s.data["rescale"], 500)
     assert result.loss == pytest.approx(first.history[-1]["val_loss"], rel=1e-6)
@@ -385,12 +385,12 @@ def test_featurewise_statistics_are_saved_and_used_by_evaluate_and_predict(tmp_p
     s = spec("{featurewise_center: true, featurewise_std_normalization: true}")
     run = api.train(s, out=tmp_path).run_dir
     saved = json.loads((run / NORMALIZATION_FILE).read_text())
-    train = make_splits(api.load_dataset(s), s.data).train
+    train = make_splits(api.load_dataset(s), s.data, s.seed).train
     mean, std = featurewise_stats(train.x, s.data["rescale"])
     assert saved["featurewise_mean"] == mean.tolist() and saved["featurewise_std"] == std.tolist()
 
     _, model, path, _ = api.load_model(run, "best")
-    test = make_splits(api.load_dataset(s), s.data).test
+    test = make_splits(api.load_dataset(s), s.data, s.seed).test
     normalised = (scale(test.x, s.data["rescale"]) - mean) / (std + np.float32(1e-6))
     loss_fn = LOSSES[s.loss["name"]].from_spec(s)
     expected = loss_fn.class_probabilities(model.forward(normalised, training=False))
@@ -424,7 +424,7 @@ def test_augment_preview_writes_a_grid(tmp_path: Path):
     # 12x12 images enlarged 5x (64 // 12), 2-pixel gaps: 4 rows, 5 columns
     assert image.size == (5 * 62 + 2, 4 * 62 + 2) and image.mode == "L"
     grid = np.asarray(image)
-    first = make_splits(api.load_dataset(s), s.data).train.x[0, ..., 0]
+    first = make_splits(api.load_dataset(s), s.data, s.seed).train.x[0, ..., 0]
     assert np.array_equal(grid[2:62:5, 2:62:5], first)  # the first original, top left
 
 

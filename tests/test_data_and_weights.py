@@ -56,7 +56,7 @@ def test_class_subset_relabels_in_order():
     spec = parse_spec(spec_text(f"{{source: mnist, path: {MNIST}, classes: [8, 3]}}", units=2))
     assert spec.num_classes == 2
     dataset = api.load_dataset(spec)
-    splits = make_splits(dataset, spec.data)
+    splits = make_splits(dataset, spec.data, spec.seed)
     assert splits.class_names == ["8", "3"]
     in_test = np.isin(dataset.y_test, [3, 8])
     assert len(splits.test) == in_test.sum()

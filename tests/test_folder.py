@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_subprocess
 from PIL import Image
 
 from cnnkit import api
@@ -68,10 +69,15 @@ def test_split_layout_classes_sorted_and_formats_read(tmp_path: Path):
     assert dataset.x_train.shape == (12, 10, 12, 3) and dataset.x_train.dtype == np.uint8
     assert dataset.x_val.shape[0] == 12 and dataset.x_test.shape[0] == 12
     assert list(dataset.y_train) == [0] * 4 + [1] * 4 + [2] * 4
-    assert dataset.notes == [f"2 hidden or non-image files ignored in {tmp_path / 'd'}"]
+    assert dataset.notes == [  # without a LoadProgress, the "Found" lines are notes
+        "Found 12 images belonging to 3 classes for training (train/).",
+        "Found 12 images belonging to 3 classes for validation (val/).",
+        "Found 12 images belonging to 3 classes for test (test/).",
+        f"2 hidden or non-image files ignored in {tmp_path / 'd'}",
+    ]
     # the red channel carries the class's value: ant's first image (png, lossless) is 10
     assert dataset.x_train[0, 0, 0, 0] == 10
-    splits = make_splits(dataset, spec.data)
+    splits = make_splits(dataset, spec.data, spec.seed)
     assert splits.validation is not None and len(splits.validation) == 12  # val/ is used
 
 
@@ -79,6 +85,80 @@ def test_validation_folder_aliases(tmp_path: Path):
     make_split_folder(tmp_path / "d", splits=("train", "validation"))
     dataset = api.load_dataset(spec_for(tmp_path / "d"))
     assert dataset.x_val.shape[0] == 12 and dataset.x_test is None
+
+
+class Recorder:
+    def __init__(self):
+        self.found: list[str] = []
+        self.decoding: list[tuple[str, int, int]] = []
+
+    def progress(self) -> folder.LoadProgress:
+        return folder.LoadProgress(
+            found=self.found.append, decoding=lambda *event: self.decoding.append(event)
+        )
+
+
+def test_found_lines_per_split_and_decoding_progress_only_when_decoding(tmp_path: Path):
+    make_split_folder(tmp_path / "d", splits=("train", "valid", "test"), per_class=3)
+    (tmp_path / "d" / "test" / "cat" / "3.png").write_bytes(b"")  # test/ holds 10 files
+    spec = spec_for(tmp_path / "d", ", skip_bad_images: true")
+    first = Recorder()
+    dataset = api.load_dataset(spec, first.progress())
+    assert first.found == [
+        "Found 9 images belonging to 3 classes for training (train/).",
+        "Found 9 images belonging to 3 classes for validation (valid/).",
+        "Found 10 images belonging to 3 classes for test (test/).",
+    ]
+    assert dataset.notes == []  # the lines went to the caller, not into notes as well
+    for label, total in (("train/", 9), ("valid/", 9), ("test/", 10)):
+        events = [e for e in first.decoding if e[0] == label]
+        assert events == [(label, done, total) for done in range(total + 1)]
+    second = Recorder()
+    api.load_dataset(spec, second.progress())  # the cache: nothing decoded, no progress
+    assert second.found == first.found and second.decoding == []
+
+
+def test_found_lines_with_validation_split_say_what_is_held_out(tmp_path: Path):
+    for name, count in (("a", 10), ("b", 20)):
+        for i in range(count):
+            write_image(tmp_path / "d" / "train" / name / f"{i}.png", i)
+    spec = spec_for(tmp_path / "d", ", validation_split: 0.2", units=2)
+    recorder = Recorder()
+    dataset = api.load_dataset(spec, recorder.progress())
+    assert recorder.found == [
+        "Found 24 images belonging to 2 classes for training (train/ less validation_split 0.2).",
+        "Found 6 images belonging to 2 classes for validation (validation_split 0.2 of train/).",
+    ]
+    # train/ without val/: held out from every class, as for a folder of classes
+    assert np.bincount(dataset.y_val).tolist() == [2, 4]
+    assert np.bincount(dataset.y_train).tolist() == [8, 16]
+
+
+def test_train_in_a_pipe_prints_found_lines_and_one_decoding_line(tmp_path: Path):
+    make_split_folder(tmp_path / "d", splits=("train", "val"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""name: pipe
+data: {{source: folder, path: {tmp_path / "d"}}}
+model:
+  input_shape: [10, 12, 3]
+  layers: [Flatten: {{}}, Dense: {{units: 3, activation: softmax}}]
+train: {{epochs: 1, batch_size: 4}}
+"""
+    )
+    env = {"CNNKIT_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("train", str(spec), "--out", str(tmp_path / "runs"))
+    first = run_subprocess(*args, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[:2] == [
+        "Found 12 images belonging to 3 classes for training (train/).",
+        "Found 12 images belonging to 3 classes for validation (val/).",
+    ]
+    assert sum("Decoding" in line for line in lines) == 1 and "\x1b" not in first.stdout
+    second = run_subprocess(*args, env=env, timeout=120)
+    assert second.returncode == 0 and "Decoding" not in second.stdout  # read from the cache
+    assert second.stdout.splitlines()[:2] == lines[:2]
 
 
 def test_single_folder_stratified_seeded_validation(tmp_path: Path):

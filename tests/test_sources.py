@@ -12,6 +12,7 @@ from cnnkit import api
 from cnnkit.config import parse_spec
 from cnnkit.data import download, sources
 from cnnkit.data.arrays import read_cifar10_batch
+from cnnkit.data.batches import make_splits, stratified_subset
 from cnnkit.errors import DataError, SpecError
 
 HEAD = "  layers: [Flatten: {{}}, Dense: {{units: {units}, activation: softmax}}]\n"
@@ -105,3 +106,49 @@ def test_fashion_mnist_offline_error_says_where_to_put_files(tmp_path, monkeypat
 def test_fashion_mnist_from_debian_package():
     dataset = api.load_dataset(spec("{source: fashion_mnist}"))
     assert dataset.x_train.shape == (60000, 28, 28, 1) and dataset.class_names[9] == "Ankle boot"
+
+
+def _class_sorted_npz(path: Path, counts: list[int]) -> None:
+    """Labels 0..0, 1..1, ...; image i holds the value i (mod 256) so subsets can be told apart."""
+    y = np.repeat(np.arange(len(counts)), counts)
+    x = (np.arange(len(y)) % 256).astype(np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    names = np.array([f"c{i}" for i in range(len(counts))])
+    np.savez(path, x=x, y=y, x_test=x.copy(), y_test=y.copy(), class_names=names)
+
+
+def _subset(path: Path, seed: int, extra: str = ""):
+    data = f"{{source: npz, path: {path}, max_train_samples: 40, max_test_samples: 10{extra}}}"
+    s = parse_spec(
+        f"seed: {seed}\ndata: {data}\nmodel:\n  input_shape: [4, 4, 1]\n" + HEAD.format(units=3)
+    )
+    return make_splits(api.load_dataset(s), s.data, s.seed)
+
+
+def test_max_samples_take_a_stratified_seeded_subset(tmp_path: Path):
+    path = tmp_path / "sorted.npz"
+    _class_sorted_npz(path, [100, 60, 40])  # max_train_samples 40 < any class: first 40 = c0
+    first = _subset(path, seed=1)
+    assert np.bincount(first.train.y).tolist() == [20, 12, 8]  # 40 × 100/200, 60/200, 40/200
+    assert np.bincount(first.test.y).tolist() == [5, 3, 2]
+    values = first.train.x[:, 0, 0, 0].astype(int)
+    assert values.tolist() == sorted(values.tolist())  # kept in the data's own order
+    assert len(set(values.tolist())) == 40 and values.max() >= 100  # not the first 40
+    again = _subset(path, seed=1)
+    assert np.array_equal(again.train.x, first.train.x) and np.array_equal(
+        again.test.x, first.test.x
+    )
+    other = _subset(path, seed=2)
+    assert np.bincount(other.train.y).tolist() == [20, 12, 8]
+    assert not np.array_equal(other.train.x, first.train.x)
+
+
+def test_stratified_subset_keeps_every_class_and_the_exact_count():
+    y = np.repeat(np.arange(4), [500, 300, 197, 3])
+    rng = np.random.default_rng(0)
+    for n in (4, 7, 10, 64, 999):
+        keep = stratified_subset(y, n, rng)
+        counts = np.bincount(y[keep], minlength=4)
+        assert len(keep) == n == counts.sum() and (counts >= 1).all(), (n, counts)
+        assert np.all(np.diff(keep) > 0)  # sorted, no repeats
+    # proportional where the shares allow: 64 × (500, 300, 197, 3) / 1000 = 32, 19.2, 12.6, 0.2
+    assert np.bincount(y[stratified_subset(y, 64, rng)]).tolist() == [32, 19, 12, 1]

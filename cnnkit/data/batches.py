@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnkit.data.sources import Dataset
+from cnnkit.seeding import random_stream
 
 
 @dataclass
@@ -30,30 +31,40 @@ class Splits:
     class_names: list[str]
 
 
-def make_splits(dataset: Dataset, data: dict) -> Splits:
+def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
     """Apply classes, max_*_samples and the validation choice of the spec's data section.
 
-    A validation split that comes with the data (an image folder's val/, or its stratified
-    validation_split) is used as it is. Otherwise validation_split takes the *last* fraction of
-    the training set, before shuffling, as Keras' fit(validation_split=...) does, and
-    validation: test uses the test split.
+    max_train_samples / max_test_samples keep a stratified subset chosen by the spec's seed
+    (stratified_subset), in the data's own order. A validation split that comes with the data
+    (an image folder's val/, or its stratified validation_split) is used as it is. Otherwise
+    validation_split takes the *last* fraction of the training set, before shuffling, as
+    Keras' fit(validation_split=...) does, and validation: test uses the test split.
     """
 
-    def prepare(x, y, limit, files=None):
+    def prepare(x, y, limit, files=None, stream=""):
         if x is None:
             return None
         split = Split(x, y, files)
         if data.get("classes"):
             split = _select(split, data["classes"])
-        if not limit:
+        if not limit or limit >= len(split):
             return split
-        return Split(split.x[:limit], split.y[:limit], split.files and split.files[:limit])
+        keep = stratified_subset(split.y, limit, random_stream(seed, stream))
+        return Split(split.x[keep], split.y[keep], split.files and [split.files[i] for i in keep])
 
     class_names = dataset.class_names
     if data.get("classes"):
         class_names = [dataset.class_names[c] for c in data["classes"]]
-    train = prepare(dataset.x_train, dataset.y_train, data.get("max_train_samples"))
-    test = prepare(dataset.x_test, dataset.y_test, data.get("max_test_samples"), dataset.files_test)
+    train = prepare(
+        dataset.x_train, dataset.y_train, data.get("max_train_samples"), None, "train_subset"
+    )
+    test = prepare(
+        dataset.x_test,
+        dataset.y_test,
+        data.get("max_test_samples"),
+        dataset.files_test,
+        "test_subset",
+    )
     validation = prepare(dataset.x_val, dataset.y_val, None, dataset.files_val)
     if data.get("validation") == "none":
         validation = None
@@ -64,6 +75,29 @@ def make_splits(dataset: Dataset, data: dict) -> Splits:
     elif validation is None and data.get("validation") == "test":
         validation = test
     return Splits(train, validation, test, class_names)
+
+
+def stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of n samples: every class in proportion to its count (largest
+    remainder; each class at least one when n allows), the members chosen by rng.
+
+    The first n of a class-sorted folder would hold one class (a 64-image run then
+    measures val_auc 0); the same seed picks the same subset."""
+    labels, counts = np.unique(y, return_counts=True)
+    ideal = n * counts / counts.sum()
+    quota = np.floor(ideal).astype(np.int64)
+    order = np.argsort(-(ideal - quota), kind="stable")  # largest remainders first
+    quota[order[: n - quota.sum()]] += 1
+    if n >= len(labels):
+        for c in np.flatnonzero(quota == 0):  # from the class most above its ideal share
+            donor = int(np.argmax(np.where(quota > 1, quota - ideal, -np.inf)))
+            quota[donor] -= 1
+            quota[c] = 1
+    chosen = []
+    for label, k in zip(labels, quota, strict=True):
+        members = np.flatnonzero(y == label)
+        chosen.append(members[rng.permutation(len(members))[:k]])
+    return np.sort(np.concatenate(chosen))
 
 
 def _select(split: Split, classes: list[int]) -> Split:

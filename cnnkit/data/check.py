@@ -1,18 +1,21 @@
 """`cnnkit data check`: a data-quality report, without training.
 
 For an image folder (the Keras layout, given directly or as a spec's `data.path`): class counts
-per split and imbalance, unreadable files, mixed image sizes and modes, exact duplicates by
-content hash (across splits: leakage; and within a split), class folders that differ between
-splits or hold no images, and hidden or non-image files that training ignores. Files are read
-once each: the bytes are hashed and Pillow reads only the header (and verifies the file), no
-pixels are decoded. Layout problems that stop training (differing class folders, an empty
+per split and imbalance, unreadable files, exact duplicates by content hash (across splits:
+leakage; and within a split), class folders that differ between splits or hold no images or
+too few; and as information, a histogram of image sizes (training resizes every image to
+target_size), the image modes and the hidden or non-image files that training ignores. Files
+are read once each: the bytes are hashed and Pillow reads only the header (and verifies the
+file), no pixels are decoded. Layout problems that stop training (differing class folders, an empty
 class) are findings here, not errors.
 
 For an array source (mnist, fashion_mnist, cifar10, npz) the arrays are loaded and the splits
 training would see (data.classes, max_*_samples and the validation choice applied) are checked
 for class counts, imbalance and duplicate images (each image's bytes hashed).
 
-The report is a plain JSON-ready dict; `findings` is empty when the data is clean.
+The report is a plain JSON-ready dict: `findings` (severity error or warning: they can hurt
+training, `cnnkit data check` exits 1) is empty when the data is clean; `info` holds what is
+worth knowing but harms nothing. Long lists are counts plus a few examples.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import io
 import os
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,22 +39,28 @@ from cnnkit.data.images import IMAGE_SUFFIXES
 from cnnkit.errors import DataError
 
 IMBALANCE_RATIO = 3.0  # largest / smallest class count above this is a finding
+TINY_CLASS = 5  # a training class with fewer images than this is a finding
 PAIR_LIMIT = 20  # duplicate pairs listed (the count is always complete)
-EXAMPLE_LIMIT = 3  # example files named for each minority size / mode
+EXAMPLE_LIMIT = 3  # example files named for each size, size bin and minority mode
+SIZE_ROWS = 6  # up to this many distinct sizes are listed one by one, else in bins
+# bins of the longer side, in pixels: (previous edge, edge]
+SIZE_EDGES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 IGNORED_EXAMPLES = 5
 SPLIT_ORDER = ("train", "val", "test", "all")
 ARRAY_SOURCES = ("mnist", "fashion_mnist", "cifar10", "npz")
-# severity: error (training stops or skips files), warning (trains, but look), info
+# severity: error (training stops or skips files), warning (trains, but worse), info (worth
+# knowing, harms nothing: not a finding)
 SEVERITY = {
     "layout": "error",
     "class_folders": "error",
     "empty_classes": "error",
     "unreadable": "error",
+    "tiny_classes": "warning",
     "leakage": "warning",
-    "duplicates": "warning",
     "imbalance": "warning",
-    "mixed_sizes": "warning",
-    "mixed_modes": "warning",
+    "duplicates": "info",  # warning when copies carry different classes
+    "mixed_sizes": "info",  # resized to target_size
+    "mixed_modes": "info",  # converted to color_mode
     "ignored": "info",
 }
 
@@ -71,11 +81,12 @@ class FileInfo:
 class _Report:
     data: dict[str, Any] = field(default_factory=dict)
     findings: list[dict[str, Any]] = field(default_factory=list)
+    info: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, kind: str, message: str, **details: Any) -> None:
-        self.findings.append(
-            {"kind": kind, "severity": SEVERITY[kind], "message": message, **details}
-        )
+    def add(self, kind: str, message: str, severity: str | None = None, **details: Any) -> None:
+        severity = severity or SEVERITY[kind]
+        entry = {"kind": kind, "severity": severity, "message": message, **details}
+        (self.info if severity == "info" else self.findings).append(entry)
 
 
 def check(target: str | Path) -> dict[str, Any]:
@@ -107,9 +118,10 @@ def check_spec(path: Path) -> dict[str, Any]:
     spec = load_spec(path)
     source = spec.data["source"]
     if source == "folder":
-        report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)))
+        size = spec.data["target_size"] or spec.model["input_shape"][:2]
+        report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)), list(size))
     elif source in ARRAY_SOURCES:
-        splits = make_splits(api.load_dataset(spec), spec.data)
+        splits = make_splits(api.load_dataset(spec), spec.data, spec.seed)
         arrays = {"train": splits.train}
         if splits.validation is not None and splits.validation is not splits.test:
             arrays["val"] = splits.validation
@@ -146,7 +158,8 @@ def _inspect(item: FileInfo, path: Path) -> FileInfo:
     return item
 
 
-def check_folder(root: Path) -> dict[str, Any]:
+def check_folder(root: Path, target_size: list[int] | None = None) -> dict[str, Any]:
+    """target_size: [height, width] every image is resized to (from a spec), if known."""
     if not root.is_dir():
         raise DataError(
             "image folder not found",
@@ -230,6 +243,7 @@ def check_folder(root: Path) -> dict[str, Any]:
             + ", ".join(_split_path(e["split"], e["class"]) for e in empty),
             empty=empty,
         )
+    _tiny(report, counts)
     _imbalance(report, counts)
     bad = [i for i in infos if i.error is not None]
     if bad:
@@ -239,15 +253,18 @@ def check_folder(root: Path) -> dict[str, Any]:
             files=[{"file": i.file, "error": i.error} for i in bad],
         )
     good = [i for i in infos if i.error is None]
-    sizes = _distribution(good, lambda i: i.size)
+    sizes = size_summary(good)
     modes = _distribution(good, lambda i: (i.mode, i.channels))
-    if len(sizes) > 1:
-        listed = ", ".join(f"{w}×{h} ({d['count']:,})" for (w, h), d in sizes.items())
+    if sizes["distinct"] > 1:
+        to = (
+            f"{target_size[1]}×{target_size[0]} (target_size)"
+            if target_size
+            else "data.target_size (default: model.input_shape)"
+        )
         report.add(
             "mixed_sizes",
-            f"{len(sizes)} image sizes (width×height): {listed}; training resizes every image "
-            "to target_size",
-            sizes=[{"width": w, "height": h, **d} for (w, h), d in sizes.items()],
+            f"{sizes['distinct']:,} image sizes (width×height {_span(sizes)}); training resizes "
+            f"every image to {to}",
         )
     if len(modes) > 1:
         listed = ", ".join(f"{m} ({d['count']:,})" for (m, _), d in modes.items())
@@ -276,7 +293,8 @@ def check_folder(root: Path) -> dict[str, Any]:
             s: {"folder": _rel(split_dirs[s], root), **_split_counts(counts[s])} for s in counts
         },
         "images": len(infos),
-        "sizes": [{"width": w, "height": h, "count": d["count"]} for (w, h), d in sizes.items()],
+        "sizes": sizes,
+        "target_size": target_size,
         "modes": [{"mode": m, "channels": c, "count": d["count"]} for (m, c), d in modes.items()],
         "ignored": len(hidden) + len(other),
         "file_checks": True,
@@ -291,6 +309,48 @@ def _rel(path: Path, root: Path) -> str:
 
 def _split_path(split: str, name: str) -> str:
     return name + "/" if split == "all" else f"{split}/{name}/"
+
+
+def size_summary(items: list[FileInfo]) -> dict[str, Any]:
+    """Image sizes as counts with a few example files: the most common sizes (every one when
+    there are at most SIZE_ROWS), and beyond that a histogram of the longer side."""
+    groups: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for item in items:
+        groups[item.size].append(item.file)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    common = [
+        {"width": w, "height": h, "count": len(files), "examples": files[:EXAMPLE_LIMIT]}
+        for (w, h), files in ordered[:SIZE_ROWS]
+    ]
+    histogram: list[dict[str, Any]] = []
+    if len(groups) > SIZE_ROWS:
+        bins: dict[int, dict[str, Any]] = {}
+        for (w, h), files in sorted(groups.items(), key=lambda kv: (max(kv[0]), kv[0])):
+            index = bisect_left(SIZE_EDGES, max(w, h))
+            low = SIZE_EDGES[index - 1] + 1 if index else 1
+            high = SIZE_EDGES[index] if index < len(SIZE_EDGES) else None
+            entry = bins.setdefault(
+                index, {"longer_side": [low, high], "count": 0, "sizes": 0, "examples": []}
+            )
+            entry["count"] += len(files)
+            entry["sizes"] += 1
+            if len(entry["examples"]) < EXAMPLE_LIMIT:
+                entry["examples"].append(files[0])
+        histogram = [bins[i] for i in sorted(bins)]
+    widths = [w for w, _ in groups]
+    heights = [h for _, h in groups]
+    return {
+        "distinct": len(groups),
+        "width": [min(widths), max(widths)] if groups else None,
+        "height": [min(heights), max(heights)] if groups else None,
+        "common": common,
+        "histogram": histogram,
+    }
+
+
+def _span(sizes: dict[str, Any]) -> str:
+    (w0, w1), (h0, h1) = sizes["width"], sizes["height"]
+    return f"{w0}–{w1} × {h0}–{h1}"
 
 
 def _distribution(items: list[FileInfo], key) -> dict[Any, dict[str, Any]]:
@@ -310,6 +370,25 @@ def _distribution(items: list[FileInfo], key) -> dict[Any, dict[str, Any]]:
 
 def _split_counts(per_class: dict[str, int]) -> dict[str, Any]:
     return {"counts": dict(per_class), "images": sum(per_class.values())}
+
+
+def _tiny(report: _Report, counts: dict[str, dict[str, int]]) -> None:
+    """Training classes with images, but fewer than TINY_CLASS: too few to learn or to hold
+    a validation share out of (empty ones are empty_classes)."""
+    tiny = [
+        {"split": s, "class": c, "count": n}
+        for s in ("train", "all")
+        for c, n in counts.get(s, {}).items()
+        if 0 < n < TINY_CLASS
+    ]
+    if tiny:
+        report.add(
+            "tiny_classes",
+            f"classes with fewer than {TINY_CLASS} training images: "
+            + ", ".join(f"{_split_path(t['split'], t['class'])} ({t['count']})" for t in tiny),
+            threshold=TINY_CLASS,
+            tiny=tiny,
+        )
 
 
 def _imbalance(report: _Report, counts: dict[str, dict[str, int]]) -> None:
@@ -354,7 +433,7 @@ def _duplicates(report: _Report, entries: list[tuple[bytes, str, str, str]]) -> 
         groups[digest].append((split, cls, name))
     across: list[dict[str, str]] = []
     within: list[dict[str, str]] = []
-    n_across = n_within = n_conflicts = 0
+    n_across = n_within = n_conflicts = n_within_conflicts = 0
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -365,6 +444,7 @@ def _duplicates(report: _Report, entries: list[tuple[bytes, str, str, str]]) -> 
         for s in splits:
             first, *copies = by_split[s]
             n_within += len(copies)
+            n_within_conflicts += len({m[1] for m in by_split[s]}) > 1
             within.extend(_pair(first, c) for c in copies[: max(0, PAIR_LIMIT - len(within))])
         for i, a_split in enumerate(splits):
             for b_split in splits[i + 1 :]:
@@ -387,7 +467,13 @@ def _duplicates(report: _Report, entries: list[tuple[bytes, str, str, str]]) -> 
         report.add(
             "duplicates",
             f"{n_within:,} duplicate image{'s' * (n_within != 1)} within a split "
-            "(identical content)",
+            "(identical content)"
+            + (
+                f"; {n_within_conflicts:,} of these images under different classes"
+                if n_within_conflicts
+                else ""
+            ),
+            severity="warning" if n_within_conflicts else None,  # contradicting labels
             count=n_within,
             pairs=within,
         )
@@ -401,6 +487,7 @@ def _finish(report: _Report) -> dict[str, Any]:
     return {
         **report.data,
         "findings": report.findings,
+        "info": report.info,
         "clean": not report.findings,
     }
 
@@ -431,6 +518,7 @@ def check_arrays(
             "classes without images: " + ", ".join(f"{e['class']} in {e['split']}" for e in empty),
             empty=empty,
         )
+    _tiny(report, counts)
     _imbalance(report, counts)
     _duplicates(report, entries)
     shape = next(iter(splits.values()))[0].shape[1:]

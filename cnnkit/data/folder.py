@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,23 @@ class FolderScan:
     classes: list[str]
     splits: dict[str, list[tuple[Path, int]]]  # split -> [(file, class index)]
     ignored: int = 0  # hidden files and non-images
+    folders: dict[str, Path] = field(default_factory=dict)  # split -> its folder
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+@dataclass
+class LoadProgress:
+    """What loading a folder tells its caller, who shows it (cnnkit.display.load_progress):
+    the data layer prints nothing itself."""
+
+    # one line per split, as Keras' "Found 400 images belonging to 2 classes."
+    found: Callable[[str], None] = _ignore
+    # (split folder, images decoded, total): from 0 to total, only when images are decoded
+    # (a cache hit decodes nothing and reports nothing)
+    decoding: Callable[[str, int, int], None] = _ignore
 
 
 @dataclass
@@ -139,7 +157,7 @@ def scan_folder(root: Path) -> FolderScan:
                     "or add images.",
                 )
         splits[split] = files
-    return FolderScan(root, classes, splits, ignored)
+    return FolderScan(root, classes, splits, ignored, split_dirs)
 
 
 def folder_classes(root: Path) -> list[str] | None:
@@ -181,8 +199,12 @@ def decode_split(
     interpolation: str,
     skip_bad_images: bool,
     bad: list[str],
+    progress: Callable[[int, int], None] | None = None,
 ) -> DecodedSplit:
-    """Decode (or load from the cache) every file of a split; bad files raise or are skipped."""
+    """Decode (or load from the cache) every file of a split; bad files raise or are skipped.
+
+    progress(done, total) is called from 0 to total while images are decoded (not on a cache
+    hit), in this thread."""
     options = {"size": list(size), "color_mode": color_mode, "interpolation": interpolation}
     key = _cache_key(files, {**options, "skip_bad_images": skip_bad_images})
     cached = cache_dir() / "folders" / f"{key}.npz"
@@ -207,8 +229,13 @@ def decode_split(
             return None
 
     # Pillow releases the GIL while decoding and resizing: threads decode in parallel.
+    report = progress or _ignore
+    report(0, len(files))
+    arrays: list[np.ndarray | None] = []
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(load, files))
+        for array in pool.map(load, files):  # in order, as each is ready
+            arrays.append(array)
+            report(len(arrays), len(files))
     keep = [i for i, a in enumerate(arrays) if a is not None]
     bad.extend(str(files[i][0]) for i, a in enumerate(arrays) if a is None)
     channels = CHANNELS[color_mode]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from cnnkit.data.arrays import (
 from cnnkit.data.download import fetch
 from cnnkit.data.folder import (
     DecodedSplit,
+    FolderScan,
+    LoadProgress,
     decode_split,
     folder_classes,
     scan_folder,
@@ -161,17 +164,54 @@ def load_synthetic(spec: Any) -> Dataset:
     )
 
 
-def load_folder(spec: Any) -> Dataset:
-    """An image folder (Keras flow_from_directory layout), decoded once and cached."""
+def found_lines(scan: FolderScan, validation_split: float | None) -> list[str]:
+    """Keras' "Found N images belonging to K classes." for each split, saying which split.
+
+    validation_split without a val/ folder: the held-out share of every class (as
+    stratified_split rounds it), before decoding, so before any unreadable file is skipped."""
+    k, lines = len(scan.classes), []
+    for split in ("train", "all", "val", "test"):
+        if split not in scan.splits:
+            continue
+        files = scan.splits[split]
+        folder = scan.folders[split].name + "/"
+        role = {"val": "validation", "test": "test"}.get(split, "training")
+        n = len(files)
+        if role == "training" and validation_split and "val" not in scan.splits:
+            counts = np.bincount([label for _, label in files], minlength=k)
+            held = int(sum(round(c * validation_split) for c in counts))
+            lines.append(
+                f"Found {n - held:,} images belonging to {k} classes for training "
+                f"({folder} less validation_split {validation_split:g})."
+            )
+            lines.append(
+                f"Found {held:,} images belonging to {k} classes for validation "
+                f"(validation_split {validation_split:g} of {folder})."
+            )
+            continue
+        lines.append(f"Found {n:,} images belonging to {k} classes for {role} ({folder}).")
+    return lines
+
+
+def load_folder(spec: Any, progress: LoadProgress | None = None) -> Dataset:
+    """An image folder (Keras flow_from_directory layout), decoded once and cached.
+
+    progress: where the "Found N images" lines and the decoding progress go; without it the
+    lines are the dataset's first notes."""
     data = spec.data
     root = resolve_data_dir(data["path"], spec_dir(spec))
     scan = scan_folder(root)
     size = tuple(data["target_size"] or spec.model["input_shape"][:2])
     skipped: list[str] = []
+    found = found_lines(scan, data["validation_split"])
+    for line in found if progress else ():
+        progress.found(line)
+    notes = [] if progress else found
 
     def decode(split: str) -> DecodedSplit | None:
         if split not in scan.splits:
             return None
+        label = scan.folders[split].name + "/"
         return decode_split(
             scan.splits[split],
             size,
@@ -179,18 +219,19 @@ def load_folder(spec: Any) -> Dataset:
             data["interpolation"],
             data["skip_bad_images"],
             skipped,
+            progress=partial(progress.decoding, label) if progress else None,
         )
 
     train, val, test = decode("train") or decode("all"), decode("val"), decode("test")
-    if "all" in scan.splits and data["validation_split"]:
-        # one folder of classes: a stratified, seeded validation set, the same every run
+    if val is None and data["validation_split"]:
+        # no val/ folder: a stratified, seeded validation set, the same every run (Keras'
+        # flow_from_directory(subset=...) also splits each class, not the class-sorted list)
         rng = random_stream(spec.seed, "split")
         keep, hold = stratified_split(train.y, data["validation_split"], rng)
         files = train.files
         val = DecodedSplit(train.x[hold], train.y[hold], [files[i] for i in hold] if files else [])
         kept = [files[i] for i in keep] if files else []
         train = DecodedSplit(train.x[keep], train.y[keep], kept)
-    notes = []
     if scan.ignored:
         notes.append(f"{scan.ignored} hidden or non-image files ignored in {root}")
     return Dataset(
@@ -276,6 +317,7 @@ class SourceInfo:
     # (resolved data section, spec folder) -> class names, cheaply (no decoding); None when
     # the data is not there yet (the error then comes when training loads it)
     list_classes: Callable[[dict[str, Any], Path | None], list[str] | None] | None = None
+    reports_progress: bool = False  # load(spec, progress=LoadProgress) says what it found
 
 
 SOURCES: dict[str, SourceInfo] = {
@@ -301,5 +343,6 @@ SOURCES: dict[str, SourceInfo] = {
         needs_path=True,
         options=("target_size", "color_mode", "class_mode", "interpolation", "skip_bad_images"),
         list_classes=lambda data, where: folder_classes(resolve_data_dir(data["path"], where)),
+        reports_progress=True,
     ),
 }

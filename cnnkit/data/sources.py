@@ -26,6 +26,7 @@ from cnnkit.data.folder import (
     stratified_split,
 )
 from cnnkit.data.idx import read_idx
+from cnnkit.data.images import ImageOptions
 from cnnkit.errors import DataError
 from cnnkit.seeding import random_stream
 
@@ -166,7 +167,7 @@ def load_folder(spec: Any) -> Dataset:
     data = spec.data
     root = resolve_data_dir(data["path"], spec_dir(spec))
     scan = scan_folder(root)
-    size = tuple(data["target_size"] or spec.model["input_shape"][:2])
+    size = ImageOptions.from_spec(spec).size  # target_size, else input_shape: as predict
     skipped: list[str] = []
 
     def decode(split: str) -> DecodedSplit | None:

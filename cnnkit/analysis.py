@@ -1,5 +1,6 @@
-"""Error analysis of an evaluation: the most-confused class pairs and the most confident
-mistakes (misclassified.csv, misclassified.png). Plain numpy; the figures are cnnkit.plots'."""
+"""Error analysis of an evaluation: the most-confused class pairs, the most confident
+mistakes (misclassified.csv, misclassified.png) and every sample's probabilities
+(predictions.csv). Plain numpy; the figures are cnnkit.plots'."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from cnnkit.runs import atomic_write_text
 
 MISCLASSIFIED_CSV = "misclassified.csv"
+PREDICTIONS_CSV = "predictions.csv"
 MISCLASSIFIED_PNG = "misclassified.png"
 CONFUSION_PNG = "confusion_matrix.png"
 
@@ -85,5 +87,34 @@ def write_misclassified_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "confidence": f"{row['confidence']:.6f}"})
+    atomic_write_text(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def write_predictions_csv(
+    path: Path,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    files: Sequence[str] | None = None,
+) -> Path:
+    """Every evaluated sample: index, file (when the data came from files), true and
+    predicted class, and one column p_<class> per class. Probabilities at full precision
+    (the float32 value, as `cnnkit predict --json` prints it): predicting the same files
+    gives these numbers exactly."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "file", "true", "predicted", *(f"p_{n}" for n in class_names)])
+    predicted = probabilities.argmax(axis=1) if len(probabilities) else []
+    for index, (p, label, best) in enumerate(zip(probabilities, labels, predicted, strict=True)):
+        writer.writerow(
+            [
+                index,
+                files[index] if files is not None else "",
+                class_names[int(label)],
+                class_names[int(best)],
+                *(repr(float(v)) for v in p),
+            ]
+        )
     atomic_write_text(Path(path), buffer.getvalue())
     return Path(path)

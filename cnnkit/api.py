@@ -18,10 +18,10 @@ from cnnkit.config import Spec, SpecOverrides, load_spec
 from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, make_splits
 from cnnkit.data.folder import LoadProgress
-from cnnkit.data.images import collect_images, prepare_image
+from cnnkit.data.images import ImageOptions, PreparedImage, collect_images, prepare_image
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
-from cnnkit.errors import CheckpointError, DataError, SpecError
+from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
 from cnnkit.interrupts import catch_signals
 from cnnkit.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.metrics import MetricSet, per_class_report
@@ -42,7 +42,13 @@ from cnnkit.runs import (
 from cnnkit.runstate import mark_running, track_run_state
 from cnnkit.threads import configure_threads
 from cnnkit.tracking import RunTracker
-from cnnkit.training import Reporter, SilentReporter, evaluate_split, fit
+from cnnkit.training import (
+    Reporter,
+    SilentReporter,
+    evaluate_split,
+    fit,
+    predict_probabilities,
+)
 
 
 @dataclass
@@ -488,13 +494,17 @@ def evaluate(
 def write_error_analysis(
     run_dir: Path, split: Split, probabilities: np.ndarray, matrix: np.ndarray, splits
 ) -> dict[str, Any]:
-    """confusion_matrix.png, misclassified.csv and misclassified.png; returns what
-    evaluation.json adds: the most-confused pairs and the mistake count."""
+    """confusion_matrix.png, misclassified.csv, misclassified.png and predictions.csv (every
+    sample's probabilities); returns what evaluation.json adds: the most-confused pairs and
+    the mistake count."""
     from cnnkit import analysis, plots
 
     names = splits.class_names
     rows = analysis.misclassified_rows(probabilities, split.y, names, split.files)
     analysis.write_misclassified_csv(run_dir / analysis.MISCLASSIFIED_CSV, rows)
+    analysis.write_predictions_csv(
+        run_dir / analysis.PREDICTIONS_CSV, probabilities, split.y, names, split.files
+    )
     plots.plot_confusion(matrix, names, run_dir / analysis.CONFUSION_PNG)
     shown = rows[:32]
     plots.plot_misclassified(
@@ -516,30 +526,67 @@ def predict(
     checkpoint: str = "best",
     top_k: int = 3,
     invert: bool | None = None,
+    batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file (folders are expanded)."""
-    spec, model, path, meta = load_model(Path(run_dir), checkpoint)
+    """Top-k classes with probabilities for each image file (folders are expanded), in order.
+
+    One preparation path: the run's data.* options (cnnkit.data.images.ImageOptions), the
+    run's Preprocessor, batches of train.eval_batch_size (or batch_size), as evaluate. For an
+    image folder that is all: predicting its test/ folder gives evaluate's probabilities
+    (predictions.csv) bit for bit. Data that did not come from image files (MNIST, npz) is
+    matched with predict-only adaptations: inversion, digit centring (prepare_image).
+
+    Each entry: image, error (None when read), inverted, note, top. A file that cannot be read
+    gets its error and an empty top; ImageError when no file could be read."""
+    run_dir = Path(run_dir)
+    spec, model, path, meta = load_model(run_dir, checkpoint)
     source = SOURCES[spec.data["source"]]
+    options = ImageOptions.from_spec(spec)
+    adapt = spec.data["source"] != "folder"  # a folder's model reads files as training did
     files = collect_images(images)
-    shape = tuple(spec.model["input_shape"])
-    prepared = [
-        prepare_image(f, shape, source.background, source.centre_digits, invert) for f in files
-    ]
-    x = Preprocessor.from_spec(spec, run_dir=Path(run_dir))(np.stack([p.array for p in prepared]))
+    prepared: dict[int, PreparedImage] = {}
+    errors: dict[int, ImageError] = {}
+    for i, file in enumerate(files):
+        try:
+            prepared[i] = prepare_image(
+                file, options, source.background, source.centre_digits, invert, adapt=adapt
+            )
+        except ImageError as error:
+            errors[i] = error
+    if not prepared:
+        first = errors[0]
+        if len(files) == 1:
+            raise first
+        raise ImageError(
+            f"none of the {len(files)} images could be read; the first: {first.message}",
+            where=first.where,
+            hint=first.hint,
+        )
+    read = sorted(prepared)
+    x = np.stack([prepared[i].array for i in read])
+    preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
     # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-    probs = loss_fn.class_probabilities(model.forward(x, training=False))
-    names = meta.get("class_names") or [str(i) for i in range(probs.shape[1])]
-    k = max(1, min(top_k, probs.shape[1]))
+    batch_size = batch_size or spec.train["eval_batch_size"]
+    rows = predict_probabilities(model, loss_fn, x, preprocessor, batch_size)
+    probs = dict(zip(read, rows, strict=True))
+    names = meta.get("class_names") or [str(i) for i in range(rows.shape[1])]
+    k = max(1, min(top_k, rows.shape[1]))
     results = []
-    for file, p, row in zip(files, prepared, probs, strict=True):
+    for i, file in enumerate(files):
+        if i in errors:
+            entry = {"image": str(file), "error": errors[i].message, "inverted": False}
+            results.append({**entry, "note": None, "top": []})
+            continue
+        row, p = probs[i], prepared[i]
         order = np.argsort(-row, kind="stable")[:k]
         results.append(
             {
                 "image": str(file),
+                "error": None,
                 "inverted": p.inverted,
                 "note": p.note,
-                "top": [{"class": names[i], "probability": float(row[i])} for i in order],
+                "top": [{"class": names[c], "probability": float(row[c])} for c in order],
             }
         )
     return results

@@ -170,7 +170,8 @@ def evaluate(
     """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix.
 
     Also the most-confused class pairs. Writes evaluation.json, confusion_matrix.png,
-    misclassified.png, misclassified.csv and report.md in the run directory.
+    misclassified.png, misclassified.csv, predictions.csv (every sample's probabilities, as
+    `cnnkit predict` gives them) and report.md in the run directory.
 
     Example: cnnkit evaluate runs/mnist --checkpoint last
     """
@@ -184,7 +185,7 @@ def evaluate(
     for table in display.evaluation_tables(report):
         display.console.print(table)
     written = ("evaluation.json", "confusion_matrix.png", "misclassified.png")
-    written += ("misclassified.csv", "report.md")
+    written += ("misclassified.csv", "predictions.csv", "report.md")
     display.console.print(f"Wrote {', '.join(written)} in {Path(run)}")
 
 
@@ -205,13 +206,26 @@ def predict(
 ) -> None:
     """Classify image files with a trained run: top-k classes and probabilities.
 
+    Images are read as the run's training read them (size, colour mode, interpolation,
+    normalisation): for an image folder, predicting its test/ files gives evaluate's
+    probabilities exactly. Exit code 0 when every image was read; 1 when some could not be
+    (the others are predicted, the failures listed; --json: their "error"); 2 when none.
+
     Example: cnnkit predict my_digit.png drawings/ --run runs/mnist --top-k 3
     """
     results = api.predict(images, run, checkpoint, top_k, invert)
+    failed = any(r["error"] for r in results)
     if as_json:
         print(json.dumps(results, indent=2))
-        return
-    display.console.print(display.predictions_table(results))
+    else:
+        heading = display.predictions_heading(results)
+        if heading:  # the folder, whole (the rows name files relative to it)
+            display.console.print(heading, soft_wrap=True)
+        display.console.print(display.predictions_table(results))
+        if failed:
+            display.error_console.print(display.predict_failures(results))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

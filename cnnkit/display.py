@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections import Counter
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, Group
 from rich.errors import LiveError
 from rich.markup import escape
 from rich.panel import Panel
@@ -21,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from cnnkit.errors import CnnkitError
 from cnnkit.model import SummaryRow
@@ -257,20 +260,82 @@ def most_confused_table(pairs: list[dict[str, Any]]) -> Table:
     return table
 
 
-def predictions_table(predictions: list[dict[str, Any]]) -> Table:
+def common_folder(images: list[str]) -> str:
+    """The folder that holds every image ("" when they are spread over unrelated roots)."""
+    parents = [os.path.dirname(i) for i in images]
+    try:
+        common = os.path.commonpath(parents)
+    except ValueError:  # absolute and relative paths mixed
+        common = os.path.commonpath([os.path.abspath(p) for p in parents])
+    return common
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """text in at most width cells, cut in the middle ("a/very…/cat.1001.jpg"): the start
+    (a class folder) and the end (the file name) are what tell paths apart."""
+    if cell_len(text) <= width:
+        return text
+    keep = max(width - 1, 2)
+    head = keep // 3
+    tail = keep - head
+    return text[:head] + "…" + text[len(text) - tail :]
+
+
+def predictions_folder(predictions: list[dict[str, Any]]) -> str:
+    """The folder that holds every image read (predictions_table names them relative to it);
+    "" when they have no common folder."""
+    return common_folder([p["image"] for p in predictions if not p.get("error")] or [""])
+
+
+def predictions_heading(predictions: list[dict[str, Any]]) -> str | None:
+    """ "Images in FOLDER/" above predictions_table (None when they share no folder)."""
+    folder = predictions_folder(predictions)
+    return f"Images in {escape(os.path.join(folder, ''))}" if folder else None
+
+
+def predictions_table(predictions: list[dict[str, Any]], width: int | None = None) -> Table:
+    """One row per image read, named by its path relative to predictions_folder, shortened
+    in the middle to fit `width` (default: the console's) so that rows stay distinguishable."""
+    width = width or console.width
+    shown = [p for p in predictions if not p.get("error")]
+    folder = predictions_folder(predictions)
+    names = [os.path.relpath(p["image"], folder) if folder else p["image"] for p in shown]
+    tops = [", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"][1:]) for p in shown]
+    first = max([len("prediction"), *(cell_len(p["top"][0]["class"]) for p in shown)])
+    rest = min(max([len("top-k"), *(cell_len(t) for t in tops)]), 24)  # top-k wraps
+    # 13: each cell's padding (2 x 4), the box's edges (2) and column gaps (3)
+    budget = max(16, width - first - len("probability") - rest - 13)
+    names = [shorten_middle(n, budget) for n in names]
     table = Table(box=box.SIMPLE_HEAVY)
-    table.add_column("image")
+    longest = max([len("image"), *(cell_len(n) for n in names)])
+    table.add_column("image", min_width=min(longest, budget))
     table.add_column("prediction", style="bold")
     table.add_column("probability", justify="right")
     table.add_column("top-k")
-    for p in predictions:
+    for p, name, rest_k in zip(shown, names, tops, strict=True):
         top = p["top"]
-        rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top[1:])
-        note = "  (inverted)" if p.get("inverted") else ""
+        cell: list[Any] = [Text(name + ("  (inverted)" if p.get("inverted") else ""))]
+        cell[0].no_wrap = True
         if p.get("note"):
-            note += f"\n  [yellow]note:[/yellow] {escape(p['note'])}"
-        table.add_row(p["image"] + note, top[0]["class"], f"{top[0]['probability']:.4f}", rest)
+            cell.append(Text.from_markup(f"  [yellow]note:[/yellow] {escape(p['note'])}"))
+        table.add_row(
+            Group(*cell) if len(cell) > 1 else cell[0],
+            top[0]["class"],
+            f"{top[0]['probability']:.4f}",
+            rest_k,
+        )
     return table
+
+
+def predict_failures(predictions: list[dict[str, Any]]) -> str:
+    """The images predict could not read, each with the reason."""
+    failed = [p for p in predictions if p.get("error")]
+    lines = [
+        f"[bold red]✗ {len(failed)} of {len(predictions)} image{'s' * (len(predictions) != 1)} "
+        f"could not be read[/bold red] (the others are predicted above):"
+    ]
+    lines += [f"  {escape(p['image'])}: {escape(p['error'])}" for p in failed]
+    return "\n".join(lines)
 
 
 _SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}

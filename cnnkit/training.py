@@ -59,6 +59,35 @@ class EvalResult:
     confusion: np.ndarray | None = None  # (classes, classes), rows true, columns predicted
 
 
+def inference(
+    model: Sequential,
+    split: Split,
+    rescale: float | Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(logits, labels) of a split batch by batch, in order, in inference mode: what evaluate
+    and predict both run. BLAS results depend on a row's batch (its size, its place in it), so
+    the same images batched the same way give the same probabilities bit for bit."""
+    for xb, yb in batches(split, batch_size, rescale):
+        yield model.forward(xb, training=False), yb
+
+
+def predict_probabilities(
+    model: Sequential,
+    loss_fn: Loss,
+    x: np.ndarray,
+    rescale: float | Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+) -> np.ndarray:
+    """Class probabilities (N, K) of uint8 images x, as evaluate_split computes them."""
+    split = Split(x, np.zeros(len(x), dtype=np.int64))
+    probs = [
+        loss_fn.class_probabilities(logits)
+        for logits, _ in inference(model, split, rescale, batch_size)
+    ]
+    return np.concatenate(probs)
+
+
 def evaluate_split(
     model: Sequential,
     loss_fn: Loss,
@@ -72,8 +101,7 @@ def evaluate_split(
     total_loss, probs = 0.0, []
     if metrics is not None:
         metrics.reset()
-    for xb, yb in batches(split, batch_size, rescale):
-        logits = model.forward(xb, training=False)
+    for logits, yb in inference(model, split, rescale, batch_size):
         loss, _ = loss_fn(logits, yb)
         total_loss += loss * len(yb)
         if metrics is None:

@@ -6,10 +6,12 @@ Two layouts:
     path/<class>/*.png        (validation_split carves a stratified, seeded validation set)
 
 Classes are the sub-folder names in alphabetical order, as Keras orders them. Images are
-decoded with Pillow, converted to the colour mode and resized to target_size once; the uint8
-arrays are cached in CNNKIT_CACHE_DIR (default ~/.cache/cnnkit) under a key made of every file's
-path, size and modification time plus the decoding options, so the second epoch and the second
-run decode nothing, and any changed, added or removed file invalidates the cache.
+decoded with Pillow, converted to the colour mode and resized to target_size once, by
+cnnkit.data.images.decode_image (what `cnnkit predict` calls too); the uint8 arrays are cached
+in CNNKIT_CACHE_DIR (default ~/.cache/cnnkit) under a key made of every file's path, size and
+modification time plus the decoding options and the decoder (Pillow's version), so the second
+epoch and the second run decode nothing, and any changed, added or removed file invalidates
+the cache.
 """
 
 from __future__ import annotations
@@ -26,17 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnnkit.data.images import IMAGE_SUFFIXES, flatten_alpha
+from cnnkit.data.images import CHANNELS, DECODER, IMAGE_SUFFIXES, ImageOptions, decode_image
 from cnnkit.errors import DataError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-INTERPOLATION = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
-CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
-PIL_MODE = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
 
 
 @dataclass
@@ -169,19 +164,13 @@ def folder_classes(root: Path) -> list[str] | None:
 
 
 def _decode(path: Path, size: tuple[int, int], color_mode: str, interpolation: str) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        if color_mode != "rgba":
-            img = flatten_alpha(img)  # transparent -> white; palette/RGBA/LA converted
-        img = img.convert(PIL_MODE[color_mode])
-        if img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), INTERPOLATION[interpolation])
-        array = np.asarray(img, dtype=np.uint8)
-    return array.reshape(size[0], size[1], CHANNELS[color_mode])
+    """cnnkit.data.images.decode_image: the decoder predict uses too."""
+    return decode_image(path, ImageOptions(tuple(size), color_mode, interpolation))
 
 
 def _cache_key(files: list[tuple[Path, int]], options: dict) -> str:
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    """The files (path, size, mtime, label), the options and the decoder (DECODER)."""
+    digest = hashlib.sha256(json.dumps({**options, **DECODER}, sort_keys=True).encode())
     for path, label in files:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())

@@ -29,6 +29,7 @@ from cnnkit.data.folder import (
     stratified_split,
 )
 from cnnkit.data.idx import read_idx
+from cnnkit.data.images import ImageOptions
 from cnnkit.errors import DataError
 from cnnkit.seeding import random_stream
 
@@ -201,7 +202,7 @@ def load_folder(spec: Any, progress: LoadProgress | None = None) -> Dataset:
     data = spec.data
     root = resolve_data_dir(data["path"], spec_dir(spec))
     scan = scan_folder(root)
-    size = tuple(data["target_size"] or spec.model["input_shape"][:2])
+    size = ImageOptions.from_spec(spec).size  # target_size, else input_shape: as predict
     skipped: list[str] = []
     found = found_lines(scan, data["validation_split"])
     for line in found if progress else ():

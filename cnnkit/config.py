@@ -32,8 +32,10 @@ from cnnkit.metrics import (
 from cnnkit.options import (
     ErrorList,
     Option,
+    compose_yaml,
     did_you_mean,
     join_path,
+    load_yaml,
     require_mapping,
     resolve_options,
 )
@@ -298,8 +300,8 @@ def parse_spec(text: str, file: Path | None = None, overrides: SpecOverrides = N
     where = str(file) if file else "spec"
     sets = as_overrides(overrides)
     try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        root = compose_yaml(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -3,8 +3,10 @@
 An override is applied to the parsed YAML before validation, so it goes through exactly the
 same checks as the file (an unknown key suggests the closest one). Paths use the spec's own
 YAML paths, as error messages print them: `train.epochs`, `optimizer.learning_rate`,
-`model.layers[0].Conv2D.filters`. Values are parsed as YAML: `3` is an integer, `0.01` a
-number, `[5, 5]` a list, `null` nothing, `{name: sgd, momentum: 0.9}` a mapping.
+`model.layers[0].Conv2D.filters`. Values are parsed as YAML, as the spec file is
+(cnnkit.options.load_yaml): `3` is an integer, `0.01`, `1e-3` and `.5` numbers, `1/255` a
+fraction wherever a number goes, `[5, 5]` a list, `null` nothing, `{name: sgd, momentum: 0.9}`
+a mapping.
 
 An error caused by an override names the `--set` argument (with a caret under its value)
 instead of a line of the file.
@@ -22,8 +24,8 @@ from typing import Any
 import yaml
 
 from cnnkit.errors import SpecError
+from cnnkit.options import load_yaml
 
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 # sections that may be written as a bare name (`loss: mse`): `--set loss.label_smoothing=0.1`
 # turns them into {name: mse, label_smoothing: 0.1}
@@ -121,9 +123,7 @@ def parse_set(text: str) -> Override:
     except ValueError as error:
         raise override.error(f"{error}", at_value=False) from None
     try:
-        override.value = yaml.safe_load(value_text) if value_text.strip() else None
-        if isinstance(override.value, str) and _EXPONENT.fullmatch(override.value.strip()):
-            override.value = float(override.value)  # YAML 1.1 reads 1e-3 as a string
+        override.value = load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error)
         raise override.error(

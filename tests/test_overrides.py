@@ -165,3 +165,28 @@ def test_resolved_yaml_records_overrides_and_command_and_loads(tmp_path):
     assert yaml.safe_load(text)["train"]["epochs"] == 2
     again = parse_spec(text)
     assert again.to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ("1e-3", 0.001),
+        ("5E-4", 0.0005),
+        (".5", 0.5),
+        ("1_000", 1000),
+        ("1/255", 1 / 255),
+        ("1./255", 1 / 255),
+    ],
+)
+def test_numbers_in_set_are_read_as_in_the_file(written, value):
+    spec = load_spec(MNIST, [f"optimizer.learning_rate={written}", f"data.rescale={written}"])
+    assert spec.optimizer["learning_rate"] == value and spec.data["rescale"] == value
+    assert parse_set(f"x=[{written}, 2]").value[0] == (written if "/" in written else value)
+    assert parse_set("train.shuffle=yes").value is True  # YAML 1.1 booleans as before
+
+
+def test_a_non_number_in_set_names_the_argument():
+    (error,) = errors_of(["optimizer.learning_rate=1e-3x"])
+    assert error.where == "--set optimizer.learning_rate=1e-3x optimizer.learning_rate"
+    assert "expected a number, found a string ('1e-3x')" in error.message
+    assert "1/255" in error.hint

@@ -262,3 +262,22 @@ def test_config_yaml_of_written_numbers_round_trips():
     again = parse_spec(spec.to_yaml())
     assert again.to_dict() == spec.to_dict() and again.hash() == spec.hash()
     assert again.data["rescale"] == 1 / 255 and again.optimizer["learning_rate"] == 0.0005
+
+
+def test_class_names_select_and_order_classes():
+    spec = parse_spec(
+        BASIC.replace("  validation: test", "  validation: test\n  classes: ['8', '3']").replace(
+            "units: 10", "units: 2"
+        )
+    )
+    assert spec.data["classes"] == ["8", "3"] and spec.num_classes == 2
+    assert parse_spec(spec.to_yaml()).hash() == spec.hash()
+    error = spec_error(
+        BASIC.replace("source: mnist", "source: cifar10")
+        .replace("[28, 28, 1]", "[32, 32, 3]")
+        .replace("  validation: test", "  validation: test\n  classes: [cat, dgo]")
+        .replace("units: 10", "units: 2")
+    )
+    assert error.where.endswith("data.classes[1]") and "did you mean 'dog'" in error.hint
+    error = spec_error(BASIC.replace("  validation: test", "  validation: test\n  classes: [3, b]"))
+    assert "class indices, or of class names" in error.message

@@ -92,6 +92,14 @@ def _input_shape(value: Any, path: str) -> list[int]:
             where=path,
             hint="Example: input_shape: [28, 28, 1] (channels last, as Keras).",
         )
+    channels, height, width = value
+    if channels in (1, 3, 4) and min(height, width) > 4:  # a 3-pixel-high image: (C, H, W)
+        raise SpecError(
+            f"{value} looks channels-first ({channels} channels of {height}x{width}, as "
+            "PyTorch writes it); cnnkit is channels-last, as Keras",
+            where=path,
+            hint=f"Use input_shape: [{height}, {width}, {channels}] ([height, width, channels]).",
+        )
     return list(value)
 
 

@@ -86,9 +86,29 @@ def _type_name(value: Any) -> str:
     )
 
 
+# what people coming from Keras 1/2 or PyTorch write for an option, and cnnkit's name for it
+ALIASES = {
+    "lr": "learning_rate",
+    "eps": "epsilon",
+    "stride": "strides",
+    "p": "rate",
+    "out_channels": "filters",
+    "nb_filter": "filters",
+    "out_features": "units",
+    "output_dim": "units",
+    "nb_epoch": "epochs",
+    "nb_epochs": "epochs",
+    "size": "pool_size",
+}
+
+
 def closest(word: str, choices: Sequence[str]) -> str | None:
-    """The valid name closest to a misspelt one (case-insensitive), or None."""
+    """The valid name closest to a misspelt one (case-insensitive), or None. A known alias
+    (lr for learning_rate) wins over spelling."""
     lowered = {c.lower(): c for c in choices}
+    alias = ALIASES.get(str(word).lower())
+    if alias is not None and alias in lowered:
+        return lowered[alias]
     match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.5)
     return lowered[match[0]] if match else None
 

@@ -264,6 +264,31 @@ def test_config_yaml_of_written_numbers_round_trips():
     assert again.data["rescale"] == 1 / 255 and again.optimizer["learning_rate"] == 0.0005
 
 
+# -- newcomers' habits --------------------------------------------------------------------
+
+
+def test_channels_first_input_shape_suggests_channels_last():
+    error = spec_error(
+        BASIC.replace("source: mnist", "source: synthetic\n  num_classes: 10").replace(
+            "[28, 28, 1]", "[3, 80, 80]"
+        )
+    )
+    assert error.where.endswith("model.input_shape") and "channels-first" in error.message
+    assert "input_shape: [80, 80, 3]" in error.hint
+    # a small channels-last image is not mistaken for one
+    text = BASIC.replace("source: mnist", "source: synthetic\n  num_classes: 10")
+    text = text.replace("[28, 28, 1]", "[4, 4, 1]").replace("kernel_size: 3", "kernel_size: 1")
+    assert parse_spec(text).model["input_shape"] == [4, 4, 1]
+
+
+def test_keras_alias_lr_suggests_learning_rate():
+    error = spec_error(BASIC.replace("learning_rate: 0.001", "lr: 0.001"))
+    assert error.message == "unknown adam option 'lr'"
+    assert "did you mean 'learning_rate'" in error.hint
+    error = spec_error(BASIC.replace("Dense: {units: 128", "Dense: {out_features: 128"))
+    assert "did you mean 'units'" in error.hint
+
+
 def test_class_names_select_and_order_classes():
     spec = parse_spec(
         BASIC.replace("  validation: test", "  validation: test\n  classes: ['8', '3']").replace(

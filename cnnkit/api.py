@@ -86,11 +86,13 @@ class CheckReport:
 
 
 def check(path: str | Path, overrides=None, available: int | None = None) -> CheckReport:
-    """`cnnkit check`: validate the spec (every error, with its place), infer every shape and
-    plan the memory of a training step, without loading data or compiling kernels.
+    """`cnnkit check`: validate the spec (every error, with its place), infer every shape,
+    check what the data on disk can tell without reading an image (the data path, the split
+    folders, data.classes) and plan the memory of a training step, without loading data or
+    compiling kernels.
 
     Raises SpecError / SpecErrors; memory beyond 80% of the available memory is a warning."""
-    spec = load_spec(path, overrides)
+    spec = load_spec(path, overrides, check_data=True)
     available = available_memory() if available is None else available
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
 

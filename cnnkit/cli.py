@@ -114,7 +114,7 @@ def train(
                 where="cnnkit train",
                 hint="e.g. cnnkit train configs/mnist.yaml",
             )
-        parsed = load_spec(spec, overrides)
+        parsed = load_spec(spec, overrides, check_data=True)  # as `check` does
         parsed.command = command_line()  # config.yaml records it
         with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
             result = api.train(

@@ -19,7 +19,7 @@ import yaml
 
 from cnnkit.callbacks import CALLBACK_SECTIONS, DEFAULT_MONITORS, resolve_monitor
 from cnnkit.data.augment import resolve_augmentation
-from cnnkit.data.sources import SOURCES
+from cnnkit.data.sources import SOURCES, check_data_files
 from cnnkit.errors import SpecError
 from cnnkit.layers.base import Layer
 from cnnkit.metrics import (
@@ -32,8 +32,10 @@ from cnnkit.metrics import (
 from cnnkit.options import (
     ErrorList,
     Option,
+    compose_yaml,
     did_you_mean,
     join_path,
+    load_yaml,
     require_mapping,
     resolve_options,
 )
@@ -90,6 +92,14 @@ def _input_shape(value: Any, path: str) -> list[int]:
             where=path,
             hint="Example: input_shape: [28, 28, 1] (channels last, as Keras).",
         )
+    channels, height, width = value
+    if channels in (1, 3, 4) and min(height, width) > 4:  # a 3-pixel-high image: (C, H, W)
+        raise SpecError(
+            f"{value} looks channels-first ({channels} channels of {height}x{width}, as "
+            "PyTorch writes it); cnnkit is channels-last, as Keras",
+            where=path,
+            hint=f"Use input_shape: [{height}, {width}, {channels}] ([height, width, channels]).",
+        )
     return list(value)
 
 
@@ -97,21 +107,24 @@ def _pair_or_null(value: Any, path: str) -> list[int] | None:
     return None if value is None else Option("int_or_pair", minimum=1).check(value, path)
 
 
-def _class_subset(value: Any, path: str) -> list[int] | None:
-    """data.classes: [3, 8] keeps those classes of the source, relabelled 0, 1, ... in order."""
+def _class_subset(value: Any, path: str) -> list[int] | list[str] | None:
+    """data.classes: [3, 8] keeps those classes of the source, relabelled 0, 1, ... in order;
+    [cat, dog] does the same by class name (Keras' flow_from_directory(classes=[...]))."""
     if value is None:
         return None
-    ok = (
-        isinstance(value, list)
-        and len(value) >= 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-        and len(set(value)) == len(value)
+    indices = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
     )
+    names = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    ok = (indices or names) and len(value) >= 2 and len(set(value)) == len(value)
     if not ok:
         raise SpecError(
-            f"expected a list of at least two different class indices, found {value!r}",
+            "expected a list of at least two different class indices, or of class names, "
+            f"found {value!r}",
             where=path,
-            hint="Example: classes: [3, 8] (a binary task: 3 -> label 0, 8 -> label 1).",
+            hint="Example: classes: [3, 8] (a binary task: 3 -> label 0, 8 -> label 1), or "
+            "classes: [cat, dog] (class folder names: cat -> 0, dog -> 1). Quote a name that "
+            "looks like a number: ['3', '8'].",
         )
     return list(value)
 
@@ -269,11 +282,14 @@ class Spec:
 SpecOverrides = Mapping[str, Any] | Sequence[str | Override] | None
 
 
-def load_spec(path: str | Path, overrides: SpecOverrides = None) -> Spec:
+def load_spec(path: str | Path, overrides: SpecOverrides = None, check_data: bool = False) -> Spec:
     """Read and validate a YAML spec file.
 
     overrides: `--set` strings ('train.epochs=3'), Override objects, or a mapping of dotted
-    paths to values ({'train.epochs': 3}); see cnnkit.overrides."""
+    paths to values ({'train.epochs': 3}); see cnnkit.overrides. check_data: also check what
+    the data on disk can tell without reading an image (check_data_files: the data path, the
+    validation split folder, data.classes), as `check` and `train` do; evaluate and predict
+    need no data folder."""
     path = Path(path)
     if path.is_dir():
         raise SpecError(
@@ -289,17 +305,22 @@ def load_spec(path: str | Path, overrides: SpecOverrides = None) -> Spec:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file: {exc}", where=str(path)) from None
-    return parse_spec(text, path, overrides)
+    return parse_spec(text, path, overrides, check_data)
 
 
-def parse_spec(text: str, file: Path | None = None, overrides: SpecOverrides = None) -> Spec:
+def parse_spec(
+    text: str,
+    file: Path | None = None,
+    overrides: SpecOverrides = None,
+    check_data: bool = False,
+) -> Spec:
     """Validate spec text. Every error gets the place it comes from: file:line:column and the
-    offending line, or the --set argument that caused it."""
+    offending line, or the --set argument that caused it. check_data: see load_spec."""
     where = str(file) if file else "spec"
     sets = as_overrides(overrides)
     try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        root = compose_yaml(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -327,6 +348,9 @@ def parse_spec(text: str, file: Path | None = None, overrides: SpecOverrides = N
         errors.add(error)
     with errors.collect():
         spec = validate(raw, default_name=file.stem if file else "run", file=file)
+    if check_data and spec is not None:
+        with errors.collect():
+            check_data_files(spec)
     for error in errors.found:
         _locate(error, text, root, where, sets)
     for error, mark in _duplicate_keys(root):
@@ -595,8 +619,16 @@ def _check_source_options(data: dict[str, Any], given: Any, source) -> None:
             hint="Add num_classes: 10 (any count of at least 1).",
         )
     available = source.num_classes or data.get("num_classes")
+    names = list(source.class_names) if source.class_names else None
     for i, c in enumerate(data["classes"] or []):
-        if available is not None and c >= available:
+        if isinstance(c, str) and names is not None and c not in names:
+            raise SpecError(
+                f"class '{c}' does not exist in {data['source']}",
+                where=f"data.classes[{i}]",
+                hint=f"{did_you_mean(c, names)}Valid names: {', '.join(names)} "
+                f"(or indices 0 to {len(names) - 1}).",
+            )
+        if isinstance(c, int) and available is not None and c >= available:
             raise SpecError(
                 f"class {c} does not exist: {data['source']} has classes 0 to {available - 1}",
                 where=f"data.classes[{i}]",

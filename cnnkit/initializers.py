@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import SpecError
-from cnnkit.options import Option, did_you_mean, join_path, resolve_options
+from cnnkit.options import Option, did_you_mean, fraction, join_path, resolve_options
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -137,6 +137,7 @@ def check_initializer(value: Any, path: str) -> str | dict[str, dict[str, float]
             where=join_path(path, str(name)),
             hint=did_you_mean(str(name), list(INITIALIZER_OPTIONS)) + hint,
         )
+    given = fraction(given, join_path(path, name)) if name == "constant" else given
     if name == "constant" and isinstance(given, (int, float)) and not isinstance(given, bool):
         given = {"value": given}  # {constant: 0.5} shorthand
     options = resolve_options(

@@ -8,14 +8,74 @@ the YAML path, says what was found and what would be valid, and suggests the clo
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from cnnkit.errors import SpecError, SpecErrors
 
 REQUIRED = object()  # sentinel: the option has no default
+
+# -- numbers as people write them ----------------------------------------------------------
+
+# YAML 1.2's floats (PyYAML resolves YAML 1.1, where 1e-3 and 5E-4 are strings): an exponent
+# needs no dot and no sign. 1.1's other forms (1.5, .5, 1_000.5, .inf, .nan, 1:30.5) stay.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with YAML 1.2 floats: `learning_rate: 1e-3` is a number, as in every
+    YAML 1.2 reader (and editors), not the string YAML 1.1 makes of it. Booleans, integers
+    (1_000, 0x1f, 010) and null resolve exactly as with SafeLoader."""
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load with SpecLoader: the spec file, a --set value."""
+    return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass: no code runs
+
+
+def compose_yaml(text: str) -> Any:
+    """yaml.compose with SpecLoader: the node tree, for line and column of every key."""
+    return yaml.compose(text, Loader=SpecLoader)
+
+
+_NUMBER = r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+# `rescale: 1/255` (Keras: rescale=1./255): a string of two numbers and a slash
+FRACTION = re.compile(rf"^\s*({_NUMBER})\s*/\s*({_NUMBER})\s*$")
+NUMBER_FORMS = "Numbers: 0.001, 1e-3, 5E-4, .5, 1_000, or a fraction such as 1/255."
+
+
+def fraction(value: Any, path: str) -> Any:
+    """A fraction string 'a/b' as a float; anything else unchanged (the checker judges it)."""
+    if not isinstance(value, str):
+        return value
+    match = FRACTION.match(value)
+    if match is None:
+        return value
+    numerator, denominator = (float(g.replace("_", "")) for g in match.groups())
+    if denominator == 0:
+        raise SpecError(f"{value!r} divides by zero", where=path, hint=NUMBER_FORMS)
+    return numerator / denominator
 
 
 def _type_name(value: Any) -> str:
@@ -26,9 +86,29 @@ def _type_name(value: Any) -> str:
     )
 
 
+# what people coming from Keras 1/2 or PyTorch write for an option, and cnnkit's name for it
+ALIASES = {
+    "lr": "learning_rate",
+    "eps": "epsilon",
+    "stride": "strides",
+    "p": "rate",
+    "out_channels": "filters",
+    "nb_filter": "filters",
+    "out_features": "units",
+    "output_dim": "units",
+    "nb_epoch": "epochs",
+    "nb_epochs": "epochs",
+    "size": "pool_size",
+}
+
+
 def closest(word: str, choices: Sequence[str]) -> str | None:
-    """The valid name closest to a misspelt one (case-insensitive), or None."""
+    """The valid name closest to a misspelt one (case-insensitive), or None. A known alias
+    (lr for learning_rate) wins over spelling."""
     lowered = {c.lower(): c for c in choices}
+    alias = ALIASES.get(str(word).lower())
+    if alias is not None and alias in lowered:
+        return lowered[alias]
     match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.5)
     return lowered[match[0]] if match else None
 
@@ -86,8 +166,13 @@ def _check_int(opt: Option, value: Any, path: str) -> int:
 
 
 def _check_float(opt: Option, value: Any, path: str) -> float:
+    value = fraction(value, path)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"expected a number, found {_type_name(value)} ({value!r})", where=path)
+        raise SpecError(
+            f"expected a number, found {_type_name(value)} ({value!r})",
+            where=path,
+            hint=NUMBER_FORMS,
+        )
     opt._range(float(value), path)
     return float(value)
 

@@ -3,8 +3,10 @@
 An override is applied to the parsed YAML before validation, so it goes through exactly the
 same checks as the file (an unknown key suggests the closest one). Paths use the spec's own
 YAML paths, as error messages print them: `train.epochs`, `optimizer.learning_rate`,
-`model.layers[0].Conv2D.filters`. Values are parsed as YAML: `3` is an integer, `0.01` a
-number, `[5, 5]` a list, `null` nothing, `{name: sgd, momentum: 0.9}` a mapping.
+`model.layers[0].Conv2D.filters`. Values are parsed as YAML, as the spec file is
+(cnnkit.options.load_yaml): `3` is an integer, `0.01`, `1e-3` and `.5` numbers, `1/255` a
+fraction wherever a number goes, `[5, 5]` a list, `null` nothing, `{name: sgd, momentum: 0.9}`
+a mapping.
 
 An error caused by an override names the `--set` argument (with a caret under its value)
 instead of a line of the file.
@@ -22,8 +24,8 @@ from typing import Any
 import yaml
 
 from cnnkit.errors import SpecError
+from cnnkit.options import closest, load_yaml
 
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 # sections that may be written as a bare name (`loss: mse`): `--set loss.label_smoothing=0.1`
 # turns them into {name: mse, label_smoothing: 0.1}
@@ -121,9 +123,7 @@ def parse_set(text: str) -> Override:
     except ValueError as error:
         raise override.error(f"{error}", at_value=False) from None
     try:
-        override.value = yaml.safe_load(value_text) if value_text.strip() else None
-        if isinstance(override.value, str) and _EXPONENT.fullmatch(override.value.strip()):
-            override.value = float(override.value)  # YAML 1.1 reads 1e-3 as a string
+        override.value = load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error)
         raise override.error(
@@ -182,9 +182,9 @@ def _apply(raw: dict, override: Override) -> None:
         here = join_parts(parts[: i + 1])
         if isinstance(part, int):
             parent = join_parts(parts[:i])
-            node = _list_item(node, part, parent, override)
+            layers, node = node, _list_item(node, part, parent, override)
             if parent == "model.layers":  # `- Conv2D: {...}`: the next part names the layer
-                key = _layer_key(node, following, here, override)
+                key = _layer_key(node, following, here, override, layers)
                 if i + 2 == len(parts):  # --set 'model.layers[0].Conv2D={filters: 8, ...}'
                     node[key] = override.value
                     return
@@ -246,21 +246,20 @@ def _list_item(node: Any, index: int, path: str, override: Override) -> Any:
     return node[index]
 
 
-def _layer_key(entry: Any, name: str | int, path: str, override: Override) -> str:
+def _layer_key(entry: Any, name: str | int, path: str, override: Override, layers: list) -> str:
     """model.layers[i].Name...: Name must be that layer's type (in any accepted spelling).
     Returns the entry's own key, its options made a mapping (`- Flatten:` has none)."""
-    from cnnkit.registry import canonical_layer  # the layer table: only needed here
-
     if not isinstance(entry, dict) or len(entry) != 1:
         raise override.error(f"{path} is not a `- LayerName: {{options}}` entry", at_value=False)
     ((key, options),) = entry.items()
-    actual = canonical_layer(str(key))
-    if isinstance(name, int) or actual is None or canonical_layer(name) is not actual:
-        rest = override.path.split(f"{path}.{name}", 1)[-1]
+    actual = _layer_class(key)
+    if isinstance(name, int) or actual is None or _layer_class(name) is not actual:
+        left_out = _layer_class(name) is None and actual is not None and name in actual.OPTIONS
         raise override.error(
-            f"{path} is a {key} layer, not {name}",
-            hint=f"Write --set {path}.{key}{rest}=..., or replace the whole layer: "
-            f"--set '{path}={{{name}: {{...}}}}'.",
+            f"{path} is a {key} layer: the path names the layer before its option"
+            if left_out
+            else f"{path} is a {key} layer, not {name}",
+            hint=_layer_hint(key, name, path, override, layers),
             at_value=False,
         )
     if options is None:
@@ -270,6 +269,57 @@ def _layer_key(entry: Any, name: str | int, path: str, override: Override) -> st
     elif not isinstance(options, dict):
         raise override.error(f"{path}.{key}: the options are not a mapping", at_value=False)
     return key
+
+
+def _layer_class(name: Any):
+    from cnnkit.registry import canonical_layer  # the layer table: only needed here
+
+    return canonical_layer(str(name))
+
+
+def _layer_names() -> list[str]:
+    from cnnkit.registry import layer_names
+
+    return list(layer_names())
+
+
+def _layer_hint(key: Any, name: str | int, path: str, override: Override, layers: list) -> str:
+    """Only paths that exist: the layers of the type named, the options of the layer there."""
+    rest = override.path.split(f"{path}.{name}", 1)[-1] if isinstance(name, str) else ""
+    option = re.split(r"[.\[]", rest.removeprefix("."), maxsplit=1)[0]
+    actual, wanted = _layer_class(key), _layer_class(name)
+    hints = []
+    if wanted is not None:  # the layers of the type the user named
+        same = [
+            (f"model.layers[{j}]", next(iter(e)))
+            for j, e in enumerate(layers)
+            if isinstance(e, dict) and len(e) == 1 and _layer_class(next(iter(e))) is wanted
+        ]
+        if same:
+            where = ", ".join(p for p, _ in same)
+            theirs = option if option in wanted.OPTIONS else closest(option, list(wanted.OPTIONS))
+            tail = rest.removeprefix(f".{option}") if option else ""
+            tail = f".{theirs}{tail}" if option and theirs else ""
+            hints.append(
+                f"The {wanted.keras_name} layers: {where}; e.g. --set "
+                f"{same[0][0]}.{same[0][1]}{tail}=..."
+            )
+    if actual is not None:
+        own = list(actual.OPTIONS)
+        looked_for = option if wanted is not None else str(name)  # .filters: the name left out
+        misspelt = wanted is None and closest(str(name), _layer_names()) == actual.keras_name
+        if looked_for in own or misspelt:
+            tail = rest if wanted is not None or misspelt else f".{name}{rest}"
+            hints.append(f"For this layer: --set {path}.{key}{tail}=...")
+        elif own:
+            near = closest(looked_for, own) if looked_for else None
+            example = f"--set {path}.{key}.{near or own[0]}=..."
+            hints.append(f"{actual.keras_name} options: {', '.join(own)} (e.g. {example})")
+    hints.append(
+        f"To replace the whole layer: --set '{path}={{{wanted.keras_name if wanted else key}: "
+        "{...}}'."
+    )
+    return "\n".join(hints)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

@@ -46,6 +46,22 @@ def _range(opt, schema: Schema) -> Schema:
     return schema
 
 
+# what the validator reads as a number but a YAML 1.2 editor as a string (1_000, 1/255):
+# defined once in $defs, referred to by every number option
+NUMBER_DEFS: Schema = {
+    "underscored_int": {"type": "string", "pattern": "^[-+]?[0-9]+(_[0-9]+)+$"},
+    "number_text": {
+        "type": "string",
+        "pattern": r"^\s*[-+]?[0-9.][0-9_.eE+-]*\s*(/\s*[0-9.][0-9_.eE+-]*\s*)?$",
+        "description": "a fraction such as 1/255, or a number with _ (1_000.5)",
+    },
+}
+
+
+def _number(schema: Schema, text: str) -> Schema:
+    return {"anyOf": [schema, {"$ref": f"#/$defs/{text}"}]}
+
+
 def option_schema(opt, key: str = "") -> Schema:
     """The schema of one Option: its kind, range, choices, default and doc."""
     from cnnkit.options import REQUIRED
@@ -54,9 +70,9 @@ def option_schema(opt, key: str = "") -> Schema:
     if callable(kind):
         schema = _custom(kind, key)
     elif kind == "int":
-        schema = _range(opt, {"type": "integer"})
+        schema = _number(_range(opt, {"type": "integer"}), "underscored_int")
     elif kind == "float":
-        schema = _range(opt, {"type": "number"})
+        schema = _number(_range(opt, {"type": "number"}), "number_text")
     elif kind == "bool":
         schema = {"type": "boolean"}
     elif kind == "str":
@@ -67,9 +83,9 @@ def option_schema(opt, key: str = "") -> Schema:
         one = _range(opt, {"type": "integer"})
         schema = {"anyOf": [one, {"type": "array", "items": one, "minItems": 2, "maxItems": 2}]}
     elif kind == "float_or_null":
-        schema = _range(opt, {"type": ["number", "null"]})
+        schema = _number(_range(opt, {"type": ["number", "null"]}), "number_text")
     elif kind == "int_or_null":
-        schema = _range(opt, {"type": ["integer", "null"]})
+        schema = _number(_range(opt, {"type": ["integer", "null"]}), "underscored_int")
     elif kind == "list_of_str":
         one = {"type": "string", "enum": list(opt.choices)} if opt.choices else {"type": "string"}
         schema = {"anyOf": [one, {"type": "array", "items": one}]}
@@ -130,10 +146,13 @@ def _custom(kind: Callable, key: str) -> Schema:
         config._class_mode: lambda: nullable({"type": "string", "enum": list(config.CLASS_MODES)}),
         config._class_subset: lambda: nullable(
             {
-                "type": "array",
-                "items": {"type": "integer", "minimum": 0},
+                "anyOf": [
+                    {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}},
+                ],
                 "minItems": 2,
                 "uniqueItems": True,
+                "description": "class indices [3, 8], or class names [cat, dog]",
             }
         ),
         pooling._strides_or_null: lambda: nullable(positive_pair),
@@ -284,7 +303,7 @@ def build_schema() -> Schema:
     from cnnkit.registry import LOSSES, OPTIMIZERS
     from cnnkit.schedules import SCHEDULES
 
-    defs: Schema = {}
+    defs: Schema = dict(NUMBER_DEFS)
     model = options_schema(config.MODEL_OPTIONS)
     model["properties"]["layers"] = _layers_schema(defs)
     model["type"] = "object"

@@ -186,3 +186,160 @@ def test_check_warns_when_training_would_not_fit_in_memory():
     assert "Warning: training at train.batch_size 10,000,000" in result.stdout
     assert "The largest batch size that fits" in result.stdout
     assert "--set train.batch_size=" in result.stdout
+
+
+# -- what check finds on disk without reading an image ------------------------------------
+
+FOLDER_SPEC = """\
+data:
+  source: folder
+  path: {path}
+  target_size: [8, 8]{extra}
+model:
+  layers:
+    - Flatten: {{}}
+    - Dense: {{units: {units}, activation: softmax}}
+"""
+
+
+def _image_folder(root: Path, splits=("train", "val", "test"), classes=("cat", "dog", "emu")):
+    from PIL import Image
+
+    for split in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / name / "0.png")
+
+
+@pytest.fixture
+def no_image_opened(monkeypatch):
+    """check must find everything from folder listings: opening an image fails the test."""
+    import PIL.Image
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check opened an image")
+
+    monkeypatch.setattr(PIL.Image, "open", refuse)
+
+
+def _check_errors(spec: Path, overrides=None) -> list:
+    from cnnkit.errors import SpecError, SpecErrors
+
+    with pytest.raises(SpecError) as info:
+        api.check(spec, overrides)
+    return info.value.errors if isinstance(info.value, SpecErrors) else [info.value]
+
+
+def _write_spec(tmp_path: Path, path: str, extra: str = "", units: int = 3) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(FOLDER_SPEC.format(path=path, extra=extra, units=units))
+    return spec
+
+
+def test_check_passes_a_folder_without_opening_an_image(tmp_path, no_image_opened):
+    _image_folder(tmp_path / "d")
+    report = api.check(_write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [emu, cat]", 2))
+    assert report.spec.data["classes"] == ["emu", "cat"]
+
+
+def test_check_finds_a_missing_data_folder_and_suggests_the_near_one(
+    tmp_path, monkeypatch, no_image_opened
+):
+    _image_folder(tmp_path / "shapes")
+    monkeypatch.chdir(tmp_path)
+    (error,) = _check_errors(_write_spec(tmp_path, "shape"))
+    assert error.where == f"{tmp_path / 'spec.yaml'}:3:3 data.path"
+    assert "image folder not found: shape" in error.message
+    assert str(tmp_path / "shape") in error.message  # where it looked
+    assert "did you mean 'shapes'?" in error.hint
+    assert "path: shape" in error.context
+
+
+def test_check_finds_a_missing_split_folder(tmp_path, no_image_opened):
+    _image_folder(tmp_path / "d", splits=("train",))
+    (error,) = _check_errors(_write_spec(tmp_path, str(tmp_path / "d")))
+    assert error.where.endswith("data.validation")
+    assert f"needs a test/ (or val/) folder, but {tmp_path / 'd'} holds train/ only" in (
+        error.message
+    )
+    assert "validation_split: 0.2" in error.hint and "validation: none" in error.hint
+    # what would be valid is valid
+    api.check(_write_spec(tmp_path, str(tmp_path / "d"), "\n  validation: none"))
+    api.check(_write_spec(tmp_path, str(tmp_path / "d"), "\n  validation_split: 0.25"))
+
+
+def test_check_finds_split_folders_that_differ(tmp_path, no_image_opened):
+    _image_folder(tmp_path / "d")
+    (tmp_path / "d" / "test" / "dog").rename(tmp_path / "d" / "test" / "dgo")
+    (error,) = _check_errors(_write_spec(tmp_path, str(tmp_path / "d")))
+    assert error.where.endswith("data.path") and str(tmp_path / "d" / "test") in error.message
+    assert "missing dog; extra dgo" in error.message and "cat, dog, emu" in error.hint
+
+
+def test_check_finds_a_class_list_that_does_not_match_the_folders(tmp_path, no_image_opened):
+    _image_folder(tmp_path / "d")
+    spec = _write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [cat, dgo]", units=2)
+    (error,) = _check_errors(spec)
+    assert error.where == f"{spec}:5:18 data.classes[1]"  # under dgo
+    assert f"no class 'dgo' among the class folders of {tmp_path / 'd' / 'train'}" in error.message
+    assert "did you mean 'dog'?" in error.hint and "cat, dog, emu" in error.hint
+    (error,) = _check_errors(spec, ["data.classes=[0, 3]"])
+    assert error.where == "--set data.classes=[0, 3] data.classes[1]"
+    assert "class 3 does not exist" in error.message and "(0 cat, 1 dog, 2 emu)" in error.message
+
+
+def test_check_finds_missing_npz_and_idx_files(tmp_path, no_image_opened):
+    spec = tmp_path / "npz.yaml"
+    spec.write_text(
+        f"data: {{source: npz, path: {tmp_path / 'd.npz'}}}\nmodel:\n  input_shape: [4, 4, 1]\n"
+        "  layers: [Flatten: {}, Dense: {units: 2, activation: softmax}]\n"
+    )
+    (error,) = _check_errors(spec)
+    assert error.where.endswith("data.path") and ".npz file not found" in error.message
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 4, 4, 1), np.uint8), y=np.array([0, 1, 0, 1]))
+    api.check(spec)
+    (error,) = _check_errors(spec, ["data.classes=[0, 2]"])
+    assert error.where.endswith("data.classes[1]") and "class 2 does not exist" in error.message
+    (tmp_path / "mnist").mkdir()
+    (error,) = _check_errors(ROOT / "configs" / "mnist.yaml", [f"data.path={tmp_path / 'mnist'}"])
+    assert error.where.endswith("data.path") and "lacks train-images-idx3-ubyte.gz" in error.message
+
+
+def test_cli_check_exits_2_and_train_refuses_before_creating_a_run(tmp_path, monkeypatch, capsys):
+    from clitools import flat, run_cli
+
+    _image_folder(tmp_path / "d", splits=("train",))
+    spec = _write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [cat, dgo]", units=2)
+    code, out, err = run_cli("check", str(spec), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "2 errors in the spec" in flat(err)
+    assert "data.validation" in flat(err) and "data.classes[1]" in flat(err)
+    out_dir = tmp_path / "runs"
+    code, out, err = run_cli(
+        "train", str(spec), "--out", str(out_dir), monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 2 and "data.classes[1]" in flat(err) and not out_dir.exists()
+
+
+def test_class_names_select_and_order_the_folder_classes(tmp_path, monkeypatch):
+    """data.classes: [emu, cat] (Keras' classes=[...]): those folders only, emu label 0."""
+    from cnnkit.config import load_spec
+    from cnnkit.data.batches import make_splits
+    from cnnkit.errors import DataError
+
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    _image_folder(tmp_path / "d")
+    spec = load_spec(_write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [emu, cat]", 2))
+    dataset = api.load_dataset(spec)
+    splits = make_splits(dataset, spec.data)
+    assert splits.class_names == ["emu", "cat"]
+    emu, cat = dataset.class_names.index("emu"), dataset.class_names.index("cat")
+    for split in (splits.train, splits.validation, splits.test):
+        assert sorted(split.y.tolist()) == [0, 1]
+        assert [Path(f).parent.name for f in split.files or []] in ([], ["cat", "emu"])
+    by_index = make_splits(dataset, {**spec.data, "classes": [emu, cat]})
+    np.testing.assert_array_equal(by_index.train.x, splits.train.x)
+    np.testing.assert_array_equal(by_index.train.y, splits.train.y)
+    with pytest.raises(DataError) as info:  # the folder changed after the spec was checked
+        make_splits(dataset, {**spec.data, "classes": ["emu", "yak"]})
+    assert info.value.where == "data.classes[1]" and "cat, dog, emu" in info.value.hint

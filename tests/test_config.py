@@ -181,3 +181,128 @@ def test_missing_spec_file(tmp_path):
 def test_overrides_apply_before_validation():
     spec = parse_spec(BASIC, overrides={"train.epochs": 3, "seed": 7})
     assert spec.train["epochs"] == 3 and spec.seed == 7
+
+
+# -- numbers as people write them ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ("1e-3", 0.001),
+        ("5E-4", 0.0005),
+        (".5", 0.5),
+        ("1_000", 1000.0),
+        ("2.5e-1", 0.25),
+        ("1/255", 1 / 255),
+        ("1./255", 1 / 255),
+        ("1 / 4", 0.25),
+    ],
+)
+def test_numbers_in_the_file(written, value):
+    """PyYAML alone reads 1e-3 and 5E-4 as strings (YAML 1.1); the spec reads them as YAML 1.2
+    does, and a fraction wherever a number goes."""
+    text = BASIC.replace("learning_rate: 0.001", f"learning_rate: {written}")
+    text = text.replace("  validation: test", f"  validation: test\n  rescale: {written}")
+    spec = parse_spec(text)
+    assert spec.optimizer["learning_rate"] == value and spec.data["rescale"] == value
+    assert isinstance(spec.data["rescale"], float)
+
+
+def test_numbers_elsewhere_in_the_file():
+    spec = parse_spec(
+        BASIC.replace(
+            "train: {", "augmentation: {zoom_range: 1/10, width_shift_range: 1e-1}\ntrain: {"
+        )
+        .replace("epochs: 10", "epochs: 1_0")
+        .replace("batch_size: 200", "batch_size: 2_00")
+        .replace("{units: 128,", "{units: 128, kernel_regularizer: {l2: 5E-4},")
+    )
+    assert spec.train["epochs"] == 10 and spec.train["batch_size"] == 200
+    assert spec.augmentation["zoom_range"] == [0.9, 1.1]
+    assert spec.augmentation["width_shift_range"] == 0.1
+    assert spec.layers[3].options["kernel_regularizer"]["l2"] == 0.0005
+
+
+def test_yaml_11_booleans_integers_and_strings_are_unchanged():
+    """Only floats change: yes/on stay booleans, 010 stays 1.1's octal, 0x1f hex, 1e words
+    stay strings; what SafeLoader read as a number is the same number."""
+    import yaml
+
+    from cnnkit.options import load_yaml
+
+    for text in ("yes", "on", "off", "true", "010", "0x1f", "1_000", "1.5", ".inf", "1:30", "e5"):
+        assert load_yaml(f"v: {text}") == yaml.safe_load(f"v: {text}"), text
+    assert load_yaml("v: 1e-3") == {"v": 0.001} and yaml.safe_load("v: 1e-3") == {"v": "1e-3"}
+    spec = parse_spec(BASIC.replace("shuffle: true", "shuffle: yes"))
+    assert spec.train["shuffle"] is True
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("fast", "expected a number, found a string ('fast')"),
+        ("1/0", "'1/0' divides by zero"),
+        ("1//255", "expected a number, found a string ('1//255')"),
+        ("true", "expected a number, found a boolean"),
+    ],
+)
+def test_a_non_number_names_the_path_and_the_forms(written, message):
+    error = spec_error(BASIC.replace("learning_rate: 0.001", f"learning_rate: {written}"))
+    assert error.where.endswith("optimizer.learning_rate") and error.where.startswith("spec:")
+    assert message in error.message
+    assert "1e-3" in error.hint and "1/255" in error.hint
+
+
+def test_config_yaml_of_written_numbers_round_trips():
+    text = BASIC.replace("learning_rate: 0.001", "learning_rate: 5E-4").replace(
+        "  validation: test", "  validation: test\n  rescale: 1./255"
+    )
+    spec = parse_spec(text)
+    again = parse_spec(spec.to_yaml())
+    assert again.to_dict() == spec.to_dict() and again.hash() == spec.hash()
+    assert again.data["rescale"] == 1 / 255 and again.optimizer["learning_rate"] == 0.0005
+
+
+# -- newcomers' habits --------------------------------------------------------------------
+
+
+def test_channels_first_input_shape_suggests_channels_last():
+    error = spec_error(
+        BASIC.replace("source: mnist", "source: synthetic\n  num_classes: 10").replace(
+            "[28, 28, 1]", "[3, 80, 80]"
+        )
+    )
+    assert error.where.endswith("model.input_shape") and "channels-first" in error.message
+    assert "input_shape: [80, 80, 3]" in error.hint
+    # a small channels-last image is not mistaken for one
+    text = BASIC.replace("source: mnist", "source: synthetic\n  num_classes: 10")
+    text = text.replace("[28, 28, 1]", "[4, 4, 1]").replace("kernel_size: 3", "kernel_size: 1")
+    assert parse_spec(text).model["input_shape"] == [4, 4, 1]
+
+
+def test_keras_alias_lr_suggests_learning_rate():
+    error = spec_error(BASIC.replace("learning_rate: 0.001", "lr: 0.001"))
+    assert error.message == "unknown adam option 'lr'"
+    assert "did you mean 'learning_rate'" in error.hint
+    error = spec_error(BASIC.replace("Dense: {units: 128", "Dense: {out_features: 128"))
+    assert "did you mean 'units'" in error.hint
+
+
+def test_class_names_select_and_order_classes():
+    spec = parse_spec(
+        BASIC.replace("  validation: test", "  validation: test\n  classes: ['8', '3']").replace(
+            "units: 10", "units: 2"
+        )
+    )
+    assert spec.data["classes"] == ["8", "3"] and spec.num_classes == 2
+    assert parse_spec(spec.to_yaml()).hash() == spec.hash()
+    error = spec_error(
+        BASIC.replace("source: mnist", "source: cifar10")
+        .replace("[28, 28, 1]", "[32, 32, 3]")
+        .replace("  validation: test", "  validation: test\n  classes: [cat, dgo]")
+        .replace("units: 10", "units: 2")
+    )
+    assert error.where.endswith("data.classes[1]") and "did you mean 'dog'" in error.hint
+    error = spec_error(BASIC.replace("  validation: test", "  validation: test\n  classes: [3, b]"))
+    assert "class indices, or of class names" in error.message

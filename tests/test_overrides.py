@@ -165,3 +165,71 @@ def test_resolved_yaml_records_overrides_and_command_and_loads(tmp_path):
     assert yaml.safe_load(text)["train"]["epochs"] == 2
     again = parse_spec(text)
     assert again.to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ("1e-3", 0.001),
+        ("5E-4", 0.0005),
+        (".5", 0.5),
+        ("1_000", 1000),
+        ("1/255", 1 / 255),
+        ("1./255", 1 / 255),
+    ],
+)
+def test_numbers_in_set_are_read_as_in_the_file(written, value):
+    spec = load_spec(MNIST, [f"optimizer.learning_rate={written}", f"data.rescale={written}"])
+    assert spec.optimizer["learning_rate"] == value and spec.data["rescale"] == value
+    assert parse_set(f"x=[{written}, 2]").value[0] == (written if "/" in written else value)
+    assert parse_set("train.shuffle=yes").value is True  # YAML 1.1 booleans as before
+
+
+def test_a_non_number_in_set_names_the_argument():
+    (error,) = errors_of(["optimizer.learning_rate=1e-3x"])
+    assert error.where == "--set optimizer.learning_rate=1e-3x optimizer.learning_rate"
+    assert "expected a number, found a string ('1e-3x')" in error.message
+    assert "1/255" in error.hint
+
+
+def _suggested_paths(hint: str) -> list[str]:
+    import re
+
+    return [m.strip("'") for m in re.findall(r"--set '?([^=' ]+)=", hint)]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "model.layers[0].Dense.units=3",  # Dense is layer 10; Conv2D has no units
+        "model.layers[0].Dense.unitz=3",
+        "model.layers[0].filters=16",  # the layer's name left out
+        "model.layers[0].Conv.filters=16",  # the layer's name misspelt
+        "model.layers[3].Dropout.rate=0.1",
+    ],
+)
+def test_layer_path_suggestions_are_paths_that_exist(arg):
+    """Every --set path a hint proposes names a layer of that type and one of its options."""
+    from cnnkit.registry import canonical_layer
+
+    (error,) = errors_of([arg])
+    layers = load_spec(MNIST).layers
+    paths = _suggested_paths(error.hint)
+    assert paths, error.hint
+    for path in paths:
+        parts = split_path(path)
+        assert parts[:2] == ["model", "layers"], path
+        if len(parts) == 3:
+            continue  # the whole layer replaced
+        layer = layers[parts[2]]
+        assert canonical_layer(parts[3]) is type(layer), path
+        if len(parts) > 4:
+            assert parts[4] in type(layer).OPTIONS, path
+
+
+def test_layer_suggestion_points_at_the_layer_of_that_type():
+    (error,) = errors_of(["model.layers[0].Dense.units=3"])
+    assert "--set model.layers[10].Dense.units=..." in error.hint
+    assert "Conv2D.units" not in error.hint
+    (error,) = errors_of(["model.layers[0].filters=16"])
+    assert "--set model.layers[0].Conv2D.filters=..." in error.hint

@@ -87,6 +87,19 @@ def test_valid_spec_parses():
             "data.max_train_samples",
             "max_train_samples",
         ),
+        # numbers as people write them keep their positions (the YAML 1.2 float resolver)
+        (
+            "  learning_rate: 0.001",
+            "  learning_rate: 1e-3\n  beta_1: 1/0",
+            "optimizer.beta_1",
+            "beta_1",
+        ),
+        (
+            "max_train_samples: 100",
+            "max_train_samples: 100\n  rescale: -1/255",
+            "data.rescale",
+            "rescale",
+        ),
     ],
 )
 def test_error_points_at_the_key(old, new, path, needle):

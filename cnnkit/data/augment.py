@@ -26,7 +26,7 @@ import numpy as np
 from cnnkit.data.batches import Split, scale
 from cnnkit.errors import CheckpointError, SpecError
 from cnnkit.kernels.nojit import FILL_MODES, lazy
-from cnnkit.options import Option, join_path, require_mapping, resolve_options
+from cnnkit.options import Option, fraction, join_path, require_mapping, resolve_options
 
 NORMALIZATION_FILE = "normalization.json"
 EPSILON = 1e-6  # Keras' standardize(): x / (std + 1e-6)
@@ -42,6 +42,7 @@ def _type_name(value: Any) -> str:
 def _shift_range(value: Any, path: str) -> int | float:
     """Keras: a float < 1 is a fraction of the size, a float >= 1 pixels (uniform), an int n
     whole pixels (np.random.choice(n) with a random sign). The type is kept: 2 and 2.0 differ."""
+    value = fraction(value, path)  # 1/10
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise SpecError(
             f"expected a number >= 0, found {value!r}",
@@ -53,6 +54,8 @@ def _shift_range(value: Any, path: str) -> int | float:
 
 
 def _pair(value: Any, path: str, lowest: float, what: str, example: str) -> list[float]:
+    if isinstance(value, (list, tuple)):
+        value = [fraction(v, f"{path}[{i}]") for i, v in enumerate(value)]
     ok = (
         isinstance(value, (list, tuple))
         and len(value) == 2
@@ -66,6 +69,7 @@ def _pair(value: Any, path: str, lowest: float, what: str, example: str) -> list
 
 def _zoom_range(value: Any, path: str) -> list[float]:
     """Keras: a float z means [1 - z, 1 + z]; or [lower, upper]. Resolved to the pair."""
+    value = fraction(value, path)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not 0 <= value < 1:
             raise SpecError(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnkit.data.sources import Dataset
+from cnnkit.errors import DataError
+from cnnkit.options import did_you_mean
 from cnnkit.seeding import random_stream
 
 
@@ -40,6 +42,8 @@ def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
     validation_split takes the *last* fraction of the training set, before shuffling, as
     Keras' fit(validation_split=...) does, and validation: test uses the test split.
     """
+    if data.get("classes"):  # names (cat, dog) -> the source's class indices
+        data = {**data, "classes": class_indices(data["classes"], dataset.class_names)}
 
     def prepare(x, y, limit, files=None, stream=""):
         if x is None:
@@ -98,6 +102,26 @@ def stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
         members = np.flatnonzero(y == label)
         chosen.append(members[rng.permutation(len(members))[:k]])
     return np.sort(np.concatenate(chosen))
+
+
+def class_indices(classes: list[int] | list[str], class_names: list[str]) -> list[int]:
+    """data.classes as indices into the source's classes: a name is looked up (Keras'
+    flow_from_directory(classes=[...])); an index stays."""
+    indices = []
+    for i, c in enumerate(classes):
+        if isinstance(c, str) and c not in class_names:
+            raise DataError(
+                f"no class '{c}' in the data",
+                where=f"data.classes[{i}]",
+                hint=f"{did_you_mean(c, class_names)}Valid names: {', '.join(class_names)}.",
+            )
+        if isinstance(c, int) and c >= len(class_names):
+            raise DataError(
+                f"class {c} does not exist: the data has classes 0 to {len(class_names) - 1}",
+                where=f"data.classes[{i}]",
+            )
+        indices.append(class_names.index(c) if isinstance(c, str) else c)
+    return indices
 
 
 def _select(split: Split, classes: list[int]) -> Split:

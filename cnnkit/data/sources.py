@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,6 +13,8 @@ import numpy as np
 
 from cnnkit.data.arrays import (
     CIFAR10_CLASSES,
+    CIFAR10_TEST,
+    CIFAR10_TRAIN,
     extract_cifar10,
     find_cifar10_dir,
     npz_class_names,
@@ -30,7 +33,8 @@ from cnnkit.data.folder import (
 )
 from cnnkit.data.idx import read_idx
 from cnnkit.data.images import ImageOptions
-from cnnkit.errors import DataError
+from cnnkit.errors import DataError, SpecError
+from cnnkit.options import ErrorList, did_you_mean
 from cnnkit.seeding import random_stream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -298,6 +302,158 @@ def resolve_data_file(path: str, spec_dir: Path | None) -> Path:
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256  # images made when max_*_samples is not set
 
 
+# -- what `cnnkit check` finds on disk without reading an image ---------------------------
+# Each raises SpecError(s) at the YAML path (data.path, data.validation, data.classes[i]),
+# naming the file or folder and what would be valid.
+
+
+def check_data_files(spec: Any) -> None:
+    """The data path exists and holds what the source reads; the split the spec validates on
+    is there; data.classes names (or indexes) classes that exist. Lists folders and opens no
+    image."""
+    source = SOURCES[spec.data["source"]]
+    if source.check_files is not None:
+        source.check_files(spec.data, spec_dir(spec))
+
+
+def _looked_in(path: str, spec_dir: Path | None) -> list[Path]:
+    """Where resolve_data_dir / resolve_data_file look for a relative path, in order."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return [candidate]
+    places = []
+    for base in (Path.cwd(), spec_dir, PROJECT_ROOT):
+        if base is not None and (base / candidate).resolve() not in places:
+            places.append((base / candidate).resolve())
+    return places
+
+
+def _not_found(
+    path: str, spec_dir: Path | None, what: str, want_dir: bool, hint: str | None = None
+) -> SpecError:
+    places = _looked_in(path, spec_dir)
+    hint = hint or _PATH_HINTS[what]
+    wrong_kind = next((p for p in places if p.exists()), None)
+    if wrong_kind is not None:
+        kind = "a file" if want_dir else "a folder"
+        return SpecError(f"{wrong_kind} is {kind}, not {what}", where="data.path", hint=hint)
+    near = ""
+    for place in places:  # a sibling with a close name: datasets/shape for datasets/shapes
+        if place.parent.is_dir():
+            siblings = [c.name for c in place.parent.iterdir() if not c.name.startswith(".")]
+            match = difflib.get_close_matches(place.name, siblings, n=1, cutoff=0.6)
+            if match:
+                near = f"did you mean '{Path(path).expanduser().parent / match[0]}'? "
+                break
+    relative = not Path(path).expanduser().is_absolute()
+    looked = f" (looked in {', '.join(str(p) for p in places)})" if relative else ""
+    return SpecError(f"{what} not found: {path}{looked}", where="data.path", hint=f"{near}{hint}")
+
+
+# a relative data.path is looked up in the working directory, next to the spec, then in the
+# cnnkit checkout (resolve_data_dir)
+_PATH_HINTS = {
+    "image folder": "data.path is the folder of class sub-folders, or of train/ (val/, test/) "
+    "folders that each hold one sub-folder per class.",
+    ".npz file": "data.path is an .npz file with arrays x and y (and x_test, y_test, class_names).",
+}
+
+
+def _files_hint(names: list[str]) -> str:
+    return f"This folder must hold {', '.join(names)}; set data.path to the folder that holds them."
+
+
+def _check_files_in(data: dict[str, Any], where: Path | None, names: list[str], *subdirs: str):
+    """data.path is a folder that holds every file of names (or a sub-folder of it does)."""
+    root = resolve_data_dir(data["path"], where)
+    if not root.is_dir():
+        raise _not_found(data["path"], where, "data folder", True, _files_hint(names))
+    found = [root / d for d in subdirs if all((root / d / n).is_file() for n in names)]
+    directory = found[0] if found else root
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise SpecError(
+            f"{directory} lacks {', '.join(missing)}", where="data.path", hint=_files_hint(names)
+        )
+
+
+def _check_idx_files(files: dict[str, str]) -> Callable[[dict[str, Any], Path | None], None]:
+    def check(data: dict[str, Any], where: Path | None) -> None:
+        if data["path"]:  # else found or downloaded when loaded
+            _check_files_in(data, where, list(files))
+
+    return check
+
+
+def _check_cifar10_files(data: dict[str, Any], where: Path | None) -> None:
+    if data["path"]:  # else downloaded into the checkout when loaded
+        _check_files_in(data, where, [*CIFAR10_TRAIN, CIFAR10_TEST], "cifar-10-batches-bin")
+
+
+def _check_npz_files(data: dict[str, Any], where: Path | None) -> None:
+    path = resolve_data_file(data["path"], where)
+    if not path.is_file():
+        raise _not_found(data["path"], where, ".npz file", want_dir=False)
+    names = npz_class_names(path)
+    if names is not None:
+        check_class_list(data["classes"], names, f"the classes of {path}")
+
+
+def _check_folder_files(data: dict[str, Any], where: Path | None) -> None:
+    root = resolve_data_dir(data["path"], where)
+    if not root.is_dir():
+        raise _not_found(data["path"], where, "image folder", want_dir=True)
+    try:
+        scan = scan_folder(root)  # lists folders and file names: decodes nothing
+    except DataError as exc:
+        raise SpecError(f"{exc.where}: {exc.message}", where="data.path", hint=exc.hint) from None
+    errors = ErrorList()
+    has_val = "val" in scan.splits or "test" in scan.splits
+    if data["validation"] == "test" and not has_val:
+        layout = "only class folders" if "all" in scan.splits else "train/ only"
+        errors.add(
+            SpecError(
+                f"validation: test (the default) needs a test/ (or val/) folder, but "
+                f"{scan.root} holds {layout}",
+                where="data.validation",
+                hint="Add a test/ (or val/) folder with the same class folders as "
+                f"{'train/' if 'train' in scan.splits else 'the others'}, or hold out part of "
+                "the training images with validation_split: 0.2, or train without "
+                "validation: validation: none.",
+            )
+        )
+    with errors.collect():
+        train = scan.root / "train" if "train" in scan.splits else scan.root
+        check_class_list(data["classes"], scan.classes, f"the class folders of {train}")
+    errors.raise_if_any()
+
+
+def check_class_list(classes: list[Any] | None, names: list[str], what: str) -> None:
+    """data.classes against the classes the data has: every name or index must exist."""
+    errors = ErrorList()
+    shown = ", ".join(f"{i} {n}" for i, n in enumerate(names[:12]))
+    shown += ", ..." if len(names) > 12 else ""
+    for i, c in enumerate(classes or []):
+        if isinstance(c, str) and c not in names:
+            errors.add(
+                SpecError(
+                    f"no class '{c}' among {what}",
+                    where=f"data.classes[{i}]",
+                    hint=f"{did_you_mean(c, names)}Valid names: {', '.join(names[:30])}"
+                    f"{', ...' if len(names) > 30 else ''}.",
+                )
+            )
+        elif isinstance(c, int) and c >= len(names):
+            errors.add(
+                SpecError(
+                    f"class {c} does not exist: {what} are {len(names)} ({shown})",
+                    where=f"data.classes[{i}]",
+                    hint=f"Valid indices: 0 to {len(names) - 1}, or the class names.",
+                )
+            )
+    errors.raise_if_any()
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What the spec checker needs to know without loading a single file."""
@@ -319,14 +475,40 @@ class SourceInfo:
     # the data is not there yet (the error then comes when training loads it)
     list_classes: Callable[[dict[str, Any], Path | None], list[str] | None] | None = None
     reports_progress: bool = False  # load(spec, progress=LoadProgress) says what it found
+    # the class names when they are fixed (data.classes may name them: [cat, dog])
+    class_names: tuple[str, ...] | None = None
+    # (resolved data section, spec folder) -> None, or SpecError at the YAML path: what
+    # `cnnkit check` can find on disk without reading an image (check_data_files)
+    check_files: Callable[[dict[str, Any], Path | None], None] | None = None
 
 
 SOURCES: dict[str, SourceInfo] = {
     "mnist": SourceInfo(
-        load_mnist, (28, 28, 1), 10, "datasets/mnist", background="dark", centre_digits=True
+        load_mnist,
+        (28, 28, 1),
+        10,
+        "datasets/mnist",
+        background="dark",
+        centre_digits=True,
+        class_names=tuple(str(i) for i in range(10)),
+        check_files=_check_idx_files(MNIST_FILES),
     ),
-    "fashion_mnist": SourceInfo(load_fashion_mnist, (28, 28, 1), 10, None),
-    "cifar10": SourceInfo(load_cifar10, (32, 32, 3), 10, None),
+    "fashion_mnist": SourceInfo(
+        load_fashion_mnist,
+        (28, 28, 1),
+        10,
+        None,
+        class_names=tuple(FASHION_CLASSES),
+        check_files=_check_idx_files(FASHION_FILES),
+    ),
+    "cifar10": SourceInfo(
+        load_cifar10,
+        (32, 32, 3),
+        10,
+        None,
+        class_names=tuple(CIFAR10_CLASSES),
+        check_files=_check_cifar10_files,
+    ),
     "npz": SourceInfo(
         load_npz,
         None,
@@ -334,6 +516,7 @@ SOURCES: dict[str, SourceInfo] = {
         None,
         needs_path=True,
         list_classes=lambda data, where: npz_class_names(resolve_data_file(data["path"], where)),
+        check_files=_check_npz_files,
     ),
     "synthetic": SourceInfo(load_synthetic, None, None, None, options=("num_classes",)),
     "folder": SourceInfo(
@@ -345,5 +528,6 @@ SOURCES: dict[str, SourceInfo] = {
         options=("target_size", "color_mode", "class_mode", "interpolation", "skip_bad_images"),
         list_classes=lambda data, where: folder_classes(resolve_data_dir(data["path"], where)),
         reports_progress=True,
+        check_files=_check_folder_files,
     ),
 }

@@ -331,15 +331,15 @@ def test_class_names_select_and_order_the_folder_classes(tmp_path, monkeypatch):
     _image_folder(tmp_path / "d")
     spec = load_spec(_write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [emu, cat]", 2))
     dataset = api.load_dataset(spec)
-    splits = make_splits(dataset, spec.data)
+    splits = make_splits(dataset, spec.data, spec.seed)
     assert splits.class_names == ["emu", "cat"]
     emu, cat = dataset.class_names.index("emu"), dataset.class_names.index("cat")
     for split in (splits.train, splits.validation, splits.test):
         assert sorted(split.y.tolist()) == [0, 1]
         assert [Path(f).parent.name for f in split.files or []] in ([], ["cat", "emu"])
-    by_index = make_splits(dataset, {**spec.data, "classes": [emu, cat]})
+    by_index = make_splits(dataset, {**spec.data, "classes": [emu, cat]}, spec.seed)
     np.testing.assert_array_equal(by_index.train.x, splits.train.x)
     np.testing.assert_array_equal(by_index.train.y, splits.train.y)
     with pytest.raises(DataError) as info:  # the folder changed after the spec was checked
-        make_splits(dataset, {**spec.data, "classes": ["emu", "yak"]})
+        make_splits(dataset, {**spec.data, "classes": ["emu", "yak"]}, spec.seed)
     assert info.value.where == "data.classes[1]" and "cat, dog, emu" in info.value.hint

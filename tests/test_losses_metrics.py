@@ -554,5 +554,15 @@ def test_binary_run_writes_metrics_and_evaluation(tmp_path):
     assert saved["metrics"] == report["metrics"]
     from cnnkit.display import evaluation_tables, render_text
 
+    # one sigmoid unit: precision, recall and f1 of class 1, as Keras, from the same matrix
+    (tn, fp), (fn, tp) = matrix
+    assert report["positive_class"] == "1"
+    assert report["metrics"]["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+    assert report["metrics"]["recall"] == pytest.approx(tp / (tp + fn))
+    assert report["metrics"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     text = "".join(render_text(t) for t in evaluation_tables(report))
-    assert "auc" in text and "f1 (macro)" in text
+    assert (
+        "auc" in text
+        and "f1 (positive class 1)" in text
+        and "(macro)" not in text.split("Per class")[0]
+    )

@@ -560,6 +560,7 @@ def test_binary_run_writes_metrics_and_evaluation(tmp_path):
     assert report["metrics"]["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
     assert report["metrics"]["recall"] == pytest.approx(tp / (tp + fn))
     assert report["metrics"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert "| precision (positive class 1) |" in (result.run_dir / "report.md").read_text()
     text = "".join(render_text(t) for t in evaluation_tables(report))
     assert (
         "auc" in text

@@ -595,3 +595,20 @@ def test_evaluate_refuses_a_split_the_data_does_not_have(tmp_path: Path, monkeyp
     assert info.value.message == "the data has no validation split to evaluate"
     assert info.value.hint.startswith("This data has: train.")
     assert api.evaluate(run, split="train")["samples"] == 48
+
+
+def test_check_looks_for_an_image_folders_val_folder(tmp_path: Path):
+    # validation: test (the default) uses val/ when it exists: only without it is selection
+    # on the test split, and check says so before any image is decoded
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            Image.new("RGB", (6, 6)).save(tmp_path / "pets" / split / name / "a.png")
+    file = tmp_path / "pets.yaml"
+    text = SPLIT_SPEC.format(name="pets", source="folder", data=f"path: {tmp_path / 'pets'}")
+    file.write_text(text.replace("[6, 6, 1]", "[6, 6, 3]").replace("units: 3", "units: 2"))
+    assert [n for n in api.check(file).spec.notes if "optimistic" in n]
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / "valid" / name).mkdir(parents=True)
+        Image.new("RGB", (6, 6)).save(tmp_path / "pets" / "valid" / name / "a.png")
+    assert not [n for n in api.check(file).spec.notes if "optimistic" in n]

@@ -94,7 +94,35 @@ def check(path: str | Path, overrides=None, available: int | None = None) -> Che
     Raises SpecError / SpecErrors; memory beyond 80% of the available memory is a warning."""
     spec = load_spec(path, overrides, check_data=True)
     available = available_memory() if available is None else available
+    if validation_is_test(spec):
+        from cnnkit.callbacks import optimistic_test_note, validation_choices
+
+        note = optimistic_test_note(validation_choices(spec))
+        spec.notes += [note] if note else []
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
+
+
+def validation_is_test(spec: Spec) -> bool:
+    """Will the val_ metrics be computed on the test split (data.validation: test, and the data
+    brings no validation split of its own)? From the spec and a look at the folder or npz
+    file, without loading data; make_splits decides the same way when it loads it."""
+    from cnnkit.data.folder import SPLIT_NAMES
+    from cnnkit.data.sources import resolve_data_dir, resolve_data_file, spec_dir
+
+    data = spec.data
+    if data["validation"] != "test":
+        return False
+    if data["source"] == "folder":  # val/ is used when it exists; no test/: no validation
+        root = resolve_data_dir(data["path"], spec_dir(spec))
+        has = lambda split: any((root / n).is_dir() for n in SPLIT_NAMES[split])  # noqa: E731
+        return has("test") and not has("val")
+    if data["source"] == "npz":  # x_test is optional
+        try:
+            with np.load(resolve_data_file(data["path"], spec_dir(spec))) as arrays:
+                return "x_test" in arrays.files
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def init_spec(template: str = "mnist", path: str | Path | None = None) -> Path:
@@ -207,6 +235,11 @@ def train(
             f"{len(setup.skipped)} unreadable images skipped (data.skip_bad_images); "
             f"listed in {run_dir / 'skipped_images.txt'}"
         )
+    if setup.splits.validation is not None and setup.splits.validation is setup.splits.test:
+        from cnnkit.callbacks import optimistic_test_note, validation_choices
+
+        note = optimistic_test_note(validation_choices(spec))
+        notes += [note] if note else []
     for note in notes if on_note else ():
         on_note(note)
     atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
@@ -451,70 +484,160 @@ def evaluate(
     run_dir: Path,
     checkpoint: str = "best",
     batch_size: int | None = None,
+    split: str = "test",
     progress: LoadProgress | None = None,
 ) -> dict:
-    """Test-set loss, accuracy, per-class report and confusion matrix; writes evaluation.json."""
+    """Loss, accuracy, the spec's metrics, per-class report and confusion matrix of one split:
+    test (default), validation or train (as evaluation always is: no augmentation, inference
+    mode). Writes evaluation.json for the test split, evaluation_<split>.json for another
+    (analysis.split_file: the test evaluation is never overwritten), predictions.csv
+    (predictions_<split>.csv: every sample's probabilities, as `cnnkit predict` gives them)
+    and report.md.
+
+    A split the data does not have is an error naming the splits it has: without a test
+    split, the default refuses rather than report another split as a test score."""
+    from cnnkit.analysis import (
+        CONFUSION_PNG,
+        EVALUATION_JSON,
+        EVALUATION_SPLITS,
+        MISCLASSIFIED_CSV,
+        MISCLASSIFIED_PNG,
+        PREDICTIONS_CSV,
+        split_file,
+    )
+
+    if split not in EVALUATION_SPLITS:
+        raise DataError(
+            f"unknown split '{split}'",
+            where="split",
+            hint=f"Valid: {', '.join(EVALUATION_SPLITS)}.",
+        )
     run_dir = Path(run_dir)
     spec, model, path, meta = load_model(run_dir, checkpoint)
     splits = make_splits(load_dataset(spec, progress), spec.data, spec.seed)
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-    test: Split | None = splits.test
-    evaluated = "test"
-    if test is None:  # e.g. an image folder without test/: say so instead of failing
-        test, evaluated = splits.validation, "validation"
-    if test is None:
-        raise DataError(
-            "the data has no test or validation split to evaluate on",
-            where=str(spec.data.get("path") or spec.data["source"]),
-            hint="Add a test/ folder, or set data.validation_split.",
-        )
+    data: Split | None = {"test": splits.test, "validation": splits.validation}.get(
+        split, splits.train
+    )
+    validation_is_test = splits.validation is not None and splits.validation is splits.test
+    if data is None or len(data) == 0:
+        raise _missing_split(split, spec, splits, run_dir)
+    best = path.resolve() == resolve_checkpoint(run_dir, "best").resolve()
+    notes, optimistic = _evaluation_notes(
+        spec, split, "best" if best else "last", validation_is_test
+    )
     batch_size = batch_size or spec.train["eval_batch_size"]
     metric_set = MetricSet.from_spec(spec)
     preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
-    result = evaluate_split(model, loss_fn, test, preprocessor, batch_size, metric_set)
+    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    result = evaluate_split(model, loss_fn, data, preprocessor, batch_size, metric_set)
     matrix = metric_set.confusion  # the predictions the metrics counted (one sigmoid: p > 0.5)
     report = {
         "run": str(run_dir),
         "checkpoint": str(path),
         "epoch": meta.get("epoch"),
-        "split": evaluated,
-        "samples": len(test),
+        "split": split,
+        "samples": len(data),
+        "notes": notes,
+        "optimistic": optimistic,  # selected on the split evaluated (notes say how)
         "loss": result.loss,
         "accuracy": result.accuracy,
-        # the spec's metrics (macro precision/recall/f1; exact ROC auc, null if one class only)
+        # the spec's metrics; precision/recall/f1: of positive_class when there is one (one
+        # sigmoid unit, as Keras), else macro; exact ROC auc (null if one class only)
         "metrics": result.metrics,
+        "positive_class": splits.class_names[1] if metric_set.binary else None,
         "class_names": splits.class_names,
         "per_class": per_class_report(matrix, splits.class_names),
         "confusion_matrix": matrix.tolist(),
     }
-    report.update(write_error_analysis(run_dir, test, result.probabilities, matrix, splits))
-    write_json(run_dir / "evaluation.json", report)
+    report.update(write_error_analysis(run_dir, data, result.probabilities, matrix, splits, split))
+    written = (EVALUATION_JSON, CONFUSION_PNG, MISCLASSIFIED_PNG, MISCLASSIFIED_CSV)
+    written += (PREDICTIONS_CSV,)
+    report["files"] = [split_file(name, split) for name in written] + ["report.md"]
+    write_json(run_dir / split_file(EVALUATION_JSON, split), report)
     write_report(run_dir)
     return report
 
 
+def _evaluation_notes(
+    spec: Spec, split: str, checkpoint: str, validation_is_test: bool
+) -> tuple[list[str], bool]:
+    """What evaluate says about the split it used, and whether its score is optimistic: the
+    model was selected on the very data evaluated (the val_ metrics were computed on it)."""
+    from cnnkit.callbacks import optimistic_test_note, validation_choices
+
+    notes = []
+    if split == "train":
+        held_out = spec.data["validation"] == "split"
+        notes.append(
+            "the training split is evaluated as evaluation always is: without augmentation, "
+            "in inference mode (no dropout; BatchNormalization's moving statistics)"
+            + ("; the images held out for validation are not in it" if held_out else "")
+        )
+    if split == "validation" and validation_is_test:
+        notes.append("the validation split is the test split here (data.validation: test)")
+    choices = validation_choices(spec, checkpoint)
+    if not choices or not (split == "validation" or (split == "test" and validation_is_test)):
+        return notes, False
+    if split == "test":
+        notes.append(optimistic_test_note(choices))
+    else:
+        notes.append(
+            f"this validation score is optimistic: {'; '.join(choices)}. The test split "
+            "gives an unbiased score"
+        )
+    return notes, True
+
+
+def _missing_split(split: str, spec: Spec, splits, run_dir: Path) -> DataError:
+    """The error for a split the data does not have: names it and the splits there are."""
+    parts = {"test": splits.test, "validation": splits.validation, "train": splits.train}
+    have = [name for name, part in parts.items() if part is not None and len(part)]
+    hint = f"This data has: {', '.join(have)}."
+    if split == "test":
+        other = next((name for name in have if name != "train"), "train")
+        hint += (
+            f" Evaluate on another split, named as such: cnnkit evaluate {run_dir} --split {other}"
+        )
+        if spec.data["source"] == "folder":
+            hint += " (or add a test/ folder of class sub-folders)"
+        hint += "."
+    elif split == "validation":
+        hint += (
+            " A validation split comes from data.validation_split, an image folder's val/ "
+            "folder, or data.validation: test."
+        )
+    where = str(spec.data.get("path") or spec.data["source"])
+    return DataError(f"the data has no {split} split to evaluate", where=where, hint=hint)
+
+
 def write_error_analysis(
-    run_dir: Path, split: Split, probabilities: np.ndarray, matrix: np.ndarray, splits
+    run_dir: Path,
+    split: Split,
+    probabilities: np.ndarray,
+    matrix: np.ndarray,
+    splits,
+    name: str = "test",
 ) -> dict[str, Any]:
     """confusion_matrix.png, misclassified.csv, misclassified.png and predictions.csv (every
-    sample's probabilities); returns what evaluation.json adds: the most-confused pairs and
-    the mistake count."""
+    sample's probabilities), named for the split evaluated (analysis.split_file); returns what
+    evaluation.json adds: the most-confused pairs and the mistake count."""
     from cnnkit import analysis, plots
 
     names = splits.class_names
     rows = analysis.misclassified_rows(probabilities, split.y, names, split.files)
-    analysis.write_misclassified_csv(run_dir / analysis.MISCLASSIFIED_CSV, rows)
+    file = lambda base: run_dir / analysis.split_file(base, name)  # noqa: E731
+    analysis.write_misclassified_csv(file(analysis.MISCLASSIFIED_CSV), rows)
     analysis.write_predictions_csv(
-        run_dir / analysis.PREDICTIONS_CSV, probabilities, split.y, names, split.files
+        file(analysis.PREDICTIONS_CSV), probabilities, split.y, names, split.files
     )
-    plots.plot_confusion(matrix, names, run_dir / analysis.CONFUSION_PNG)
+    plots.plot_confusion(matrix, names, file(analysis.CONFUSION_PNG))
     shown = rows[:32]
     plots.plot_misclassified(
         split.x[[r["index"] for r in shown]],
         [r["true"] for r in shown],
         [r["predicted"] for r in shown],
         [r["confidence"] for r in shown],
-        run_dir / analysis.MISCLASSIFIED_PNG,
+        file(analysis.MISCLASSIFIED_PNG),
     )
     return {
         "most_confused": analysis.most_confused(matrix, names),

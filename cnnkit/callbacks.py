@@ -243,3 +243,36 @@ def make_callbacks(section: dict[str, Any]) -> tuple[BestCheckpoint, EarlyStoppi
     checkpoint = BestCheckpoint(**section.get("checkpoint", {}))
     early = section.get("early_stopping")
     return checkpoint, (EarlyStopping(**early) if early else None)
+
+
+# -- what the run chose on its validation data ----------------------------------------------
+
+
+def validation_choices(spec: Any, checkpoint: str = "best") -> list[str]:
+    """What training decided by a val_ column, in words: on the data the val_ metrics were
+    computed on, the chosen model scores better than on unseen data. checkpoint: the one
+    evaluated ('best' counts best.npz's monitor; last.npz is chosen by early stopping only)."""
+    out = []
+    monitor = (spec.callbacks.get("checkpoint") or {}).get("monitor") or ""
+    if checkpoint == "best" and monitor.startswith("val_"):
+        out.append(f"best.npz is the epoch with the best {monitor}")
+    stopping = spec.callbacks.get("early_stopping") or {}
+    if str(stopping.get("monitor") or "").startswith("val_"):
+        out.append(f"early stopping watches {stopping['monitor']}")
+    schedule = spec.schedule or {}
+    if str(schedule.get("monitor") or "").startswith("val_"):
+        out.append(f"schedule {schedule['name']} follows {schedule['monitor']}")
+    return out
+
+
+def optimistic_test_note(choices: list[str]) -> str | None:
+    """The warning when the val_ metrics are the test split's and training chose by them."""
+    if not choices:
+        return None
+    return (
+        "the val_ metrics are computed on the test split (data.validation: test) and "
+        + "; ".join(choices)
+        + ": the test score `cnnkit evaluate` reports is optimistic (the model was selected "
+        "on the test set). For an unbiased test score, hold out a validation split: "
+        "data.validation_split: 0.1."
+    )

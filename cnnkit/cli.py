@@ -6,17 +6,22 @@ A CnnkitError (bad spec, data, image or checkpoint) is printed as one panel, exi
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cnnkit import api, display
+from cnnkit.analysis import EVALUATION_SPLITS
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError, SpecError
 from cnnkit.interrupts import Interrupted
 from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
+
+# `evaluate --split` (cnnkit.analysis.EVALUATION_SPLITS): typer shows and checks the choices
+EvalSplit = Enum("EvalSplit", {name: name for name in EVALUATION_SPLITS}, type=str)
 
 app = typer.Typer(
     help="Train, evaluate and use convolutional networks on the CPU from one YAML spec.",
@@ -164,29 +169,41 @@ def reproduce(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by `cnnkit train`.")],
     checkpoint: CheckpointOpt = "best",
+    split: Annotated[
+        EvalSplit,
+        typer.Option(
+            help="The split to evaluate: test (an error when the data has none), validation, "
+            "or train (never augmented).",
+        ),
+    ] = EvalSplit.test,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Test-set loss and accuracy, per-class precision/recall/F1 and the confusion matrix.
+    """Loss, accuracy, metrics, per-class report and confusion matrix of one split (--split).
 
-    Also the most-confused class pairs. Writes evaluation.json, confusion_matrix.png,
-    misclassified.png, misclassified.csv, predictions.csv (every sample's probabilities, as
-    `cnnkit predict` gives them) and report.md in the run directory.
+    Default: the test split. Also the most-confused class pairs. Writes evaluation.json,
+    confusion_matrix.png, misclassified.png, misclassified.csv and predictions.csv (every
+    sample's probabilities, as `cnnkit predict` gives them) for the test split (another split:
+    evaluation_SPLIT.json, ...) and report.md in the run directory.
 
-    Example: cnnkit evaluate runs/mnist --checkpoint last
+    Example: cnnkit evaluate runs/mnist --split validation --checkpoint last
     """
-    report = api.evaluate(run, checkpoint, progress=display.load_progress(as_json or quiet))
+    report = api.evaluate(
+        run, checkpoint, split=split.value, progress=display.load_progress(as_json or quiet)
+    )
     if as_json:
         print(json.dumps(json_safe(report), indent=2))
         return
     if quiet:
-        print(f"{report['split']} accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}")
+        optimistic = " (optimistic: selected on this split)" if report["optimistic"] else ""
+        print(
+            f"{report['split']} accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}"
+            + optimistic
+        )
         return
     for table in display.evaluation_tables(report):
         display.console.print(table)
-    written = ("evaluation.json", "confusion_matrix.png", "misclassified.png")
-    written += ("misclassified.csv", "predictions.csv", "report.md")
-    display.console.print(f"Wrote {', '.join(written)} in {Path(run)}")
+    display.console.print(f"Wrote {', '.join(report['files'])} in {Path(run)}")
 
 
 @app.command()

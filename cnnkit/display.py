@@ -184,16 +184,25 @@ class RichReporter:
 
 
 def evaluation_tables(result: dict[str, Any]) -> list[Any]:
-    """Overall metrics, the per-class report and the confusion matrix."""
+    """Overall metrics (with the split's notes), the per-class report and the confusion matrix."""
     names = result["class_names"]
-    head = Table(box=box.SIMPLE, show_header=False)
+    split = result.get("split", "test")
+    head = Table(
+        title=f"Evaluation on the {split} split",
+        box=box.SIMPLE,
+        show_header=False,
+        title_justify="left",
+    )
     head.add_column(style="bold")
     head.add_column(justify="right")
     head.add_row("checkpoint", str(result["checkpoint"]))
     head.add_row("samples", f"{result['samples']:,}")
     head.add_row("loss", f"{result['loss']:.4f}")
     head.add_row("accuracy", f"{result['accuracy']:.4f}")
-    labels = {"precision": "precision (macro)", "recall": "recall (macro)", "f1": "f1 (macro)"}
+    positive = result.get("positive_class")  # a binary task: precision... of class 1
+    meaning = f"positive class {positive}" if positive is not None else "macro"
+    labels = {n: f"{n} ({meaning})" for n in ("precision", "recall", "f1")}
+    labels.update({f"{n}_macro": f"{n} (macro)" for n in ("precision", "recall", "f1")})
     for name, value in result.get("metrics", {}).items():
         if name != "accuracy":
             text = "n/a (one class only)" if value is None else f"{value:.4f}"
@@ -240,7 +249,8 @@ def evaluation_tables(result: dict[str, Any]) -> list[Any]:
                 text = f"[dim]{text}"
             cells.append(text)
         matrix.add_row(f"[bold]{name}", *cells)
-    out = [head, report, matrix]
+    notes = [f"[yellow]Note:[/yellow] {escape(n)}" for n in result.get("notes", ())]
+    out = [head, *notes, report, matrix]
     if result.get("most_confused"):
         out.append(most_confused_table(result["most_confused"]))
     return out

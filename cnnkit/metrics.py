@@ -8,6 +8,13 @@ logits [0, z]: class 1 when z > 0 (p > 0.5), the same rule as softmax([0, z]) = 
 Per step, `MetricSet.update` is O(batch x classes) numpy: a running confusion matrix (accuracy,
 precision, recall, f1), a top-k hit count, and for auc the epoch's scores, ranked once in
 `result()`.
+
+precision, recall and f1 mean what Keras' metrics mean where Keras has one meaning: for a
+binary task (one sigmoid unit) they are those of the positive class (class index 1), as
+keras.metrics.Precision() / Recall() / F1Score(threshold=0.5) compute them (predicted positive
+when p > 0.5). With K > 2 classes they are macro averages (as today's cnnkit; Keras'
+Precision() on one-hot labels would be a micro average of every thresholded class column).
+precision_macro, recall_macro and f1_macro are always the macro averages over all classes.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ METRIC_OPTIONS: dict[str, dict[str, Option]] = {
     "precision": {},
     "recall": {},
     "f1": {},
+    "precision_macro": {},
+    "recall_macro": {},
+    "f1_macro": {},
     "auc": {},
 }
 METRICS = tuple(METRIC_OPTIONS)
@@ -45,6 +55,9 @@ METRIC_ALIASES = {
 }
 # computable from running counts at every step (the progress bar); auc needs the whole epoch
 STREAMING = ("accuracy", "top_k_accuracy", "precision", "recall", "f1")
+STREAMING += ("precision_macro", "recall_macro", "f1_macro")
+# precision / recall / f1: the positive class's (binary tasks) or the macro averages
+CLASS_METRICS = ("precision", "recall", "f1")
 
 
 # -- the spec's metrics list ---------------------------------------------------------------
@@ -137,7 +150,7 @@ def check_metrics(metrics: Sequence[Any], num_classes: int, where: str = "metric
                 f"auc is for binary tasks, this one has {num_classes} classes",
                 where=path,
                 hint="Remove auc, or train on two classes (data.classes: [3, 8]); for "
-                "several classes use precision, recall and f1 (macro averages).",
+                "several classes use precision_macro, recall_macro and f1_macro.",
             )
         if name == "top_k_accuracy" and options["k"] >= num_classes:
             raise SpecError(
@@ -151,6 +164,12 @@ def head_classes(spec: Spec) -> int:
     """Classes of the task as the model's head sees them: one sigmoid unit means two."""
     units = spec.layers[-1].output_shape[0]
     return 2 if units == 1 else units
+
+
+def is_binary_head(spec: Spec) -> bool:
+    """One output unit (sigmoid, or linear with from_logits): a binary task with a positive
+    class (index 1), whose precision / recall / f1 Keras reports."""
+    return spec.layers[-1].output_shape[0] == 1
 
 
 # -- streaming computation -----------------------------------------------------------------
@@ -167,22 +186,24 @@ class MetricSet:
     """The chosen metrics, accumulated over batches: reset(), update(logits, labels), result().
 
     `names` are the columns in order (accuracy first). `running()` is cheap (no auc) for the
-    progress bar; `result()` has everything.
+    progress bar; `result()` has everything. binary: one sigmoid unit, so precision, recall
+    and f1 are the positive class's (Keras' meaning); otherwise macro averages.
     """
 
-    def __init__(self, metrics: Sequence[Any], num_classes: int):
+    def __init__(self, metrics: Sequence[Any], num_classes: int, binary: bool = False):
         self.entries = metric_entries(metrics)
         if not any(name == "accuracy" for name, _ in self.entries):
             self.entries.insert(0, ("accuracy", {}))
         self.names = [metric_column(name, opts) for name, opts in self.entries]
         self.num_classes = num_classes
+        self.binary = binary
         self.top_ks = sorted({opts["k"] for name, opts in self.entries if name == "top_k_accuracy"})
         self.wants_auc = any(name == "auc" for name, _ in self.entries)
         self.reset()
 
     @classmethod
     def from_spec(cls, spec: Spec) -> MetricSet:
-        return cls(spec.metrics, head_classes(spec))
+        return cls(spec.metrics, head_classes(spec), binary=is_binary_head(spec))
 
     def reset(self) -> None:
         k = self.num_classes
@@ -241,14 +262,17 @@ class MetricSet:
     def _compute(self, with_auc: bool) -> dict[str, float]:
         total = self.count
         macro = macro_averages(self.confusion)
+        chosen = positive_class(self.confusion) if self.binary else macro
         out: dict[str, float] = {}
         for (name, opts), column in zip(self.entries, self.names, strict=True):
             if name == "accuracy":
                 out[column] = float(np.trace(self.confusion) / total) if total else 0.0
             elif name == "top_k_accuracy":
                 out[column] = self.top_k_hits[opts["k"]] / total if total else 0.0
-            elif name in ("precision", "recall", "f1"):
-                out[column] = macro[name]
+            elif name in CLASS_METRICS:
+                out[column] = chosen[name]
+            elif name.endswith("_macro"):
+                out[column] = macro[name.removesuffix("_macro")]
             elif name == "auc" and with_auc:
                 scores = np.concatenate(self._scores) if self._scores else np.empty(0)
                 labels = np.concatenate(self._labels) if self._labels else np.empty(0, np.intp)
@@ -309,6 +333,19 @@ def macro_averages(matrix: np.ndarray) -> dict[str, float]:
         "precision": float(precision.mean()),
         "recall": float(recall.mean()),
         "f1": float(f1.mean()),
+    }
+
+
+def positive_class(matrix: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of class 1 of a two-class confusion matrix, as Keras'
+    Precision(), Recall() and F1Score(threshold=0.5) on one sigmoid unit: tp / (tp + fp),
+    tp / (tp + fn), 2 tp / (2 tp + fp + fn); 0 where the denominator is 0 (Keras'
+    divide_no_nan)."""
+    tp, fp, fn = int(matrix[1, 1]), int(matrix[0, 1]), int(matrix[1, 0])
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
     }
 
 

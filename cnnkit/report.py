@@ -2,7 +2,10 @@
 
 Built only from the files in the run directory (config.yaml, summary.txt, metrics.csv, run.json,
 checkpoints/best.json, evaluation.json and the PNGs that exist), so it can be rewritten at any
-time: after training (finished, interrupted or failed) and after every evaluation.
+time: after training (finished, interrupted or failed) and after every evaluation. Each split
+evaluated has its section: evaluation.json (test) first, then evaluation_validation.json and
+evaluation_train.json (cnnkit.analysis.split_file), each with the notes evaluate recorded (an
+optimistic test score: the model was selected on the test set).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def build_report(run_dir: Path) -> str:
     state = _state(run_dir)
     metrics = read_metrics(run_dir)
     best = read_json(run_dir / "checkpoints" / "best.json")
-    evaluation = read_json(run_dir / "evaluation.json")
+    evaluations = read_evaluations(run_dir)
     config = _read_text(run_dir / "config.yaml")
     planned = (state or {}).get("epochs_planned")
     out = [f"# Run report: {run_dir.name}", ""]
@@ -98,10 +101,11 @@ def build_report(run_dir: Path) -> str:
         monitor = checkpoint_monitor(config)
         value = best.get("metrics", {}).get(monitor) if monitor else None
         facts.append(["best epoch", f"{best.get('epoch')} ({monitor} {_cell(value)})"])
-    if evaluation:
-        facts.append(
-            [f"{evaluation.get('split', 'test')} accuracy", _cell(evaluation.get("accuracy"))]
-        )
+    for _, evaluation in evaluations:
+        accuracy = _cell(evaluation.get("accuracy"))
+        if evaluation.get("optimistic"):
+            accuracy += " (optimistic: selected on this split)"
+        facts.append([f"{evaluation.get('split', 'test')} accuracy", accuracy])
     out += ["## Summary", "", table(["", ""], facts), ""]
 
     if (run_dir / "curves.png").is_file():
@@ -112,8 +116,8 @@ def build_report(run_dir: Path) -> str:
         body = [[r[h] for h in headers] for r in metrics]
         out += ["## Metrics per epoch", "", table(headers, body), ""]
 
-    if evaluation:
-        out += _evaluation_section(run_dir, evaluation)
+    for files, evaluation in evaluations:
+        out += _evaluation_section(run_dir, files, evaluation)
 
     summary = _read_text(run_dir / "summary.txt").rstrip()
     if summary:
@@ -139,8 +143,28 @@ def checkpoint_monitor(config_text: str) -> str | None:
         return None
 
 
-def _evaluation_section(run_dir: Path, ev: dict[str, Any]) -> list[str]:
-    out = [f"## Final evaluation ({ev.get('split', 'test')} split)", ""]
+def read_evaluations(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The run's evaluations as (the split its files are named for, evaluation): the test
+    split's (evaluation.json) first, then the others."""
+    from cnnkit.analysis import EVALUATION_JSON, EVALUATION_SPLITS, split_file
+
+    found = [
+        (s, read_json(Path(run_dir) / split_file(EVALUATION_JSON, s))) for s in EVALUATION_SPLITS
+    ]
+    return [(s, ev) for s, ev in found if ev]
+
+
+def _evaluation_section(run_dir: Path, files: str, ev: dict[str, Any]) -> list[str]:
+    """files: the split the evaluation's files are named for (an evaluation.json written
+    before `evaluate --split` existed may hold the validation split)."""
+    from cnnkit.analysis import split_file
+
+    split = ev.get("split", "test")
+    title = "Final evaluation" if split == "test" else "Evaluation"
+    out = [f"## {title} ({split} split)", ""]
+    out += [f"> **Note:** {note}" for note in ev.get("notes") or ()]
+    if ev.get("notes"):
+        out.append("")
     rows = [
         ["checkpoint", ev.get("checkpoint")],
         ["epoch", ev.get("epoch")],
@@ -148,9 +172,11 @@ def _evaluation_section(run_dir: Path, ev: dict[str, Any]) -> list[str]:
         ["loss", ev.get("loss")],
         ["accuracy", ev.get("accuracy")],
     ]
+    positive = ev.get("positive_class")  # binary: precision, recall, f1 of this class
     for name, value in (ev.get("metrics") or {}).items():
         if name != "accuracy":
-            rows.append([name, value])
+            shown = f"{name} (positive class {positive})" if positive is not None else name
+            rows.append([shown if name in ("precision", "recall", "f1") else name, value])
     out += [table(["", ""], rows), ""]
     per_class = ev.get("per_class") or {}
     if per_class.get("classes"):
@@ -169,16 +195,18 @@ def _evaluation_section(run_dir: Path, ev: dict[str, Any]) -> list[str]:
         body = [[p["true"], p["predicted"], p["count"], p["fraction_of_true"]] for p in pairs]
         out += ["### Most-confused class pairs", ""]
         out += [table(["true", "predicted as", "count", "share of true class"], body), ""]
-    for name, title in (
+    for base, title in (
         ("confusion_matrix.png", "Confusion matrix"),
         ("misclassified.png", "Most confident mistakes"),
     ):
+        name = split_file(base, files)
         if (run_dir / name).is_file():
             out += [f"### {title}", "", f"![{title.lower()}]({name})", ""]
-    if (run_dir / "misclassified.csv").is_file():
+    csv_name = split_file("misclassified.csv", files)
+    if (run_dir / csv_name).is_file():
         count = ev.get("misclassified")
         what = f"all {count:,} mistakes" if isinstance(count, int) else "every mistake"
-        out += [f"[misclassified.csv](misclassified.csv): {what}, most confident first.", ""]
+        out += [f"[{csv_name}]({csv_name}): {what}, most confident first.", ""]
     return out
 
 

@@ -266,6 +266,92 @@ def test_one_sigmoid_unit_is_two_classes():
     assert "auc" not in metrics.running()  # auc needs the whole epoch
 
 
+def keras_precision_recall_f1(probabilities, labels):
+    """keras.metrics.Precision(), Recall() and F1Score(threshold=0.5) on one sigmoid output,
+    written out: predicted positive when p > 0.5 (strictly, metrics_utils' `y_pred >
+    thresholds`), tp / (tp + fp), tp / (tp + fn) (divide_no_nan: 0 / 0 is 0), and
+    2 p r / (p + r)."""
+    predicted = np.asarray(probabilities) > 0.5
+    positive = np.asarray(labels) == 1
+    tp = int((predicted & positive).sum())
+    fp = int((predicted & ~positive).sum())
+    fn = int((~predicted & positive).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def test_binary_precision_recall_f1_are_the_positive_class_as_keras():
+    # one sigmoid unit: z = 0 is p = 0.5, not positive (Keras: p > 0.5)
+    z = np.array([-2.0, 0.0, 0.1, 3.0, 1.0, -1.0, 2.0, -0.5])
+    labels = np.array([0, 1, 1, 1, 0, 1, 1, 0])
+    names = ["accuracy", "precision", "recall", "f1"]
+    names += ["precision_macro", "recall_macro", "f1_macro"]
+    metrics = MetricSet(parse_metrics(names), num_classes=2, binary=True)
+    metrics.update(z[:3, None], labels[:3])
+    metrics.update(z[3:, None], labels[3:])
+    result = metrics.result()
+    # predicted 1 at z = 0.1, 3, 1, 2: tp 3 (0.1, 3, 2), fp 1 (z = 1), fn 2 (z = 0, -1), tn 2
+    expected = {
+        "accuracy": 5 / 8,
+        "precision": 3 / 4,
+        "recall": 3 / 5,
+        "f1": 2 / 3,  # 2 tp / (2 tp + fp + fn) = 6 / 9
+        # class 0: precision 2/4, recall 2/3, f1 4/7; averaged with class 1's
+        "precision_macro": (1 / 2 + 3 / 4) / 2,
+        "recall_macro": (2 / 3 + 3 / 5) / 2,
+        "f1_macro": (4 / 7 + 2 / 3) / 2,
+    }
+    assert result == pytest.approx(expected, rel=1e-14)
+    assert list(result) == names
+    assert metrics.running() == result  # streamed: the progress bar shows the same
+    keras = keras_precision_recall_f1(1 / (1 + np.exp(-z)), labels)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx(keras, rel=1e-14)
+    # nothing predicted positive: 0, as Keras' divide_no_nan (not NaN)
+    metrics.reset()
+    metrics.update(np.array([[-1.0], [-2.0]]), np.array([1, 0]))
+    assert metrics.result()["precision"] == 0.0 and metrics.result()["f1"] == 0.0
+
+
+def test_multiclass_precision_recall_f1_are_macro_averages():
+    # K > 2: no positive class; precision = precision_macro (per class, then the mean)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    names = ["precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro"]
+    metrics = MetricSet(parse_metrics(names), num_classes=3)
+    metrics.update(one_hot_logits(predicted, 3), labels)
+    result = metrics.result()
+    # per class: precision 2/3, 1/2, 2/3; recall 2/3, 1/2, 2/3; f1 the same
+    mean = (2 / 3 + 1 / 2 + 2 / 3) / 3
+    assert result == pytest.approx({"accuracy": 5 / 8, **dict.fromkeys(names, mean)}, rel=1e-14)
+    # a two-unit softmax is not "binary" either: macro over both classes, as before
+    two = MetricSet(["precision", "precision_macro"], num_classes=2)
+    two.update(np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]), np.array([1, 0, 0]))
+    assert two.result() == pytest.approx(
+        {"accuracy": 2 / 3, "precision": 3 / 4, "precision_macro": 3 / 4}
+    )
+
+
+def test_macro_metrics_in_the_spec_and_as_monitors():
+    from cnnkit.callbacks import direction
+
+    text = spec_text("Dense: {units: 1, activation: sigmoid}", "binary_crossentropy")
+    text = text.replace("source: mnist", "source: mnist, classes: [3, 8]")
+    text += "metrics: [precision, f1_macro]\n"
+    text += "callbacks: {checkpoint: {monitor: val_f1_macro}, "
+    text += "early_stopping: {monitor: precision_macro}}\n"
+    err = spec_error(text)  # precision_macro is not computed: only the listed metrics are
+    assert "precision_macro" in err.message or "precision_macro" in (err.hint or "")
+    spec = parse_spec(text.replace("precision_macro}", "f1_macro}"))
+    assert spec.callbacks["checkpoint"]["monitor"] == "val_f1_macro"
+    assert direction("val_f1_macro", "auto") == "max"
+    metrics = MetricSet.from_spec(spec)
+    assert metrics.binary and metrics.names == ["accuracy", "precision", "f1_macro"]
+    ten = parse_spec(spec_text("Dense: {units: 10, activation: softmax}") + "metrics: [f1]\n")
+    assert not MetricSet.from_spec(ten).binary
+
+
 def test_auc_exact_with_ties():
     # scikit-learn's doc example: 0.75
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
@@ -468,5 +554,16 @@ def test_binary_run_writes_metrics_and_evaluation(tmp_path):
     assert saved["metrics"] == report["metrics"]
     from cnnkit.display import evaluation_tables, render_text
 
+    # one sigmoid unit: precision, recall and f1 of class 1, as Keras, from the same matrix
+    (tn, fp), (fn, tp) = matrix
+    assert report["positive_class"] == "1"
+    assert report["metrics"]["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+    assert report["metrics"]["recall"] == pytest.approx(tp / (tp + fn))
+    assert report["metrics"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert "| precision (positive class 1) |" in (result.run_dir / "report.md").read_text()
     text = "".join(render_text(t) for t in evaluation_tables(report))
-    assert "auc" in text and "f1 (macro)" in text
+    assert (
+        "auc" in text
+        and "f1 (positive class 1)" in text
+        and "(macro)" not in text.split("Per class")[0]
+    )

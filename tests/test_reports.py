@@ -437,3 +437,178 @@ def test_runs_table_in_80_columns_never_cuts_figures_or_state(monkeypatch):
     assert max(len(line) for line in text.splitlines()) <= 80
     for figure in ("12/12", "0.9288 (12)", "0.9911", "12,345", "interrupted", "finished"):
         assert figure in text, (figure, text)
+
+
+# -- which split evaluate used (issue 12) ----------------------------------------------------
+
+SPLIT_SPEC = """\
+name: {name}
+seed: 5
+data: {{source: {source}, {data}}}
+model:
+  input_shape: [6, 6, 1]
+  layers:
+    - Flatten: {{}}
+    - Dense: {{units: 3, activation: softmax}}
+loss: sparse_categorical_crossentropy
+train: {{epochs: 2, batch_size: 16}}
+"""
+SYNTHETIC = "num_classes: 3, max_train_samples: 80, max_test_samples: 24"
+
+
+def split_run(tmp_path: Path, name: str, data: str, source: str = "synthetic", extra: str = ""):
+    """A tiny run (80 random 6x6 images, one Dense layer: well under a second), with the notes
+    training printed at its start."""
+    file = tmp_path / f"{name}.yaml"
+    file.write_text(SPLIT_SPEC.format(name=name, source=source, data=data) + extra)
+    notes: list[str] = []
+    spec = parse_spec(file.read_text(), file)
+    return api.train(spec, out=tmp_path / "runs", on_note=notes.append).run_dir, notes, file
+
+
+def test_evaluate_each_split_into_its_own_files(tmp_path: Path):
+    from cnnkit.data.augment import Preprocessor
+    from cnnkit.data.batches import make_splits
+    from cnnkit.losses import SparseCategoricalCrossentropy
+    from cnnkit.runinfo import list_runs
+    from cnnkit.seeding import random_stream
+    from cnnkit.training import evaluate_split
+
+    augment = "augmentation: {horizontal_flip: true, width_shift_range: 2}\n"
+    run, notes, _ = split_run(
+        tmp_path, "held", f"{SYNTHETIC}, validation_split: 0.25", extra=augment
+    )
+    assert not [n for n in notes if "optimistic" in n]  # selected on a held-out split
+    test = api.evaluate(run)
+    assert (test["split"], test["samples"], test["optimistic"], test["notes"]) == (
+        "test",
+        24,
+        False,
+        [],
+    )
+    saved = (run / "evaluation.json").read_bytes()
+    assert json.loads(saved)["split"] == "test"
+
+    val = api.evaluate(run, split="validation")
+    assert (val["split"], val["samples"], val["optimistic"]) == ("validation", 20, True)
+    assert "optimistic" in val["notes"][0] and "best.npz" in val["notes"][0]
+    # best.npz's val_accuracy was measured on these 20 images
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert val["accuracy"] == pytest.approx(best["metrics"]["val_accuracy"])
+    assert json.loads((run / "evaluation_validation.json").read_text())["split"] == "validation"
+    for name in ("confusion_matrix_validation.png", "misclassified_validation.png"):
+        sensible(png(run / name), 100, 100)
+    assert len(read_csv(run / "misclassified_validation.csv")) == val["misclassified"]
+    assert (run / "evaluation.json").read_bytes() == saved  # the test evaluation is kept
+
+    train = api.evaluate(run, split="train")
+    assert train["samples"] == 60  # the 20 validation images are not in it
+    assert "without augmentation" in train["notes"][0] and "held out" in train["notes"][0]
+    # evaluated as evaluation always is: the plain preprocessor, not the augmenting one
+    spec = api.load_run_spec(run)
+    model = api.load_model(run)[1]
+    split = make_splits(api.load_dataset(spec), spec.data).train
+    plain = Preprocessor.from_spec(spec, run_dir=run)
+    loss_fn = SparseCategoricalCrossentropy.from_spec(spec)
+    assert evaluate_split(model, loss_fn, split, plain, 500).loss == train["loss"]
+    augmented = plain.training(random_stream(spec.seed, "augment"))
+    assert evaluate_split(model, loss_fn, split, augmented, 500).loss != train["loss"]
+
+    report = (run / "report.md").read_text()
+    sections = [line for line in report.splitlines() if line.startswith("## ") and "split" in line]
+    assert sections == [
+        "## Final evaluation (test split)",
+        "## Evaluation (validation split)",
+        "## Evaluation (train split)",
+    ]
+    assert "![confusion matrix](confusion_matrix_validation.png)" in report
+    assert f"| test accuracy | {test['accuracy']:.4f} |" in report
+    assert "| validation accuracy | " in report and "(optimistic: selected on this split)" in report
+    # `cnnkit runs` shows the test evaluation's accuracy, whatever was evaluated last
+    assert list_runs(tmp_path / "runs")[0]["test_accuracy"] == pytest.approx(test["accuracy"])
+
+
+def test_selection_on_the_test_split_is_called_optimistic(tmp_path: Path):
+    run, notes, file = split_run(tmp_path, "ontest", f"{SYNTHETIC}, validation: test")
+    said = [n for n in notes if "optimistic" in n]
+    assert len(said) == 1 and "best.npz is the epoch with the best val_accuracy" in said[0]
+    assert "data.validation_split" in said[0]
+    assert [n for n in api.check(file).spec.notes if "optimistic" in n] == said  # check says it too
+    report = api.evaluate(run)
+    assert report["split"] == "test" and report["optimistic"] is True
+    assert "test score `cnnkit evaluate` reports is optimistic" in report["notes"][0]
+    text = (run / "report.md").read_text()
+    assert "(optimistic: selected on this split)" in text and "> **Note:** the val_ metrics" in text
+    # last.npz was not chosen by val_accuracy (no early stopping): an honest test score
+    last = api.evaluate(run, checkpoint="last")
+    assert last["optimistic"] is False and last["notes"] == []
+    same = api.evaluate(run, split="validation", checkpoint="last")
+    assert same["notes"] == ["the validation split is the test split here (data.validation: test)"]
+    assert same["loss"] == last["loss"]
+
+
+def test_configs_mnist_selects_on_a_validation_split():
+    from cnnkit.config import load_spec
+
+    spec = load_spec(ROOT / "configs" / "mnist.yaml")
+    assert spec.data["validation"] == "split" and not api.validation_is_test(spec)
+    assert not [
+        n for n in api.check(ROOT / "configs" / "mnist.yaml").spec.notes if "optimistic" in n
+    ]
+    # the tutorial replicas keep validation: test, and check says what that means
+    assert [
+        n for n in api.check(ROOT / "configs" / "mnist_basic.yaml").spec.notes if "optimistic" in n
+    ]
+
+
+def test_evaluate_refuses_a_split_the_data_does_not_have(tmp_path: Path, monkeypatch, capsys):
+    from clitools import flat, run_cli
+
+    from cnnkit.errors import DataError
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "notest.npz"  # x and y only: no test split
+    np.savez(npz, x=rng.integers(0, 256, (48, 6, 6, 1), dtype=np.uint8), y=np.arange(48) % 3)
+    run, notes, file = split_run(tmp_path, "notest", f"path: {npz}, validation_split: 0.25", "npz")
+    assert not api.validation_is_test(parse_spec(file.read_text(), file))
+    with pytest.raises(DataError) as info:
+        api.evaluate(run)
+    err = info.value
+    assert err.message == "the data has no test split to evaluate" and err.where == str(npz)
+    assert "This data has: validation, train." in err.hint and "--split validation" in err.hint
+    assert not (run / "evaluation.json").exists()
+    code, out, stderr = run_cli("evaluate", str(run), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and "--split validation" in flat(stderr) and "Traceback" not in stderr
+    code, out, _ = run_cli(
+        "evaluate", str(run), "--split", "validation", monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 0 and "Evaluation on the validation split" in out
+    assert "Wrote evaluation_validation.json, confusion_matrix_validation.png" in out
+    code, _, stderr = run_cli(
+        "evaluate", str(run), "--split", "tests", monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 2 and "'tests' is not one of" in flat(stderr)
+
+    run, _, _ = split_run(tmp_path, "noval", f"path: {npz}, validation: none", "npz")
+    with pytest.raises(DataError) as info:
+        api.evaluate(run, split="validation")
+    assert info.value.message == "the data has no validation split to evaluate"
+    assert info.value.hint.startswith("This data has: train.")
+    assert api.evaluate(run, split="train")["samples"] == 48
+
+
+def test_check_looks_for_an_image_folders_val_folder(tmp_path: Path):
+    # validation: test (the default) uses val/ when it exists: only without it is selection
+    # on the test split, and check says so before any image is decoded
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            Image.new("RGB", (6, 6)).save(tmp_path / "pets" / split / name / "a.png")
+    file = tmp_path / "pets.yaml"
+    text = SPLIT_SPEC.format(name="pets", source="folder", data=f"path: {tmp_path / 'pets'}")
+    file.write_text(text.replace("[6, 6, 1]", "[6, 6, 3]").replace("units: 3", "units: 2"))
+    assert [n for n in api.check(file).spec.notes if "optimistic" in n]
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / "valid" / name).mkdir(parents=True)
+        Image.new("RGB", (6, 6)).save(tmp_path / "pets" / "valid" / name / "a.png")
+    assert not [n for n in api.check(file).spec.notes if "optimistic" in n]

@@ -6,6 +6,8 @@ A CnnkitError (bad spec, data, image or checkpoint) is printed as one panel, exi
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +16,7 @@ import typer
 from cnnkit import api, display
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError, SpecError
-from cnnkit.interrupts import Interrupted
+from cnnkit.interrupts import CompileInterrupted, Interrupted
 from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
@@ -461,6 +463,10 @@ def main() -> None:
     except Interrupted as stop:
         display.print_interrupted(stop)
         raise SystemExit(stop.exit_code) from None
+    except CompileInterrupted as stop:
+        display.error_console.print(str(stop))
+        sys.stdout.flush()
+        os._exit(stop.exit_code)  # no interpreter shutdown under the thread still compiling
     except KeyboardInterrupt:
         # outside the training loop (loading data, evaluate, predict): nothing to save, and
         # every file on disk is whole (atomic writes)

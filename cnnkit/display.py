@@ -153,15 +153,39 @@ class RichReporter:
             transient=True,
         )
         self.task = None
+        self.compiling = False
+        self.status: Any = None  # the spinner while kernels load or compile
+        self.started = False  # the progress bar: from the first epoch on
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.status is not None:
+            self.status.stop()
+        if self.started:
+            self.progress.stop()
+
+    def kernels(self, phase: str, seconds: float) -> None:
+        if phase == "ready":
+            if self.status is not None:
+                self.status.stop()
+                self.status = None
+            if self.compiling:
+                console.print(f"[dim]{kernels_compiled_line(seconds)}[/dim]")
+            return
+        self.compiling = phase == "compiling"
+        text = compiling_line(seconds) if self.compiling else "Loading kernels"
+        if self.status is None:
+            self.status = console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
 
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.epochs = epochs
@@ -177,6 +201,16 @@ class RichReporter:
         self.progress.console.print(
             f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + epoch_line(row), soft_wrap=True
         )
+
+
+def compiling_line(estimate_s: float) -> str:
+    from cnnkit.warmup import rounded
+
+    return f"Compiling kernels (first run only, about {rounded(estimate_s)} s) ..."
+
+
+def kernels_compiled_line(seconds: float) -> str:
+    return f"Kernels compiled in {seconds:.0f} s; cached for the next runs."
 
 
 def evaluation_tables(result: dict[str, Any]) -> list[Any]:
@@ -402,6 +436,14 @@ class PlainReporter:
     def _print(self, text: str) -> None:
         print(text, file=self.file or sys.stdout, flush=True)
 
+    def kernels(self, phase: str, seconds: float) -> None:
+        """A line when Numba compiles, one when it is done; nothing with a warm cache."""
+        if phase == "compiling":
+            self.compiling = True
+            self._print(compiling_line(seconds))
+        elif phase == "ready" and getattr(self, "compiling", False):
+            self._print(kernels_compiled_line(seconds))
+
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
 
@@ -419,6 +461,9 @@ class PlainReporter:
 
 class QuietReporter(PlainReporter):
     """--quiet: no progress at all."""
+
+    def kernels(self, phase: str, seconds: float) -> None:
+        pass
 
     def step(self, step: int, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
         pass

@@ -35,6 +35,21 @@ class Interrupted(Exception):  # noqa: N818 (a request, not an error)
         return 128 + self.signum  # 130 SIGINT, 143 SIGTERM
 
 
+class CompileInterrupted(Exception):  # noqa: N818 (a request, not an error)
+    """Ctrl-C while the kernels compiled (cnnkit.warmup), before training wrote anything. Not
+    a KeyboardInterrupt, which Typer turns into a silent exit: the CLI says what happened and
+    exits with 130 at once (the compiling thread cannot be stopped, only left behind)."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir=None):
+        where = f"{run_dir} is as it was" if run_dir else "no run directory was created"
+        super().__init__(
+            f"Interrupted while compiling the kernels, before training started: {where}."
+        )
+        self.run_dir = run_dir
+
+
 @dataclass
 class StopFlag:
     signum: int | None = None

@@ -16,7 +16,7 @@ import typer
 from cnnkit import api, display
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError, SpecError
-from cnnkit.interrupts import CompileInterrupted, Interrupted
+from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed
 from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
@@ -92,9 +92,11 @@ def train(
     ]
     overrides = [*(set_ or []), *options]
     notes = display.error_console if quiet else display.console
-    note = lambda text: notes.print(f"[yellow]Note:[/yellow] {text}")  # noqa: E731
+    note = lambda text: display.print_line(notes, f"[yellow]Note:[/yellow] {text}")  # noqa: E731
     show_run_dir = (
-        None if quiet else (lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"))
+        None
+        if quiet
+        else (lambda d: display.print_line(display.console, f"Run directory: [bold]{d}[/bold]"))
     )
     if resume is not None:
         every_steps = api.load_run_spec(resume).logging["every_steps"]
@@ -463,6 +465,9 @@ def main() -> None:
     except Interrupted as stop:
         display.print_interrupted(stop)
         raise SystemExit(stop.exit_code) from None
+    except BrokenPipeError:  # stdout's reader has gone (`cnnkit runs | head -1`): quietly
+        output_closed()
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a Unix tool
     except CompileInterrupted as stop:
         display.error_console.print(str(stop))
         sys.stdout.flush()

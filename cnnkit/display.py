@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cnnkit.errors import CnnkitError
+from cnnkit.interrupts import output_closed
 from cnnkit.model import SummaryRow
 
 console = Console()
@@ -124,6 +125,15 @@ def print_error(error: CnnkitError) -> None:
     if error.hint:
         body += f"\n\n{escape(error.hint)}"
     error_console.print(Panel(body, title="cnnkit: error", title_align="left", border_style="red"))
+
+
+def print_line(target: Console, text: str) -> None:
+    """target.print(text); when stdout's reader has gone (a pipe into `head`), training stops
+    as interrupted, with its checkpoint, instead of failing (cnnkit.interrupts.output_closed)."""
+    try:
+        target.print(text)
+    except BrokenPipeError:
+        output_closed()
 
 
 def format_metrics(values: dict[str, Any]) -> str:
@@ -434,7 +444,10 @@ class PlainReporter:
         pass
 
     def _print(self, text: str) -> None:
-        print(text, file=self.file or sys.stdout, flush=True)
+        try:
+            print(text, file=self.file or sys.stdout, flush=True)
+        except BrokenPipeError:  # `cnnkit train ... | head`: stop as interrupted, saved
+            output_closed()
 
     def kernels(self, phase: str, seconds: float) -> None:
         """A line when Numba compiles, one when it is done; nothing with a warm cache."""
@@ -609,20 +622,29 @@ def print_interrupted(stop: Any) -> None:
     """After SIGINT/SIGTERM: what was saved and the exact command that continues."""
     import shlex
 
-    name = {2: "Ctrl-C (SIGINT)", 15: "SIGTERM"}.get(stop.signum, f"signal {stop.signum}")
+    name = {2: "Ctrl-C (SIGINT)", 13: "the output pipe closing (SIGPIPE)", 15: "SIGTERM"}.get(
+        stop.signum, f"signal {stop.signum}"
+    )
     where = (
         f"epoch {stop.epoch}, after step {stop.step}/{stop.steps}"
         if stop.step
         else f"the end of epoch {stop.epoch - 1}"
     )
-    command = f"cnnkit train --resume {shlex.quote(str(stop.run_dir))}"
-    error_console.print(
+    run = shlex.quote(str(stop.run_dir))
+    command = f"cnnkit train --resume {run}"
+    text = (
         f"[yellow]Interrupted by {name}[/yellow] at {where}. Saved "
         f"{escape(str(stop.run_dir))}/checkpoints/last.npz with the optimizer, schedule, "
         "random-stream and epoch state; metrics.csv holds the finished epochs.\n"
-        f"Resume exactly where it stopped with:\n  [bold]{escape(command)}[/bold]",
-        soft_wrap=True,
+        f"Resume exactly where it stopped with:\n  [bold]{escape(command)}[/bold]"
     )
+    if not (stop.run_dir / "checkpoints" / "best.npz").is_file():  # no epoch has finished
+        text += (
+            "\nNo epoch has finished, so there is no best.npz yet: evaluate or predict with "
+            f"these weights using --checkpoint last, e.g.\n  [bold]cnnkit evaluate "
+            f"{escape(run)} --checkpoint last[/bold]"
+        )
+    error_console.print(text, soft_wrap=True)
 
 
 def print_reproduction(result: Any) -> None:

@@ -26,6 +26,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _show_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cnnkit import __version__
+
+    found = []
+    for package in ("numpy", "numba", "rich", "typer"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    print(f"cnnkit {__version__} (Python {python}, {', '.join(found)})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = None,
+) -> None:
+    pass
+
+
 CheckpointOpt = Annotated[
     str, typer.Option("--checkpoint", "-c", help="best, last, or a path to an .npz checkpoint.")
 ]

@@ -316,7 +316,8 @@ def resume(
     if epoch > spec.train["epochs"]:
         done = state.epoch
         raise CheckpointError(
-            f"nothing to resume: the run has finished {done} of {spec.train['epochs']} epochs",
+            f"nothing to resume: the run has finished {done} of {spec.train['epochs']} "
+            f"epoch{'s' * (spec.train['epochs'] != 1)}",
             where=str(run_dir),
             hint=f"Train further with --epochs N (N > {done}): "
             f"cnnkit train --resume {run_dir} --epochs {done + 5}",

@@ -299,7 +299,8 @@ def init(
     written = api.init_spec(template, path)
     display.console.print(
         f"Wrote [bold]{written}[/bold] ({template} template).\n"
-        f"Next: cnnkit check {written}   then   cnnkit train {written}"
+        f"Next: cnnkit check {written}   then   cnnkit train {written}",
+        soft_wrap=True,
     )
 
 
@@ -384,7 +385,8 @@ def augment(
         )
     display.console.print(
         f"Wrote [bold]{preview.path}[/bold]: {preview.images} training images (first row) "
-        f"and {preview.versions} augmented versions of each."
+        f"and {preview.versions} augmented versions of each.",
+        soft_wrap=True,
     )
 
 
@@ -412,7 +414,8 @@ def make_shapes(
     counts = write(folder, size=size, per_class=per_class, seed=seed)
     display.console.print(
         f"Wrote {', '.join(f'{n:,} {split}' for split, n in counts.items())} images "
-        f"({size}×{size} RGB) to [bold]{folder}[/bold]"
+        f"({size}×{size} RGB) to [bold]{folder}[/bold]",
+        soft_wrap=True,
     )
 
 

@@ -222,7 +222,7 @@ def print_line(target: Console, text: str) -> None:
     """target.print(text); when stdout's reader has gone (a pipe into `head`), training stops
     as interrupted, with its checkpoint, instead of failing (cnnkit.interrupts.output_closed)."""
     try:
-        target.print(text)
+        target.print(text, soft_wrap=True)  # a long path is not broken onto a second line
     except BrokenPipeError:
         output_closed()
 
@@ -671,7 +671,8 @@ def compare_renderables(result: dict[str, Any]) -> list[Any]:
     better value marked (★, green)."""
     a, b = result["a"], result["b"]
     spec = Table(
-        title=f"Spec: {len(result['spec_diff'])} keys differ ({result['spec_same']} the same)",
+        title=f"Spec: {plural(len(result['spec_diff']), 'key')} differ"
+        f"{'s' * (len(result['spec_diff']) == 1)} ({result['spec_same']} the same)",
         box=box.SIMPLE_HEAVY,
         title_justify="left",
     )
@@ -705,7 +706,8 @@ def print_trained(run_dir: Any, spec: Any) -> None:
         f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
         "(checkpoints/best.npz).\n"
         f"Run directory: [bold]{escape(str(run_dir))}[/bold] (report.md, curves.png)\n"
-        f"Next: cnnkit evaluate {escape(str(run_dir))}"
+        f"Next: cnnkit evaluate {escape(str(run_dir))}",
+        soft_wrap=True,  # paths and commands whole, to copy (the terminal wraps them)
     )
 
 
@@ -743,7 +745,8 @@ def print_reproduction(result: Any) -> None:
     if not epochs:
         console.print(
             f"[red]Nothing compared:[/red] {escape(str(result.original))} and "
-            f"{escape(str(result.run_dir))} have no finished epoch in common."
+            f"{escape(str(result.run_dir))} have no finished epoch in common.",
+            soft_wrap=True,
         )
         return
     span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
@@ -756,7 +759,8 @@ def print_reproduction(result: Any) -> None:
         console.print(
             f"[bold green]Reproduced bit for bit:[/bold green] {escape(str(result.run_dir))} "
             f"matches {escape(str(result.original))}: metrics of {span} identical at full "
-            f"precision (seconds aside), {weights}."
+            f"precision (seconds aside), {weights}.",
+            soft_wrap=True,
         )
         return
     table = Table(title="Differences", box=box.SIMPLE_HEAVY, title_justify="left")
@@ -766,9 +770,11 @@ def print_reproduction(result: Any) -> None:
         table.add_row(str(epoch), key, repr(a), repr(b))
     console.print(table)
     console.print(
-        f"[bold red]Not reproduced:[/bold red] {len(result.differences)} values differ over "
+        f"[bold red]Not reproduced:[/bold red] {plural(len(result.differences), 'value')} "
+        f"differ{'s' * (len(result.differences) == 1)} over "
         f"{span}; {weights}. Same machine and thread count (NUMBA_NUM_THREADS) are needed "
-        "for bit-for-bit results."
+        "for bit-for-bit results.",
+        soft_wrap=True,
     )
 
 

@@ -111,3 +111,32 @@ def test_caret_stays_under_its_column_when_the_line_is_wider_than_the_terminal(t
     source, caret = lines[at - 1], lines[at]
     assert source.startswith("│    6 | …"), source  # the gutter kept, the start cut
     assert source[caret.index("^") :].startswith("filtres: 8}"), (source, caret)
+
+
+def test_train_messages_keep_long_paths_on_one_line_in_an_80_column_pipe(tmp_path):
+    out = tmp_path / "a_rather_long_folder_name_for_the_runs" / "and_one_more_level_of_them"
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "name: tiny\n"
+        "data: {source: synthetic, num_classes: 3, max_train_samples: 32, max_test_samples: 8}\n"
+        "model:\n  input_shape: [8, 8, 1]\n"
+        "  layers: [{Flatten: {}}, {Dense: {units: 3, activation: softmax}}]\n"
+        "train: {epochs: 1, batch_size: 8}\n"
+    )
+    proc = run_subprocess("train", str(spec), "--out", str(out), columns=WIDTH, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = out / "tiny"
+    lines = proc.stdout.splitlines()
+    assert len(f"Next: cnnkit evaluate {run_dir}") > WIDTH
+    assert f"Run directory: {run_dir}" in lines, proc.stdout  # whole, not broken at 80
+    assert f"Run directory: {run_dir} (report.md, curves.png)" in lines, proc.stdout
+    assert f"Next: cnnkit evaluate {run_dir}" in lines, proc.stdout
+
+
+def test_counts_in_messages_agree_with_their_nouns():
+    from cnnkit.data.images import _conversion_note
+
+    assert _conversion_note("L", 3).startswith("converted from L (1 channel) to RGB (3 channels)")
+    assert _conversion_note("RGBA", 1).startswith("converted from RGBA (4 channels) to grayscale")
+    assert display.plural(1, "batch") == "1 batch" and display.plural(2, "batch") == "2 batches"
+    assert display.plural(1, "round") == "1 round" and display.plural(1_000, "key") == "1,000 keys"

@@ -102,7 +102,8 @@ def _conversion_note(mode: str, channels: int) -> str | None:
     target = "grayscale (1 channel)" if channels == 1 else "RGB (3 channels)"
     alpha = ", transparency composited onto white" if mode in ("RGBA", "LA", "PA") else ""
     return (
-        f"converted from {mode} ({have} channels) to {target}{alpha}: the model expects {channels}"
+        f"converted from {mode} ({have} channel{'s' * (have != 1)}) to {target}{alpha}: the "
+        f"model expects {channels}"
     )
 
 

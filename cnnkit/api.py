@@ -22,7 +22,7 @@ from cnnkit.data.images import ImageOptions, PreparedImage, collect_images, prep
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
 from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
-from cnnkit.interrupts import catch_signals
+from cnnkit.interrupts import CompileInterrupted, catch_signals
 from cnnkit.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.metrics import MetricSet, per_class_report
 from cnnkit.model import Sequential, SummaryRow
@@ -224,6 +224,7 @@ def train(
 
         require_writer()  # a missing package is an error before the run directory exists
 
+    _warm_up(setup, reporter)  # before the run directory: Ctrl-C while compiling leaves none
     run_dir = create_run_dir(Path(out), spec.name)
     mark_running(run_dir, spec.train["epochs"])
     if on_run_dir:
@@ -250,6 +251,32 @@ def train(
     atomic_write_text(run_dir / "summary.txt", summary_text)
     history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text)
     return TrainResult(run_dir, history, spec)
+
+
+def _warm_up(setup: _Setup, reporter: Reporter | None, run_dir: Path | None = None) -> None:
+    """Compile or load every kernel before the first (timed) step, saying so while it runs:
+    reporter.kernels("loading" | "compiling" | "ready", seconds), when the reporter has it.
+    Ctrl-C meanwhile: CompileInterrupted (run_dir: the resumed run, untouched)."""
+    if not len(setup.splits.train):
+        return
+    from cnnkit.warmup import compiling_in_background, warm_up
+
+    say = getattr(reporter, "kernels", None) or (lambda phase, seconds: None)
+    say("loading", 0.0)
+    try:
+        done = warm_up(
+            setup.model,
+            setup.loss_fn,
+            setup.preprocessor,
+            setup.splits.train.x,
+            setup.splits.train.y,
+            on_compiling=lambda estimate: say("compiling", estimate),
+        )
+    except KeyboardInterrupt:  # the reporter's exit stops its spinner
+        if not compiling_in_background():
+            raise
+        raise CompileInterrupted(run_dir) from None
+    say("ready", done.seconds)
 
 
 def _tracked_fit(
@@ -339,7 +366,8 @@ def resume(
     if epoch > spec.train["epochs"]:
         done = state.epoch
         raise CheckpointError(
-            f"nothing to resume: the run has finished {done} of {spec.train['epochs']} epochs",
+            f"nothing to resume: the run has finished {done} of {spec.train['epochs']} "
+            f"epoch{'s' * (spec.train['epochs'] != 1)}",
             where=str(run_dir),
             hint=f"Train further with --epochs N (N > {done}): "
             f"cnnkit train --resume {run_dir} --epochs {done + 5}",
@@ -349,6 +377,7 @@ def resume(
     if on_note:
         at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
         on_note(f"Resuming {run_dir} at {at} of {spec.train['epochs']}.")
+    _warm_up(setup, reporter, run_dir)  # Ctrl-C while compiling leaves the run as it was
     config = run_dir / "config.yaml"
     if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
         atomic_write_text(config, spec.to_yaml())

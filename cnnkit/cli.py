@@ -6,6 +6,8 @@ A CnnkitError (bad spec, data, image or checkpoint) is printed as one panel, exi
 from __future__ import annotations
 
 import json
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +18,7 @@ from cnnkit import api, display
 from cnnkit.analysis import EVALUATION_SPLITS
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError, SpecError
-from cnnkit.interrupts import Interrupted
+from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed
 from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
@@ -28,6 +30,37 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cnnkit import __version__
+
+    found = []
+    for package in ("numpy", "numba", "rich", "typer"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    print(f"cnnkit {__version__} (Python {python}, {', '.join(found)})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = None,
+) -> None:
+    pass
+
 
 CheckpointOpt = Annotated[
     str, typer.Option("--checkpoint", "-c", help="best, last, or a path to an .npz checkpoint.")
@@ -95,9 +128,11 @@ def train(
     ]
     overrides = [*(set_ or []), *options]
     notes = display.error_console if quiet else display.console
-    note = lambda text: notes.print(f"[yellow]Note:[/yellow] {text}")  # noqa: E731
+    note = lambda text: display.print_line(notes, f"[yellow]Note:[/yellow] {text}")  # noqa: E731
     show_run_dir = (
-        None if quiet else (lambda d: display.console.print(f"Run directory: [bold]{d}[/bold]"))
+        None
+        if quiet
+        else (lambda d: display.print_line(display.console, f"Run directory: [bold]{d}[/bold]"))
     )
     if resume is not None:
         every_steps = api.load_run_spec(resume).logging["every_steps"]
@@ -306,7 +341,8 @@ def init(
     written = api.init_spec(template, path)
     display.console.print(
         f"Wrote [bold]{written}[/bold] ({template} template).\n"
-        f"Next: cnnkit check {written}   then   cnnkit train {written}"
+        f"Next: cnnkit check {written}   then   cnnkit train {written}",
+        soft_wrap=True,
     )
 
 
@@ -393,7 +429,8 @@ def augment(
         )
     display.console.print(
         f"Wrote [bold]{preview.path}[/bold]: {preview.images} training images (first row) "
-        f"and {preview.versions} augmented versions of each."
+        f"and {preview.versions} augmented versions of each.",
+        soft_wrap=True,
     )
 
 
@@ -421,7 +458,8 @@ def make_shapes(
     counts = write(folder, size=size, per_class=per_class, seed=seed)
     display.console.print(
         f"Wrote {', '.join(f'{n:,} {split}' for split, n in counts.items())} images "
-        f"({size}×{size} RGB) to [bold]{folder}[/bold]"
+        f"({size}×{size} RGB) to [bold]{folder}[/bold]",
+        soft_wrap=True,
     )
 
 
@@ -507,6 +545,13 @@ def main() -> None:
     except Interrupted as stop:
         display.print_interrupted(stop)
         raise SystemExit(stop.exit_code) from None
+    except BrokenPipeError:  # stdout's reader has gone (`cnnkit runs | head -1`): quietly
+        output_closed()
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a Unix tool
+    except CompileInterrupted as stop:
+        display.error_console.print(str(stop))
+        sys.stdout.flush()
+        os._exit(stop.exit_code)  # no interpreter shutdown under the thread still compiling
     except KeyboardInterrupt:
         # outside the training loop (loading data, evaluate, predict): nothing to save, and
         # every file on disk is whole (atomic writes)

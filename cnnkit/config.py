@@ -583,7 +583,8 @@ def _check_folder_shape(data: dict[str, Any], input_shape: list[int] | None) -> 
     channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[data["color_mode"]]
     if input_shape[2] != channels:
         raise SpecError(
-            f"color_mode {data['color_mode']} gives {channels} channel(s) but model.input_shape "
+            f"color_mode {data['color_mode']} gives {channels} channel{'s' * (channels != 1)} "
+            "but model.input_shape "
             f"has {input_shape[2]}",
             where="data.color_mode",
             hint=f"Use input_shape: [{input_shape[0]}, {input_shape[1]}, {channels}] or change "

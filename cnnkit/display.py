@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from collections import Counter
 from typing import Any
@@ -13,6 +14,7 @@ from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.errors import LiveError
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -26,10 +28,17 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnkit.errors import CnnkitError
+from cnnkit.interrupts import output_closed
 from cnnkit.model import SummaryRow
 
 console = Console()
 error_console = Console(stderr=True)
+
+
+def plural(n: int, word: str) -> str:
+    """1 round, 3 rounds; 1 batch, 2 batches; 1 channel, 4 channels."""
+    end = "es" if word.endswith(("s", "sh", "ch", "x")) else "s"
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{end}"
 
 
 def human_bytes(n: float) -> str:
@@ -42,42 +51,90 @@ def human_bytes(n: float) -> str:
 
 def summary_table(
     title: str, rows: list[SummaryRow], totals: dict[str, int], memory: Any = None
-) -> Table:
-    """Keras' summary; with a cnnkit.memory.MemoryPlan, per-layer and total memory too."""
-    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
-    table.add_column("Layer (type)")
-    table.add_column("Output Shape")
-    table.add_column("Param #", justify="right")
-    table.add_column("MACs / image", justify="right")
+) -> Any:
+    """Keras' summary; with a cnnkit.memory.MemoryPlan, per-layer and total memory too.
+
+    Laid out for the width it is printed at (Fits): one row per layer when that fits; in a
+    narrower terminal (80 columns) the layer's type goes under its name, then the memory
+    columns move to a table of their own. Names, shapes and figures are never cut."""
+    lines = [
+        f"Total params: {totals['total']:,} ({human_bytes(totals['bytes'])})",
+        f"Trainable params: {totals['trainable']:,}",
+        f"Non-trainable params: {totals['non_trainable']:,}",
+        f"MACs / image (forward): {totals['macs']:,}",
+    ]
     if memory is not None:
-        table.add_column("Forward", justify="right")
-        table.add_column("Training", justify="right")
-    for i, row in enumerate(rows):
-        cells = [f"{row.name} ({row.type})", row.output_shape, f"{row.params:,}", f"{row.macs:,}"]
-        if memory is not None:
-            layer = memory.layers[i]
-            cells += [human_bytes(layer.forward), human_bytes(layer.training)]
-        table.add_row(*cells)
-    table.caption = (
-        f"Total params: {totals['total']:,} ({human_bytes(totals['bytes'])})\n"
-        f"Trainable params: {totals['trainable']:,}\n"
-        f"Non-trainable params: {totals['non_trainable']:,}\n"
-        f"MACs / image (forward): {totals['macs']:,}"
-    )
-    if memory is not None:
-        table.caption += (
-            f"\nMemory for a batch of {memory.batch_size} (float32 arrays; Forward/Training "
-            "columns: what each layer keeps)\n"
-            f"  forward (inference): {human_bytes(memory.forward_total)} (input "
-            f"{human_bytes(memory.input)}, weights {human_bytes(memory.weights)}, "
-            f"activations {human_bytes(memory.forward_total - memory.input - memory.weights)})\n"
-            f"  training step: {human_bytes(memory.training_total)} (activations kept for "
-            f"backward {human_bytes(memory.activations_training)}, gradients "
-            f"{human_bytes(memory.gradients)}, optimizer state "
-            f"{human_bytes(memory.optimizer_state)}, weights {human_bytes(memory.weights)})"
+        activations = memory.forward_total - memory.input - memory.weights
+        lines += [
+            f"Memory for a batch of {memory.batch_size:,}, float32 (Forward/Training: what each "
+            "layer keeps)",
+            f"  forward (inference): {human_bytes(memory.forward_total)}",
+            f"    input {human_bytes(memory.input)}, weights {human_bytes(memory.weights)}, "
+            f"activations {human_bytes(activations)}",
+            f"  training step: {human_bytes(memory.training_total)}",
+            f"    activations kept for backward {human_bytes(memory.activations_training)}, "
+            f"gradients {human_bytes(memory.gradients)},",
+            f"    optimizer state {human_bytes(memory.optimizer_state)}, weights "
+            f"{human_bytes(memory.weights)}",
+        ]
+    caption = Text("\n".join(lines))
+
+    def layers(stacked: bool, with_memory: bool) -> Table:
+        table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+        table.add_column("Layer (type)")
+        for name in ("Output Shape", "Param #", "MACs / image"):
+            table.add_column(name, justify="left" if name == "Output Shape" else "right")
+        if with_memory:
+            table.add_column("Forward", justify="right")
+            table.add_column("Training", justify="right")
+        for i, row in enumerate(rows):
+            label = f"{row.name}\n({row.type})" if stacked else f"{row.name} ({row.type})"
+            cells = [escape(label), row.output_shape, f"{row.params:,}", f"{row.macs:,}"]
+            if with_memory:
+                layer = memory.layers[i]
+                cells += [human_bytes(layer.forward), human_bytes(layer.training)]
+            table.add_row(*cells)
+        return table
+
+    def memory_table() -> Table:
+        table = Table(
+            title=f"Memory per layer, batch of {memory.batch_size}",
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
         )
-    table.caption_justify = "left"
-    return table
+        for name in ("Layer", "Forward", "Training"):
+            table.add_column(name, justify="left" if name == "Layer" else "right")
+        for row, layer in zip(rows, memory.layers, strict=True):
+            table.add_row(row.name, human_bytes(layer.forward), human_bytes(layer.training))
+        return table
+
+    if memory is None:
+        return Fits(Group(layers(False, False), caption), Group(layers(True, False), caption))
+    return Fits(
+        Group(layers(False, True), caption),
+        Group(layers(True, True), caption),
+        Group(layers(True, False), memory_table(), caption),
+    )
+
+
+class Fits:
+    """The first of several layouts whose tables fit the width they are printed at, without
+    wrapping a cell (else the last): a summary stays whole in an 80-column terminal."""
+
+    def __init__(self, *layouts: Any):
+        self.layouts = layouts
+
+    def __rich_console__(self, console: Console, options: Any):
+        for layout in self.layouts:
+            tables = layout.renderables if isinstance(layout, Group) else [layout]
+            wide = options.update_width(10_000)
+            natural = [
+                Measurement.get(console, wide, t).maximum for t in tables if isinstance(t, Table)
+            ]
+            if max(natural, default=0) <= options.max_width:
+                yield layout
+                return
+        yield self.layouts[-1]
 
 
 def check_renderables(report: Any) -> list[Any]:
@@ -120,14 +177,57 @@ def print_error(error: CnnkitError) -> None:
             print_error(one)
         error_console.print(f"[bold red]{escape(error.message)}[/bold red]")
         return
-    body = f"[bold]{escape(error.message)}[/bold]"
+    head = f"[bold]{escape(error.message)}[/bold]"
     if error.where:
-        body = f"[cyan]{escape(error.where)}[/cyan]\n{body}"
+        head = f"[cyan]{escape(error.where)}[/cyan]\n{head}"
+    parts: list[Any] = [Text.from_markup(head)]
     if error.context:
-        body += f"\n\n[dim]{escape(error.context)}[/dim]"
+        inside = max(error_console.width - 4, 20)  # the panel's border and padding
+        # never wrapped: a wrapped line would leave its caret under the wrong column
+        excerpt = fit_excerpt(error.context, inside)
+        parts += [Text(""), Text(excerpt, style="dim", no_wrap=True, overflow="crop")]
     if error.hint:
-        body += f"\n\n{escape(error.hint)}"
-    error_console.print(Panel(body, title="cnnkit: error", title_align="left", border_style="red"))
+        parts += [Text(""), Text(error.hint)]
+    error_console.print(
+        Panel(Group(*parts), title="cnnkit: error", title_align="left", border_style="red")
+    )
+
+
+_GUTTER = re.compile(r"^(\s*\d+ \| |\s*)")
+
+
+def fit_excerpt(context: str, width: int) -> str:
+    """An error's excerpt (a source line, then a line holding only a caret under a column)
+    with every line that is wider than `width` cut to a window around its caret, marked with
+    … on the cut sides; the caret moves with it, so it stays under its column. The gutter
+    (`  12 | `, or the indent of a --set argument) is kept."""
+    lines = context.split("\n")
+    for i in range(len(lines) - 1):
+        source, caret = lines[i], lines[i + 1]
+        if len(source) <= width or caret.strip() != "^":
+            continue
+        gutter = len(_GUTTER.match(source)[0])
+        column = caret.index("^") - gutter  # in the text after the gutter
+        text, room = source[gutter:], max(width - gutter, 8)
+        start = max(0, min(column - room // 3, len(text) - room + 1))
+        head = "…" if start > 0 else ""
+        first = start + len(head)  # the … takes the place of one character
+        end = first + room - len(head)
+        tail = ""
+        if end < len(text):
+            tail, end = "…", end - 1
+        lines[i] = source[:gutter] + head + text[first:end] + tail
+        lines[i + 1] = " " * (gutter + len(head) + column - first) + "^"
+    return "\n".join(lines)
+
+
+def print_line(target: Console, text: str) -> None:
+    """target.print(text); when stdout's reader has gone (a pipe into `head`), training stops
+    as interrupted, with its checkpoint, instead of failing (cnnkit.interrupts.output_closed)."""
+    try:
+        target.print(text, soft_wrap=True)  # a long path is not broken onto a second line
+    except BrokenPipeError:
+        output_closed()
 
 
 def format_metrics(values: dict[str, Any]) -> str:
@@ -157,15 +257,39 @@ class RichReporter:
             transient=True,
         )
         self.task = None
+        self.compiling = False
+        self.status: Any = None  # the spinner while kernels load or compile
+        self.started = False  # the progress bar: from the first epoch on
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.status is not None:
+            self.status.stop()
+        if self.started:
+            self.progress.stop()
+
+    def kernels(self, phase: str, seconds: float) -> None:
+        if phase == "ready":
+            if self.status is not None:
+                self.status.stop()
+                self.status = None
+            if self.compiling:
+                console.print(f"[dim]{kernels_compiled_line(seconds)}[/dim]")
+            return
+        self.compiling = phase == "compiling"
+        text = compiling_line(seconds) if self.compiling else "Loading kernels"
+        if self.status is None:
+            self.status = console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
 
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.epochs = epochs
@@ -181,6 +305,16 @@ class RichReporter:
         self.progress.console.print(
             f"[bold]Epoch {row['epoch']}/{self.epochs}[/bold]  " + epoch_line(row), soft_wrap=True
         )
+
+
+def compiling_line(estimate_s: float) -> str:
+    from cnnkit.warmup import rounded
+
+    return f"Compiling kernels (first run only, about {rounded(estimate_s)} s) ..."
+
+
+def kernels_compiled_line(seconds: float) -> str:
+    return f"Kernels compiled in {seconds:.0f} s; cached for the next runs."
 
 
 def evaluation_tables(result: dict[str, Any]) -> list[Any]:
@@ -519,7 +653,18 @@ class PlainReporter:
         pass
 
     def _print(self, text: str) -> None:
-        print(text, file=self.file or sys.stdout, flush=True)
+        try:
+            print(text, file=self.file or sys.stdout, flush=True)
+        except BrokenPipeError:  # `cnnkit train ... | head`: stop as interrupted, saved
+            output_closed()
+
+    def kernels(self, phase: str, seconds: float) -> None:
+        """A line when Numba compiles, one when it is done; nothing with a warm cache."""
+        if phase == "compiling":
+            self.compiling = True
+            self._print(compiling_line(seconds))
+        elif phase == "ready" and getattr(self, "compiling", False):
+            self._print(kernels_compiled_line(seconds))
 
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
@@ -538,6 +683,9 @@ class PlainReporter:
 
 class QuietReporter(PlainReporter):
     """--quiet: no progress at all."""
+
+    def kernels(self, phase: str, seconds: float) -> None:
+        pass
 
     def step(self, step: int, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
         pass
@@ -691,7 +839,8 @@ def compare_renderables(result: dict[str, Any]) -> list[Any]:
     better value marked (★, green)."""
     a, b = result["a"], result["b"]
     spec = Table(
-        title=f"Spec: {len(result['spec_diff'])} keys differ ({result['spec_same']} the same)",
+        title=f"Spec: {plural(len(result['spec_diff']), 'key')} differ"
+        f"{'s' * (len(result['spec_diff']) == 1)} ({result['spec_same']} the same)",
         box=box.SIMPLE_HEAVY,
         title_justify="left",
     )
@@ -725,7 +874,8 @@ def print_trained(run_dir: Any, spec: Any) -> None:
         f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
         "(checkpoints/best.npz).\n"
         f"Run directory: [bold]{escape(str(run_dir))}[/bold] (report.md, curves.png)\n"
-        f"Next: cnnkit evaluate {escape(str(run_dir))}"
+        f"Next: cnnkit evaluate {escape(str(run_dir))}",
+        soft_wrap=True,  # paths and commands whole, to copy (the terminal wraps them)
     )
 
 
@@ -733,20 +883,29 @@ def print_interrupted(stop: Any) -> None:
     """After SIGINT/SIGTERM: what was saved and the exact command that continues."""
     import shlex
 
-    name = {2: "Ctrl-C (SIGINT)", 15: "SIGTERM"}.get(stop.signum, f"signal {stop.signum}")
+    name = {2: "Ctrl-C (SIGINT)", 13: "the output pipe closing (SIGPIPE)", 15: "SIGTERM"}.get(
+        stop.signum, f"signal {stop.signum}"
+    )
     where = (
         f"epoch {stop.epoch}, after step {stop.step}/{stop.steps}"
         if stop.step
         else f"the end of epoch {stop.epoch - 1}"
     )
-    command = f"cnnkit train --resume {shlex.quote(str(stop.run_dir))}"
-    error_console.print(
+    run = shlex.quote(str(stop.run_dir))
+    command = f"cnnkit train --resume {run}"
+    text = (
         f"[yellow]Interrupted by {name}[/yellow] at {where}. Saved "
         f"{escape(str(stop.run_dir))}/checkpoints/last.npz with the optimizer, schedule, "
         "random-stream and epoch state; metrics.csv holds the finished epochs.\n"
-        f"Resume exactly where it stopped with:\n  [bold]{escape(command)}[/bold]",
-        soft_wrap=True,
+        f"Resume exactly where it stopped with:\n  [bold]{escape(command)}[/bold]"
     )
+    if not (stop.run_dir / "checkpoints" / "best.npz").is_file():  # no epoch has finished
+        text += (
+            "\nNo epoch has finished, so there is no best.npz yet: evaluate or predict with "
+            f"these weights using --checkpoint last, e.g.\n  [bold]cnnkit evaluate "
+            f"{escape(run)} --checkpoint last[/bold]"
+        )
+    error_console.print(text, soft_wrap=True)
 
 
 def print_reproduction(result: Any) -> None:
@@ -754,7 +913,8 @@ def print_reproduction(result: Any) -> None:
     if not epochs:
         console.print(
             f"[red]Nothing compared:[/red] {escape(str(result.original))} and "
-            f"{escape(str(result.run_dir))} have no finished epoch in common."
+            f"{escape(str(result.run_dir))} have no finished epoch in common.",
+            soft_wrap=True,
         )
         return
     span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
@@ -767,7 +927,8 @@ def print_reproduction(result: Any) -> None:
         console.print(
             f"[bold green]Reproduced bit for bit:[/bold green] {escape(str(result.run_dir))} "
             f"matches {escape(str(result.original))}: metrics of {span} identical at full "
-            f"precision (seconds aside), {weights}."
+            f"precision (seconds aside), {weights}.",
+            soft_wrap=True,
         )
         return
     table = Table(title="Differences", box=box.SIMPLE_HEAVY, title_justify="left")
@@ -777,9 +938,11 @@ def print_reproduction(result: Any) -> None:
         table.add_row(str(epoch), key, repr(a), repr(b))
     console.print(table)
     console.print(
-        f"[bold red]Not reproduced:[/bold red] {len(result.differences)} values differ over "
+        f"[bold red]Not reproduced:[/bold red] {plural(len(result.differences), 'value')} "
+        f"differ{'s' * (len(result.differences) == 1)} over "
         f"{span}; {weights}. Same machine and thread count (NUMBA_NUM_THREADS) are needed "
-        "for bit-for-bit results."
+        "for bit-for-bit results.",
+        soft_wrap=True,
     )
 
 
@@ -793,11 +956,12 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
     torch = result.get("torch")
     title = (
         f"{result['spec']}: batch {result['batch_size']}, {result['threads']} threads, "
-        f"{result['rounds']} rounds of {result['steps']} batches (medians)"
+        f"{plural(result['rounds'], 'round')} of {plural(result['steps'], 'batch')} (medians)"
     )
     if torch:
         title += f"; PyTorch {torch['version']}, alternately in the same process"
-    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+    # title and notes as lines of their own: they wrap at the terminal's width, not the table's
+    table = Table(box=box.SIMPLE_HEAVY)
     table.add_column("")
     table.add_column("cnnkit images/s", justify="right")
     table.add_column("GFLOP/s", justify="right")
@@ -841,25 +1005,30 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
             f"{r['train_ratio']:.2f}/{r['infer_ratio']:.2f}" for r in result["rounds_detail"]
         )
         notes.append(f"Ratios per round (train/inference): {ratios}")
-    table.caption = "\n".join(notes)
-    table.caption_justify = "left"
-    layers = Table(
-        title="Per layer, one training step (ms), slowest first",
-        box=box.SIMPLE_HEAVY,
-        title_justify="left",
-    )
-    for name in ("Layer (type)", "forward", "backward", "total"):
-        layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
-    for row in result["layers"]:
-        layers.add_row(
-            f"{row['name']} ({row['type']})",
-            f"{row['forward_ms']:.2f}",
-            f"{row['backward_ms']:.2f}",
-            f"{row['forward_ms'] + row['backward_ms']:.2f}",
+
+    def per_layer(stacked: bool) -> Table:
+        layers = Table(
+            title="Per layer, one training step (ms), slowest first",
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
         )
-    if not torch:
-        return [table, layers]
-    return [table, _bench_check_table(torch["check"]), layers]
+        for name in ("Layer (type)", "forward", "backward", "total"):
+            layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
+        for row in result["layers"]:
+            name = (
+                f"{row['name']}\n({row['type']})" if stacked else f"{row['name']} ({row['type']})"
+            )
+            layers.add_row(
+                escape(name),
+                f"{row['forward_ms']:.2f}",
+                f"{row['backward_ms']:.2f}",
+                f"{row['forward_ms'] + row['backward_ms']:.2f}",
+            )
+        return layers
+
+    checks = [_bench_check_table(torch["check"])] if torch else []
+    notes_text = Text.from_markup("\n".join(notes))
+    return [Text(title), table, notes_text, *checks, Fits(per_layer(False), per_layer(True))]
 
 
 def _bench_check_table(check: dict[str, Any]) -> Table:

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM during training: finish the step, save, say how to resume.
+"""Ctrl-C and SIGTERM during training (and a closed stdout pipe): finish the step, save, say
+how to resume.
 
 The first SIGINT or SIGTERM only sets a flag; the training loop looks at it after every step,
 writes last.npz and its resume state, and raises `Interrupted`. A second signal exits at once
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +37,21 @@ class Interrupted(Exception):  # noqa: N818 (a request, not an error)
         return 128 + self.signum  # 130 SIGINT, 143 SIGTERM
 
 
+class CompileInterrupted(Exception):  # noqa: N818 (a request, not an error)
+    """Ctrl-C while the kernels compiled (cnnkit.warmup), before training wrote anything. Not
+    a KeyboardInterrupt, which Typer turns into a silent exit: the CLI says what happened and
+    exits with 130 at once (the compiling thread cannot be stopped, only left behind)."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir=None):
+        where = f"{run_dir} is as it was" if run_dir else "no run directory was created"
+        super().__init__(
+            f"Interrupted while compiling the kernels, before training started: {where}."
+        )
+        self.run_dir = run_dir
+
+
 @dataclass
 class StopFlag:
     signum: int | None = None
@@ -46,6 +63,26 @@ class StopFlag:
 
 _in_critical = 0
 _exit_pending: int | None = None
+_training: StopFlag | None = None  # the flag of the training loop running now (catch_signals)
+_stdout_closed = False
+
+
+def output_closed() -> None:
+    """stdout's reader has gone (`cnnkit train SPEC | head -3`: BrokenPipeError). Training
+    stops as after Ctrl-C: the step finishes, last.npz is saved, and the run ends interrupted
+    with 128 + SIGPIPE = 141, as a Unix tool killed by a closed pipe, and can be resumed. From
+    now on stdout writes to /dev/null, so nothing else fails on it (Python's advice on
+    SIGPIPE); the resume hint goes to stderr."""
+    global _stdout_closed
+    first = not _stdout_closed
+    _stdout_closed = True
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    if first and _training is not None and not _training.requested:
+        _training.signum = signal.SIGPIPE
+        _say("The output pipe closed: stopping after the current step and saving a checkpoint.")
 
 
 @contextlib.contextmanager
@@ -71,9 +108,14 @@ def _say(text: str) -> None:
 def catch_signals() -> Iterator[StopFlag]:
     """Install the SIGINT/SIGTERM handlers for the duration of training (main thread only;
     elsewhere the flag simply never rises). The previous handlers are put back after."""
-    flag = StopFlag()
+    global _training
+    flag = StopFlag(signal.SIGPIPE if _stdout_closed else None)
+    _training = flag
     if threading.current_thread() is not threading.main_thread():
-        yield flag
+        try:
+            yield flag
+        finally:
+            _training = None
         return
 
     def handler(signum, frame) -> None:
@@ -95,6 +137,7 @@ def catch_signals() -> Iterator[StopFlag]:
     try:
         yield flag
     finally:
+        _training = None
         for s, h in previous.items():
             signal.signal(s, h)
 

@@ -259,12 +259,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     checkpoint written since resume support), the file must match it."""
     npz, sidecar = path.with_suffix(".npz"), path.with_suffix(".json")
     if not npz.is_file():
-        raise CheckpointError(
-            "checkpoint not found",
-            where=str(npz),
-            hint="A run directory holds checkpoints/best.npz and checkpoints/last.npz once an "
-            "epoch (or train.save_every_steps steps) has finished.",
+        hint = (
+            "A run directory holds checkpoints/best.npz and checkpoints/last.npz once an "
+            "epoch (or train.save_every_steps steps) has finished."
         )
+        if npz.name == "best.npz" and npz.with_name("last.npz").is_file():
+            hint = (
+                "The run stopped before its first epoch ended, so it has no best.npz yet; its "
+                "last.npz holds the latest weights: add --checkpoint last (or finish training "
+                f"first: cnnkit train --resume {npz.parent.parent})."
+            )
+        raise CheckpointError("checkpoint not found", where=str(npz), hint=hint)
     meta = _read_sidecar(sidecar, required=False)
     arrays = read_npz(npz, "checkpoint")
     digests = meta.get("sha256") or {}

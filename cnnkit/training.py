@@ -30,7 +30,10 @@ from cnnkit.seeding import random_stream
 
 
 class Reporter(Protocol):
-    """What the loop tells the outside world (the Rich display, or nothing in tests)."""
+    """What the loop tells the outside world (the Rich display, or nothing in tests).
+
+    Optionally also kernels(phase, seconds), before the first step (cnnkit.api): "loading"
+    (0), then "compiling" (the estimate) only when Numba compiles, then "ready" (elapsed)."""
 
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(
@@ -40,6 +43,9 @@ class Reporter(Protocol):
 
 
 class SilentReporter:
+    def kernels(self, phase: str, seconds: float) -> None:
+        pass
+
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
         pass
 

@@ -53,3 +53,15 @@ def test_help_has_one_line_description_and_example(path, command):
 def test_shell_completion_is_installable():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "--install-completion" in result.output and "--show-completion" in result.output
+
+
+def test_version_prints_cnnkit_and_its_main_dependencies():
+    from importlib.metadata import version
+
+    from cnnkit import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    line = result.output.strip()
+    assert line.startswith(f"cnnkit {__version__} (Python ")
+    assert f"numba {version('numba')}" in line and f"numpy {version('numpy')}" in line

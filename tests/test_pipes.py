@@ -1,0 +1,60 @@
+"""`cnnkit train SPEC | head -3` (issue 12, line 10): when stdout's reader goes away, training
+stops as interrupted, with its checkpoint, exit code 141 (128 + SIGPIPE), and says on stderr
+how to resume; an interrupt in epoch 1 (no best.npz yet) points at --checkpoint last."""
+
+from __future__ import annotations
+
+import json
+
+from clitools import flat, run_cli, start_subprocess
+
+# hundreds of epochs of a model that trains in a moment: it is still training, printing a
+# line every 4 steps, whenever the pipe closes
+SPEC = """\
+name: piped
+data: {source: synthetic, num_classes: 3, max_train_samples: 512, max_test_samples: 32}
+model:
+  input_shape: [8, 8, 1]
+  layers:
+    - MaxPooling2D: {pool_size: 2}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}
+train: {epochs: 500, batch_size: 8}
+logging: {every_steps: 4}
+"""
+
+
+def test_closed_stdout_stops_training_as_interrupted_with_its_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    spec = tmp_path / "piped.yaml"
+    spec.write_text(SPEC)
+    proc = start_subprocess("train", str(spec), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    try:
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read()
+        proc.stdout.close()  # as `head -1` exits
+        code = proc.wait(timeout=120)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    text = flat(err)
+    assert "Interrupted by the output pipe closing (SIGPIPE) at epoch 1, after step" in text, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"cnnkit train --resume {run_dir}" in text, err
+    # no epoch finished: the hint says which checkpoint evaluate and predict can use
+    assert f"cnnkit evaluate {run_dir} --checkpoint last" in text, err
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
+    last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    assert last["epoch"] == 1 and not last["epoch_complete"] and last["step"] >= 4, last
+    assert not (run_dir / "checkpoints" / "best.npz").exists()
+
+    # evaluate's default (best) points at the checkpoint that exists
+    code, _, err = run_cli("evaluate", str(run_dir), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    text = flat(err)
+    assert "no best.npz yet" in text and "add --checkpoint last" in text, err
+    assert f"cnnkit train --resume {run_dir}" in text, err

@@ -1,0 +1,149 @@
+"""The first run does not look hung (issue 12, line 6): before the first step, a status says
+the kernels are compiling and about how long it takes; epoch 1's images/s does not include
+the compilation; Ctrl-C while compiling exits at once and leaves nothing half-written.
+
+Each test points NUMBA_CACHE_DIR at an empty folder, so that the kernels really compile."""
+
+from __future__ import annotations
+
+import csv
+import queue
+import re
+import signal
+import threading
+import time
+
+import pytest
+from clitools import start_subprocess
+
+from cnnkit import warmup
+from cnnkit.config import load_spec
+from cnnkit.model import Sequential
+
+# one max-pooling layer: compiles two small kernels (a few seconds), then trains in a moment
+POOL_SPEC = """\
+name: poolonly
+data: {source: synthetic, num_classes: 3, max_train_samples: 256, max_test_samples: 32}
+model:
+  input_shape: [8, 8, 1]
+  layers:
+    - MaxPooling2D: {pool_size: 2}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}
+train: {epochs: 1, batch_size: 8}
+logging: {every_steps: 8}
+"""
+
+# convolutions: compiling takes tens of seconds, time enough to interrupt it
+CONV_SPEC = """\
+name: convnet
+data: {source: synthetic, num_classes: 3, max_train_samples: 64, max_test_samples: 16}
+model:
+  input_shape: [12, 12, 1]
+  layers:
+    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}
+train: {epochs: 1, batch_size: 16}
+"""
+
+
+def lines_of(stream) -> queue.Queue:
+    """A background reader: the process' lines as they come (None at the end)."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def wait_for(lines: queue.Queue, pattern: str, timeout: float) -> tuple[str, list[str]]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        seen.append(line)
+        if re.search(pattern, line, re.IGNORECASE):
+            return line, seen
+    raise AssertionError(f"no line matching {pattern!r} in {seen}")
+
+
+@pytest.mark.slow
+def test_cold_cache_says_compiling_before_the_first_step_and_epoch_1_excludes_it(tmp_path):
+    spec = tmp_path / "pool.yaml"
+    spec.write_text(POOL_SPEC)
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba"), "CNNKIT_NUM_THREADS": "1"}
+    proc = start_subprocess(
+        "train", str(spec), "--out", str(tmp_path / "runs"), cwd=tmp_path, env=env
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    announced = next(i for i, line in enumerate(lines) if "compiling kernels" in line.lower())
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1 step"))
+    assert announced < first_step, out
+    assert re.search(r"\(first run only, about \d+ s\)", lines[announced]), lines[announced]
+    compiled = re.search(r"Kernels compiled in (\d+) s", out)
+    assert compiled, out
+    # the compilation is timed apart: epoch 1 (32 steps of 8 images) takes a fraction of it
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with open(run_dir / "metrics.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["seconds"]) < min(1.0, int(compiled[1]) / 2), (row, compiled[0])
+    speed = re.search(r"^Epoch 1/1 .* ([\d,]+) img/s", out, re.MULTILINE)
+    assert int(speed[1].replace(",", "")) > 1000, speed[0]
+
+    # the same cache, warm now: nothing is announced
+    proc = start_subprocess(
+        "train", str(spec), "--out", str(tmp_path / "runs"), cwd=tmp_path, env=env
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "kernels" not in out.lower(), out
+
+
+def test_ctrl_c_while_compiling_exits_at_once_and_writes_nothing(tmp_path):
+    spec = tmp_path / "conv.yaml"
+    spec.write_text(CONV_SPEC)
+    runs = tmp_path / "runs"
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba"), "CNNKIT_NUM_THREADS": "1"}
+    proc = start_subprocess("train", str(spec), "--out", str(runs), cwd=tmp_path, env=env)
+    try:
+        line, _ = wait_for(lines_of(proc.stdout), r"compiling kernels", timeout=120)
+        assert re.search(r"first run only, about \d+ s", line), line
+        time.sleep(0.5)  # well inside the compiler (tens of seconds for convolutions)
+        assert proc.poll() is None, "finished compiling already: the spec is too small"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+        waited = time.monotonic() - sent
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130, err
+    assert waited < 2.0, f"took {waited:.1f} s to exit"
+    assert "Interrupted while compiling the kernels" in err, err
+    assert "Traceback" not in err, err
+    # the run directory is made after the compilation: there is none, half-written or not
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.rglob("*"))
+
+
+def test_estimate_counts_the_kernels_of_the_model_not_in_the_cache():
+    spec = load_spec("configs/mnist_lenet.yaml")
+    kernels = warmup.kernels_used(Sequential.from_spec(spec))
+    assert "cnnkit.kernels.conv.conv2d_forward" in kernels
+    assert "cnnkit.kernels.pool.maxpool2d_backward" in kernels
+    assert not any("avgpool" in k or "batchnorm" in k or "affine" in k for k in kernels), kernels
+    idle = sum(warmup.COMPILE_SECONDS[k] for k in kernels)
+    assert warmup.estimate_seconds(kernels) >= idle
+    assert warmup.rounded(17.4) == 15 and warmup.rounded(3.4) == 3

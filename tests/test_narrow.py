@@ -73,7 +73,7 @@ def test_bench_with_pytorch_columns_at_80_columns():
         "infer_images_per_s": result["infer_images_per_s"] * 2,
         "train_ratio": 0.5,
         "infer_ratio": 0.5,
-        "check": {"outputs_max_rel_diff": 1.2e-6, "grads_max_rel_diff": 3.4e-6},
+        "check": _guard_result(list(result_gradient_keys(result))),
     }
     result["rounds_detail"] = [{"train_ratio": 0.5, "infer_ratio": 0.5}]
     out = io.StringIO()
@@ -84,6 +84,37 @@ def test_bench_with_pytorch_columns_at_80_columns():
     assert_fits(text)
     assert "cnnkit / PyTorch" in text and "PyTorch images/s" in text
     assert f"{result['torch']['train_images_per_s']:,.0f}" in text
+    # the guard's table: both sides' errors against the float64 reference, whole
+    assert "Error vs a float64 reference" in text and "2.8e-03" in text and "5.9e-07" in text
+
+
+def result_gradient_keys(result: dict) -> list[str]:
+    """Parameter names of the benchmarked model, as the guard reports them."""
+    spec = load_spec(ROOT / "configs" / "mnist.yaml")
+    from cnnkit.model import Sequential
+
+    return list(Sequential.from_spec(spec).build(spec.seed).named_params())
+
+
+def _guard_result(keys: list[str]) -> dict:
+    """A guard result in cnnkit.bench_torch's shape: cnnkit fine, PyTorch's first gradient off."""
+    ours = {k: 5.9e-07 for k in keys}
+    theirs = {k: 2.8e-03 if i == 0 else 3e-07 for i, k in enumerate(keys)}
+    side = lambda grads, ok: {  # noqa: E731
+        "output": 6e-07,
+        "loss": 5e-08,
+        "gradients": grads,
+        "max": max(grads.values()),
+        "worst": f"gradient of {keys[0]}",
+        "ok": ok,
+    }
+    return {
+        "tolerance": 1e-4,
+        "reference": "float64 twin",
+        "measure": "max|x-ref|/max|ref|",
+        "cnnkit": side(ours, True),
+        "torch": side(theirs, False),
+    }
 
 
 def test_caret_stays_under_its_column_when_the_line_is_wider_than_the_terminal(tmp_path):

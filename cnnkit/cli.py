@@ -18,7 +18,7 @@ from cnnkit import api, display
 from cnnkit.analysis import EVALUATION_SPLITS
 from cnnkit.config import load_spec
 from cnnkit.errors import CnnkitError, SpecError
-from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed
+from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed, stdout_was_closed
 from cnnkit.overrides import command_line, option_override
 from cnnkit.runs import json_safe
 
@@ -552,6 +552,10 @@ def main() -> None:
         display.error_console.print(str(stop))
         sys.stdout.flush()
         os._exit(stop.exit_code)  # no interpreter shutdown under the thread still compiling
+    except SystemExit as done:
+        if done.code in (0, None) and stdout_was_closed():  # finished into a closed pipe
+            raise SystemExit(141) from None
+        raise
     except KeyboardInterrupt:
         # outside the training loop (loading data, evaluate, predict): nothing to save, and
         # every file on disk is whole (atomic writes)

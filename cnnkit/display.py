@@ -31,7 +31,17 @@ from cnnkit.errors import CnnkitError
 from cnnkit.interrupts import output_closed
 from cnnkit.model import SummaryRow
 
-console = Console()
+
+class _PipeSafeConsole(Console):
+    """Rich's Console ends the program with exit code 1 when stdout's reader has gone; cnnkit
+    goes on writing into /dev/null instead (cnnkit.interrupts.output_closed: a training run
+    then stops as interrupted, with its checkpoint) and the CLI exits with 141 at the end."""
+
+    def on_broken_pipe(self) -> None:
+        output_closed()
+
+
+console = _PipeSafeConsole()
 error_console = Console(stderr=True)
 
 

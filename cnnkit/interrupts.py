@@ -85,6 +85,11 @@ def output_closed() -> None:
         _say("The output pipe closed: stopping after the current step and saving a checkpoint.")
 
 
+def stdout_was_closed() -> bool:
+    """stdout's reader went away during this process (output_closed has run)."""
+    return _stdout_closed
+
+
 @contextlib.contextmanager
 def critical() -> Iterator[None]:
     """A second signal arriving inside waits until the block ends (checkpoint renames)."""

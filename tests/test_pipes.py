@@ -49,7 +49,8 @@ def test_closed_stdout_stops_training_as_interrupted_with_its_checkpoint(
     assert f"cnnkit evaluate {run_dir} --checkpoint last" in text, err
     assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
     last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
-    assert last["epoch"] == 1 and not last["epoch_complete"] and last["step"] >= 4, last
+    # the closed pipe is noticed at the next print: a note, or a progress line
+    assert last["epoch"] == 1 and not last["epoch_complete"] and last["step"] >= 1, last
     assert not (run_dir / "checkpoints" / "best.npz").exists()
 
     # evaluate's default (best) points at the checkpoint that exists
@@ -58,3 +59,25 @@ def test_closed_stdout_stops_training_as_interrupted_with_its_checkpoint(
     text = flat(err)
     assert "no best.npz yet" in text and "add --checkpoint last" in text, err
     assert f"cnnkit train --resume {run_dir}" in text, err
+
+
+def test_stdout_closed_before_the_first_line_still_stops_as_interrupted(tmp_path):
+    """The reader gone before anything was printed: the first lines (run directory, notes)
+    meet the closed pipe through Rich, which by itself would exit with 1 and leave a run
+    marked failed. The run still stops after its first step, saved, with 141."""
+    spec = tmp_path / "piped.yaml"
+    spec.write_text(SPEC)
+    proc = start_subprocess("train", str(spec), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    try:
+        proc.stdout.close()  # `cnnkit train ... | true`
+        code = proc.wait(timeout=120)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
+    last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    assert last["epoch"] == 1 and not last["epoch_complete"], last

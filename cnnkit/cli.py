@@ -274,6 +274,8 @@ def predict(
         if heading:  # the folder, whole (the rows name files relative to it)
             display.console.print(heading, soft_wrap=True)
         display.console.print(display.predictions_table(results))
+        for line in display.prediction_notes(results):
+            display.console.print(line)
         if failed:
             display.error_console.print(display.predict_failures(results))
     if failed:

@@ -449,36 +449,51 @@ def predictions_heading(predictions: list[dict[str, Any]]) -> str | None:
 
 def predictions_table(predictions: list[dict[str, Any]], width: int | None = None) -> Table:
     """One row per image read, named by its path relative to predictions_folder, shortened
-    in the middle to fit `width` (default: the console's) so that rows stay distinguishable."""
+    in the middle to fit `width` (default: the console's) so that rows stay distinguishable.
+    Conversion notes go below the table (prediction_notes): inside a narrow name column they
+    wrapped into a few words a line."""
     width = width or console.width
     shown = [p for p in predictions if not p.get("error")]
-    folder = predictions_folder(predictions)
-    names = [os.path.relpath(p["image"], folder) if folder else p["image"] for p in shown]
+    names = _prediction_names(shown)
     tops = [", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"][1:]) for p in shown]
     first = max([len("prediction"), *(cell_len(p["top"][0]["class"]) for p in shown)])
     rest = min(max([len("top-k"), *(cell_len(t) for t in tops)]), 24)  # top-k wraps
     # 13: each cell's padding (2 x 4), the box's edges (2) and column gaps (3)
     budget = max(16, width - first - len("probability") - rest - 13)
-    names = [shorten_middle(n, budget) for n in names]
+    marks = [" (inverted)" if p.get("inverted") else "" for p in shown]
+    names = [
+        shorten_middle(n, max(8, budget - len(m))) + m for n, m in zip(names, marks, strict=True)
+    ]
     table = Table(box=box.SIMPLE_HEAVY)
     longest = max([len("image"), *(cell_len(n) for n in names)])
-    table.add_column("image", min_width=min(longest, budget))
+    table.add_column("image", min_width=min(longest, budget), no_wrap=True)
     table.add_column("prediction", style="bold")
     table.add_column("probability", justify="right")
     table.add_column("top-k")
     for p, name, rest_k in zip(shown, names, tops, strict=True):
         top = p["top"]
-        cell: list[Any] = [Text(name + ("  (inverted)" if p.get("inverted") else ""))]
-        cell[0].no_wrap = True
-        if p.get("note"):
-            cell.append(Text.from_markup(f"  [yellow]note:[/yellow] {escape(p['note'])}"))
-        table.add_row(
-            Group(*cell) if len(cell) > 1 else cell[0],
-            top[0]["class"],
-            f"{top[0]['probability']:.4f}",
-            rest_k,
-        )
+        table.add_row(Text(name), top[0]["class"], f"{top[0]['probability']:.4f}", rest_k)
     return table
+
+
+def _prediction_names(predictions: list[dict[str, Any]]) -> list[str]:
+    folder = predictions_folder(predictions)
+    return [os.path.relpath(p["image"], folder) if folder else p["image"] for p in predictions]
+
+
+def prediction_notes(predictions: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct conversion note (an RGB photo given to a grayscale model ...),
+    with the images it applies to, as named in the table."""
+    shown = [p for p in predictions if not p.get("error")]
+    grouped: dict[str, list[str]] = {}
+    for p, name in zip(shown, _prediction_names(shown), strict=True):
+        if p.get("note"):
+            grouped.setdefault(p["note"], []).append(name)
+    lines = []
+    for note, names in grouped.items():
+        which = ", ".join(names[:3]) + (f" and {len(names) - 3:,} more" if len(names) > 3 else "")
+        lines.append(f"[yellow]Note:[/yellow] {escape(note)} ({escape(which)})")
+    return lines
 
 
 def predict_failures(predictions: list[dict[str, Any]]) -> str:

@@ -186,6 +186,11 @@ def test_image_with_other_channel_count_is_converted_with_a_note(
     )
     assert code == 0, out + err
     assert "converted from RGB (3 channels) to grayscale (1 channel)" in flat(out)
+    # the note is one line below the table, naming the image, not wrapped into the name column
+    assert (
+        "Note: converted from RGB (3 channels) to grayscale (1 channel), as the model was "
+        "trained (colour.png)" in flat(out)
+    )
     code, out, _ = run_cli(
         "predict",
         str(image),

@@ -239,3 +239,33 @@ def test_predict_at_80_columns_tells_rows_apart(runs, tmp_path):
     assert shown[:2] == ["cats/cat.1001.jpg", "cats/cat.1002.jpg"]
     assert shown[2].startswith("dogs/") and shown[2].endswith("roll_0001.jpg") and "…" in shown[2]
     assert shown[3].endswith("roll_0002.jpg")
+
+
+def test_inverted_mark_and_notes_fit_80_columns():
+    """'(inverted)' counts in the name's budget (the name is shortened, the mark kept whole);
+    conversion notes are lines below the table, grouped, naming their images."""
+    import io
+
+    from rich.console import Console
+
+    from cnnkit import display
+
+    note = "converted from RGB (3 channels) to grayscale (1 channel), as the model was trained"
+    top = [{"class": c, "probability": p} for c, p in (("2", 0.9999), ("1", 1e-4), ("0", 0.0))]
+    names = ["drawn_inverted_label2_100px_from_the_paint_program.jpg", "plain_0001.png"]
+    predictions = [
+        {"image": f"/data/mine/{n}", "error": None, "inverted": i == 0, "note": note, "top": top}
+        for i, n in enumerate(names)
+    ]
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    console.print(display.predictions_table(predictions, width=80))
+    for line in display.prediction_notes(predictions):
+        console.print(line)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    (row,) = [line for line in lines if "(inverted)" in line]
+    assert "…" in row and "program.jpg (inverted)" in row, row
+    notes = [line for line in lines if line.startswith("Note:")]
+    assert len(notes) == 1 and "grayscale" in notes[0], lines  # one note, both images
+    assert "plain_0001.png" in flat(out.getvalue().split("Note:")[1])

@@ -187,8 +187,8 @@ def _conversion_note(mode: str, channels: int) -> str | None:
     if mode in ("RGBA", "LA", "PA") and channels != 4:
         alpha = ", transparency composited onto white"
     return (
-        f"converted from {mode} ({have} channel{'s' * (have != 1)}) to {target}{alpha}: the "
-        f"model expects {channels}"
+        f"converted from {mode} ({have} channel{'s' * (have != 1)}) to {target}{alpha}, "
+        "as the model was trained"
     )
 
 

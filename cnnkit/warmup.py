@@ -1,6 +1,7 @@
 """Compile (or load from the cache) every kernel a run needs before its first training step.
 
-The first ever run compiles the Numba kernels for about 20-40 s. Done inside the first step,
+The first ever run compiles the Numba kernels for about a minute (53 s for mnist.yaml on
+the 2-core AVX2 reference machine). Done inside the first step,
 that looks like a hang, counts against epoch 1's images/s, and cannot be stopped with Ctrl-C:
 Numba holds the interpreter for seconds at a time, so a signal handler in the compiling thread
 runs late. So `warm_up` runs one forward and backward pass of two training images, and one
@@ -18,7 +19,6 @@ COMPILE_SECONDS: each kernel's compile time measured on a cold cache.
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,27 +28,28 @@ from typing import Any
 import numpy as np
 
 # Seconds to compile each kernel (with the helpers it inlines) on a cold cache, from Numba's
-# compile events: measured with two specs (configs/mnist.yaml, and one with strides,
-# average pooling and augmentation) on the 2-core reference machine while it was shared
-# (3.4x slower than idle, from the load), and scaled to the idle machine's measured total for
-# mnist.yaml (23 s, README). A kernel not listed counts DEFAULT_SECONDS. The first compile of
-# a process also pays Numba's own start (in batch_moments' figure: it compiled first there).
+# compile events: measured with two specs (configs/mnist.yaml, and one with strides, average
+# pooling and augmentation), then scaled to the total measured for mnist.yaml on the reference
+# machine (AMD EPYC, AVX2, 2 cores, idle: 53 s, 2026-12-01), where CALIBRATION_SECONDS is the
+# time of _calibration_loop. A kernel not listed counts DEFAULT_SECONDS. The first compile of a
+# process also pays Numba's own start (in batch_moments' figure: it compiled first there).
+CALIBRATION_SECONDS = 0.024
 COMPILE_SECONDS = {
-    "cnnkit.kernels.conv.conv2d_forward": 6.5,
-    "cnnkit.kernels.conv.conv2d_backward_weights": 6.0,
-    "cnnkit.kernels.conv.conv2d_backward_input": 2.7,
-    "cnnkit.kernels.batchnorm.batch_moments": 4.4,
-    "cnnkit.kernels.batchnorm.normalize": 0.9,
-    "cnnkit.kernels.batchnorm.backward_sums": 1.4,
-    "cnnkit.kernels.batchnorm.backward_input": 0.4,
-    "cnnkit.kernels.pool.maxpool2d_forward": 1.0,
-    "cnnkit.kernels.pool.maxpool2d_backward": 0.4,
-    "cnnkit.kernels.pool.avgpool2d_forward": 0.6,
-    "cnnkit.kernels.pool.avgpool2d_backward": 0.6,
-    "cnnkit.kernels.activations.relu_backward_into": 0.5,
-    "cnnkit.kernels.affine.augment_batch": 1.6,
+    "cnnkit.kernels.conv.conv2d_forward": 14.2,
+    "cnnkit.kernels.conv.conv2d_backward_weights": 13.1,
+    "cnnkit.kernels.conv.conv2d_backward_input": 5.9,
+    "cnnkit.kernels.batchnorm.batch_moments": 9.6,
+    "cnnkit.kernels.batchnorm.normalize": 2.0,
+    "cnnkit.kernels.batchnorm.backward_sums": 3.1,
+    "cnnkit.kernels.batchnorm.backward_input": 0.9,
+    "cnnkit.kernels.pool.maxpool2d_forward": 2.2,
+    "cnnkit.kernels.pool.maxpool2d_backward": 0.9,
+    "cnnkit.kernels.pool.avgpool2d_forward": 1.3,
+    "cnnkit.kernels.pool.avgpool2d_backward": 1.3,
+    "cnnkit.kernels.activations.relu_backward_into": 1.1,
+    "cnnkit.kernels.affine.augment_batch": 3.5,
 }
-DEFAULT_SECONDS = 1.0
+DEFAULT_SECONDS = 2.0
 
 # set when the last warm-up thread has finished. Its own flag, not Thread.is_alive(): a
 # join() interrupted by Ctrl-C marks a running thread as stopped (CPython 3.11, bpo-45274).
@@ -128,15 +129,27 @@ def _has_cache_entry(dispatcher: Any) -> bool:
 
 
 def estimate_seconds(kernels: list[str]) -> float:
-    """The compile time of these kernels here: the idle figures times how much busier than
-    its cores the machine is now (compiling is one thread; other work on the cores slows it
-    in proportion, as measured above)."""
-    idle = sum(COMPILE_SECONDS.get(name, DEFAULT_SECONDS) for name in kernels)
-    try:
-        busy = os.getloadavg()[0] / max(os.cpu_count() or 1, 1)
-    except OSError:  # no load average on this system
-        busy = 1.0
-    return idle * max(1.0, busy)
+    """The compile time of these kernels here and now: the reference machine's figures times
+    how much slower than there a short pure-Python loop runs. LLVM compiles on one core, so
+    its time follows that core's speed and how busy it is, which the loop measures at once
+    (a load average lags by a minute and knows nothing of the core's speed)."""
+    reference = sum(COMPILE_SECONDS.get(name, DEFAULT_SECONDS) for name in kernels)
+    return reference * machine_slowness()
+
+
+def machine_slowness() -> float:
+    """This machine's time for _calibration_loop over the reference machine's (median of 3;
+    about 75 ms in all, spent only when something is about to compile)."""
+    times = sorted(_calibration_loop() for _ in range(3))
+    return max(0.25, times[1] / CALIBRATION_SECONDS)
+
+
+def _calibration_loop() -> float:
+    started = time.perf_counter()
+    total = 0
+    for i in range(200_000):
+        total += i * i % 7
+    return time.perf_counter() - started
 
 
 def rounded(seconds: float) -> int:

@@ -292,10 +292,10 @@ def summary(
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Keras-style model summary: layers, output shapes, parameters, MACs, memory per batch.
+    """Keras-style model summary: layers, output shapes, parameters and MACs; no data needed.
 
-    Loads no data. Memory columns: what each layer keeps for a forward pass and for a training
-    step (activations kept for backward, gradients, optimizer state).
+    Also the memory per batch. Memory columns: what each layer keeps for a forward pass and
+    for a training step (activations kept for backward, gradients, optimizer state).
 
     Example: cnnkit summary configs/mnist.yaml --batch-size 256
     """

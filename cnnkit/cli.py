@@ -538,6 +538,15 @@ def bench(
         display.console.print(renderable)
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception of the chain that led to error (its causes and contexts)."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return error
+
+
 def main() -> None:
     try:
         app()
@@ -555,8 +564,17 @@ def main() -> None:
         sys.stdout.flush()
         os._exit(stop.exit_code)  # no interpreter shutdown under the thread still compiling
     except SystemExit as done:
-        if done.code in (0, None) and stdout_was_closed():  # finished into a closed pipe
-            raise SystemExit(141) from None
+        # Typer ends a command that raised KeyboardInterrupt or hit a closed pipe (a print()
+        # of --json) with a bare exit code, 130 or 1: say what happened, exit as a Unix tool
+        cause = _root_cause(done)
+        if isinstance(cause, KeyboardInterrupt):
+            display.error_console.print(
+                "Interrupted (no training step in progress; nothing to save)."
+            )
+            raise SystemExit(130) from None
+        if isinstance(cause, BrokenPipeError) or (done.code in (0, None) and stdout_was_closed()):
+            output_closed()
+            raise SystemExit(141) from None  # 128 + SIGPIPE
         raise
     except KeyboardInterrupt:
         # outside the training loop (loading data, evaluate, predict): nothing to save, and

@@ -81,3 +81,30 @@ def test_stdout_closed_before_the_first_line_still_stops_as_interrupted(tmp_path
     assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
     last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
     assert last["epoch"] == 1 and not last["epoch_complete"], last
+
+
+def test_ctrl_c_outside_training_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
+    """Typer turns a KeyboardInterrupt (loading data, evaluate, predict) into a bare exit 130;
+    the user is told that nothing was in progress to save."""
+    from cnnkit import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "evaluate", interrupted)
+    code, _, err = run_cli("evaluate", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 130
+    assert "Interrupted (no training step in progress; nothing to save)." in flat(err), err
+
+
+def test_json_into_a_closed_pipe_exits_141_quietly(tmp_path):
+    """`cnnkit schema | true`: print() meets the closed pipe; Typer alone would exit 1."""
+    proc = start_subprocess("schema", cwd=tmp_path)
+    try:
+        proc.stdout.close()
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 141 and not err.strip(), err

@@ -196,7 +196,13 @@ def _setup(spec: Spec, threads: int | None = None, progress: LoadProgress | None
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
     return _Setup(
-        splits, preprocessor, model, loss_fn, optimizer, list(dataset.notes), dataset.skipped
+        splits,
+        preprocessor,
+        model,
+        loss_fn,
+        optimizer,
+        [*dataset.notes, *splits.notes],
+        dataset.skipped,
     )
 
 

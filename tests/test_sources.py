@@ -152,3 +152,20 @@ def test_stratified_subset_keeps_every_class_and_the_exact_count():
         assert np.all(np.diff(keep) > 0)  # sorted, no repeats
     # proportional where the shares allow: 64 × (500, 300, 197, 3) / 1000 = 32, 19.2, 12.6, 0.2
     assert np.bincount(y[stratified_subset(y, 64, rng)]).tolist() == [32, 19, 12, 1]
+
+
+def test_validation_split_of_class_sorted_arrays_is_said(tmp_path: Path):
+    """validation_split takes the last fraction, as Keras' fit: on class-sorted arrays that is
+    the last class only, which the splits' notes say (train prints them); shuffled: nothing."""
+    path = tmp_path / "sorted.npz"
+    _class_sorted_npz(path, [100, 60, 40])
+    splits = _subset(path, seed=1, extra=", validation_split: 0.2")
+    assert set(splits.validation.y.tolist()) == {2}  # Keras' split, unchanged
+    (note,) = splits.notes
+    assert "has no image of 2 of 3 classes (c0, c1)" in note and "sorted by class" in note
+    rng = np.random.default_rng(0)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    order = rng.permutation(len(arrays["y"]))
+    np.savez(path, **{**arrays, "x": arrays["x"][order], "y": arrays["y"][order]})
+    assert _subset(path, seed=1, extra=", validation_split: 0.2").notes == []

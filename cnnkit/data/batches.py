@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class Splits:
     validation: Split | None
     test: Split | None  # None when the data has no test split (an image folder without test/)
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)  # what the user should know of the splits
 
 
 def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
@@ -69,6 +70,7 @@ def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
         dataset.files_test,
         "test_subset",
     )
+    notes: list[str] = []
     validation = prepare(dataset.x_val, dataset.y_val, None, dataset.files_val)
     if data.get("validation") == "none":
         validation = None
@@ -76,9 +78,28 @@ def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
         n_val = max(1, int(round(len(train) * data["validation_split"])))
         validation = Split(train.x[-n_val:], train.y[-n_val:])
         train = Split(train.x[:-n_val], train.y[:-n_val])
+        notes.extend(_class_sorted_note(train, validation, class_names, data["validation_split"]))
     elif validation is None and data.get("validation") == "test":
         validation = test
-    return Splits(train, validation, test, class_names)
+    return Splits(train, validation, test, class_names, notes)
+
+
+def _class_sorted_note(
+    train: Split, validation: Split, class_names: list[str], fraction: float
+) -> list[str]:
+    """validation_split takes the last fraction of the data, as Keras' fit does: on data
+    sorted by class that is one or two classes, and the val_ metrics (and best.npz) mean
+    little. Said, not changed: the split stays Keras' and every existing run the same."""
+    missing = sorted(set(np.unique(train.y).tolist()) - set(np.unique(validation.y).tolist()))
+    if not missing:
+        return []
+    names = ", ".join(class_names[c] for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return [
+        f"the validation split (the last {fraction:g} of the training data, as Keras' fit "
+        f"takes it) has no image of {len(missing)} of {len(class_names)} classes ({names}): "
+        "the data looks sorted by class, so its val_ metrics and best.npz mean little. "
+        "Shuffle the arrays before saving them, or give a validation set of its own"
+    ]
 
 
 def stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -351,6 +351,8 @@ def parse_spec(
     if check_data and spec is not None:
         with errors.collect():
             check_data_files(spec)
+    elif check_data:  # the spec has other errors: what the disk says is still worth saying
+        _check_data_section_files(raw, file, errors)
     for error in errors.found:
         _locate(error, text, root, where, sets)
     for error, mark in _duplicate_keys(root):
@@ -362,6 +364,29 @@ def parse_spec(
     spec.file = file
     spec.overrides = [o.arg for o in sets]
     return spec
+
+
+def _check_data_section_files(raw: Any, file: Path | None, errors: ErrorList) -> None:
+    """check_data_files for a spec that failed validation elsewhere (a head that does not fit
+    the classes, a typo in a layer): when its data section is valid on its own, its disk
+    problems are listed with the others, once each. "Every error in one pass"."""
+    given = raw.get("data") if isinstance(raw, Mapping) else None
+    if not isinstance(given, Mapping):
+        return
+    try:
+        data = _data_section(given)
+    except SpecError:
+        return  # reported already, by validate
+    check = SOURCES[data["source"]].check_files
+    if check is None:
+        return
+    found = ErrorList()
+    with found.collect():
+        check(data, file.parent if file else None)
+    known = {(e.where, e.message) for e in errors.found}
+    for error in found.found:
+        if (error.where, error.message) not in known:
+            errors.add(error)
 
 
 def _locate(exc: SpecError, text: str, root, where: str, sets: list[Override]) -> None:

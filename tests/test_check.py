@@ -343,3 +343,16 @@ def test_class_names_select_and_order_the_folder_classes(tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:  # the folder changed after the spec was checked
         make_splits(dataset, {**spec.data, "classes": ["emu", "yak"]}, spec.seed)
     assert info.value.where == "data.classes[1]" and "cat, dog, emu" in info.value.hint
+
+
+def test_disk_problems_are_listed_beside_the_specs_other_errors(tmp_path, no_image_opened):
+    """A head that does not fit (3 units, 2 classes named) used to hide the misspelt class
+    name behind it; now both come in one pass, each once."""
+    _image_folder(tmp_path / "d")
+    spec = _write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [emu, kat]", 3)
+    errors = _check_errors(spec)
+    where = [e.where for e in errors]
+    assert any("Dense" in w for w in where), where  # the head: 3 units for 2 classes
+    assert sum("data.classes[1]" in w for w in where) == 1, where
+    (misspelt,) = [e for e in errors if "data.classes[1]" in e.where]
+    assert "kat" in misspelt.message and "cat" in (misspelt.hint or ""), misspelt

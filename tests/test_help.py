@@ -65,3 +65,16 @@ def test_version_prints_cnnkit_and_its_main_dependencies():
     line = result.output.strip()
     assert line.startswith(f"cnnkit {__version__} (Python ")
     assert f"numba {version('numba')}" in line and f"numpy {version('numpy')}" in line
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else ""
+)
+def test_help_paragraphs_fill_80_columns(path, command):
+    """No sentence breaks early where the docstring did: every line of the description that
+    a line of the same paragraph follows reaches near the edge."""
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    description = result.output.split("╭")[0].splitlines()[3:]  # after the Usage line
+    for line, following in zip(description, description[1:], strict=False):
+        if line.strip() and following.strip():
+            assert len(line.rstrip()) >= 55, f"`{' '.join(path)} --help` breaks early: {line!r}"

@@ -17,6 +17,24 @@ from cnnkit import cli, display
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def tiny_pool_spec(name: str, epochs: int, train_samples: int, every_steps: int) -> str:
+    """A spec of one max-pooling layer on synthetic data: two small kernels to compile, then
+    thousands of steps a second (batch 8)."""
+    data = f"source: synthetic, num_classes: 3, max_train_samples: {train_samples}"
+    return f"""\
+name: {name}
+data: {{{data}, max_test_samples: 32}}
+model:
+  input_shape: [8, 8, 1]
+  layers:
+    - MaxPooling2D: {{pool_size: 2}}
+    - Flatten: {{}}
+    - Dense: {{units: 3, activation: softmax}}
+train: {{epochs: {epochs}, batch_size: 8}}
+logging: {{every_steps: {every_steps}}}
+"""
+
+
 def subprocess_env(columns: int = 120, env: dict | None = None) -> dict[str, str]:
     base = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(ROOT)}
     base.pop("FORCE_COLOR", None)
@@ -53,6 +71,22 @@ def start_subprocess(
         text=True,
         env=subprocess_env(columns, env),
     )
+
+
+def close_stdout_and_wait(
+    proc: subprocess.Popen, after_lines: int = 0, timeout: float = 120
+) -> tuple[int, str]:
+    """Read after_lines lines of proc's stdout, close it (as `| head -N` exits), wait:
+    (exit code, stderr). The process is killed if it is still running after the timeout."""
+    try:
+        for _ in range(after_lines):
+            assert proc.stdout.readline(), proc.stderr.read()
+        proc.stdout.close()
+        code = proc.wait(timeout=timeout)
+        return code, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def run_cli(*args: str, monkeypatch, capsys) -> tuple[int, str, str]:

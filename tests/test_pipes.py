@@ -6,22 +6,11 @@ from __future__ import annotations
 
 import json
 
-from clitools import flat, run_cli, start_subprocess
+from clitools import close_stdout_and_wait, flat, run_cli, start_subprocess, tiny_pool_spec
 
 # hundreds of epochs of a model that trains in a moment: it is still training, printing a
 # line every 4 steps, whenever the pipe closes
-SPEC = """\
-name: piped
-data: {source: synthetic, num_classes: 3, max_train_samples: 512, max_test_samples: 32}
-model:
-  input_shape: [8, 8, 1]
-  layers:
-    - MaxPooling2D: {pool_size: 2}
-    - Flatten: {}
-    - Dense: {units: 3, activation: softmax}
-train: {epochs: 500, batch_size: 8}
-logging: {every_steps: 4}
-"""
+SPEC = tiny_pool_spec("piped", epochs=500, train_samples=512, every_steps=4)
 
 
 def test_closed_stdout_stops_training_as_interrupted_with_its_checkpoint(
@@ -30,15 +19,7 @@ def test_closed_stdout_stops_training_as_interrupted_with_its_checkpoint(
     spec = tmp_path / "piped.yaml"
     spec.write_text(SPEC)
     proc = start_subprocess("train", str(spec), "--out", str(tmp_path / "runs"), cwd=tmp_path)
-    try:
-        first = proc.stdout.readline()
-        assert first, proc.stderr.read()
-        proc.stdout.close()  # as `head -1` exits
-        code = proc.wait(timeout=120)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    code, err = close_stdout_and_wait(proc, after_lines=1)  # as `head -1` exits
     assert code == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     text = flat(err)
@@ -68,13 +49,7 @@ def test_stdout_closed_before_the_first_line_still_stops_as_interrupted(tmp_path
     spec = tmp_path / "piped.yaml"
     spec.write_text(SPEC)
     proc = start_subprocess("train", str(spec), "--out", str(tmp_path / "runs"), cwd=tmp_path)
-    try:
-        proc.stdout.close()  # `cnnkit train ... | true`
-        code = proc.wait(timeout=120)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    code, err = close_stdout_and_wait(proc)  # `cnnkit train ... | true`
     assert code == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -99,12 +74,5 @@ def test_ctrl_c_outside_training_says_so_and_exits_130(tmp_path, monkeypatch, ca
 
 def test_json_into_a_closed_pipe_exits_141_quietly(tmp_path):
     """`cnnkit schema | true`: print() meets the closed pipe; Typer alone would exit 1."""
-    proc = start_subprocess("schema", cwd=tmp_path)
-    try:
-        proc.stdout.close()
-        code = proc.wait(timeout=60)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    code, err = close_stdout_and_wait(start_subprocess("schema", cwd=tmp_path), timeout=60)
     assert code == 141 and not err.strip(), err

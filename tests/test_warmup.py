@@ -14,25 +14,14 @@ import threading
 import time
 
 import pytest
-from clitools import start_subprocess
+from clitools import start_subprocess, tiny_pool_spec
 
 from cnnkit import warmup
 from cnnkit.config import load_spec
 from cnnkit.model import Sequential
 
 # one max-pooling layer: compiles two small kernels (a few seconds), then trains in a moment
-POOL_SPEC = """\
-name: poolonly
-data: {source: synthetic, num_classes: 3, max_train_samples: 256, max_test_samples: 32}
-model:
-  input_shape: [8, 8, 1]
-  layers:
-    - MaxPooling2D: {pool_size: 2}
-    - Flatten: {}
-    - Dense: {units: 3, activation: softmax}
-train: {epochs: 1, batch_size: 8}
-logging: {every_steps: 8}
-"""
+POOL_SPEC = tiny_pool_spec("poolonly", epochs=1, train_samples=256, every_steps=8)
 
 # convolutions: compiling takes tens of seconds, time enough to interrupt it
 CONV_SPEC = """\

@@ -232,12 +232,9 @@ def fit_excerpt(context: str, width: int) -> str:
 
 
 def print_line(target: Console, text: str) -> None:
-    """target.print(text); when stdout's reader has gone (a pipe into `head`), training stops
-    as interrupted, with its checkpoint, instead of failing (cnnkit.interrupts.output_closed)."""
-    try:
-        target.print(text, soft_wrap=True)  # a long path is not broken onto a second line
-    except BrokenPipeError:
-        output_closed()
+    """target.print(text) without breaking a long path onto a second line. A closed stdout
+    is the console's business (_PipeSafeConsole: training stops as interrupted)."""
+    target.print(text, soft_wrap=True)
 
 
 def format_metrics(values: dict[str, Any]) -> str:

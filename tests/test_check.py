@@ -206,9 +206,9 @@ def _image_folder(root: Path, splits=("train", "val", "test"), classes=("cat", "
     from PIL import Image
 
     for split in splits:
-        for name in classes:
+        for i, name in enumerate(classes):  # a colour per class: labels can be told apart
             (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / name / "0.png")
+            Image.new("RGB", (8, 8), (10 + 40 * i, 20, 30)).save(root / split / name / "0.png")
 
 
 @pytest.fixture
@@ -334,9 +334,14 @@ def test_class_names_select_and_order_the_folder_classes(tmp_path, monkeypatch):
     splits = make_splits(dataset, spec.data, spec.seed)
     assert splits.class_names == ["emu", "cat"]
     emu, cat = dataset.class_names.index("emu"), dataset.class_names.index("cat")
-    for split in (splits.train, splits.validation, splits.test):
-        assert sorted(split.y.tolist()) == [0, 1]
-        assert [Path(f).parent.name for f in split.files or []] in ([], ["cat", "emu"])
+    # each image's label is its folder's place in data.classes: emu 0, cat 1 (not sorted order)
+    train = splits.train
+    assert sorted(train.y.tolist()) == [0, 1]
+    emu_image = dataset.x_train[dataset.y_train == emu][0]
+    assert np.array_equal(train.x[train.y == 0][0], emu_image)
+    for split in (splits.validation, splits.test):
+        labels = {Path(f).parent.name: int(y) for f, y in zip(split.files, split.y, strict=True)}
+        assert labels == {"emu": 0, "cat": 1}, labels
     by_index = make_splits(dataset, {**spec.data, "classes": [emu, cat]}, spec.seed)
     np.testing.assert_array_equal(by_index.train.x, splits.train.x)
     np.testing.assert_array_equal(by_index.train.y, splits.train.y)

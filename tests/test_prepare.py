@@ -115,11 +115,13 @@ def test_predict_gives_evaluates_probabilities_bit_for_bit(runs, mode, monkeypat
     )
     assert np.array_equal(got, expected)
     # and the uint8 arrays predict decodes are those training's cached decoder gave
-    shape = (12, 12, CHANNELS[mode])
-    options = images.ImageOptions.from_spec(api.load_model(run)[0])
+    spec = api.load_model(run)[0]
+    options = images.ImageOptions.from_spec(spec)
     assert options == images.ImageOptions((12, 12), mode, "nearest")
-    for f in files[:3]:
-        assert images.decode_image(Path(f), options).shape == shape
+    cached = api.load_dataset(spec)  # the folder cache that training filled
+    for f in files:
+        row = cached.files_test.index(f)
+        assert np.array_equal(images.decode_image(Path(f), options), cached.x_test[row]), f
 
 
 def test_old_bilinear_path_would_differ(runs):

@@ -326,9 +326,10 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(
 
     def poisoned(self, logits, labels):
         loss, grad = real_call(self, logits, labels)
+        if threading.current_thread().name == "cnnkit-warm-up":  # compiling, not training
+            return loss, grad
         calls.append(1)
-        # call 1: the kernels' warm-up (cnnkit.warmup), before the first step
-        return (float("nan"), grad) if len(calls) == 3 else (loss, grad)
+        return (float("nan"), grad) if len(calls) == 2 else (loss, grad)
 
     monkeypatch.setattr(SparseCategoricalCrossentropy, "__call__", poisoned)
     code, _, err = run_cli(

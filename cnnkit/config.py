@@ -19,7 +19,7 @@ import yaml
 
 from cnnkit.callbacks import CALLBACK_SECTIONS, DEFAULT_MONITORS, resolve_monitor
 from cnnkit.data.augment import resolve_augmentation
-from cnnkit.data.sources import SOURCES, check_data_files
+from cnnkit.data.sources import SOURCES
 from cnnkit.errors import SpecError
 from cnnkit.layers.base import Layer
 from cnnkit.metrics import (
@@ -287,9 +287,9 @@ def load_spec(path: str | Path, overrides: SpecOverrides = None, check_data: boo
 
     overrides: `--set` strings ('train.epochs=3'), Override objects, or a mapping of dotted
     paths to values ({'train.epochs': 3}); see cnnkit.overrides. check_data: also check what
-    the data on disk can tell without reading an image (check_data_files: the data path, the
-    validation split folder, data.classes), as `check` and `train` do; evaluate and predict
-    need no data folder."""
+    the data on disk can tell without reading an image (the source's check_files: the data
+    path, the validation split folder, data.classes), as `check` and `train` do; evaluate
+    and predict need no data folder."""
     path = Path(path)
     if path.is_dir():
         raise SpecError(
@@ -347,12 +347,7 @@ def parse_spec(
     for error in not_applied:
         errors.add(error)
     with errors.collect():
-        spec = validate(raw, default_name=file.stem if file else "run", file=file)
-    if check_data and spec is not None:
-        with errors.collect():
-            check_data_files(spec)
-    elif check_data:  # the spec has other errors: what the disk says is still worth saying
-        _check_data_section_files(raw, file, errors)
+        spec = validate(raw, file.stem if file else "run", file, check_data)
     for error in errors.found:
         _locate(error, text, root, where, sets)
     for error, mark in _duplicate_keys(root):
@@ -364,29 +359,6 @@ def parse_spec(
     spec.file = file
     spec.overrides = [o.arg for o in sets]
     return spec
-
-
-def _check_data_section_files(raw: Any, file: Path | None, errors: ErrorList) -> None:
-    """check_data_files for a spec that failed validation elsewhere (a head that does not fit
-    the classes, a typo in a layer): when its data section is valid on its own, its disk
-    problems are listed with the others, once each. "Every error in one pass"."""
-    given = raw.get("data") if isinstance(raw, Mapping) else None
-    if not isinstance(given, Mapping):
-        return
-    try:
-        data = _data_section(given)
-    except SpecError:
-        return  # reported already, by validate
-    check = SOURCES[data["source"]].check_files
-    if check is None:
-        return
-    found = ErrorList()
-    with found.collect():
-        check(data, file.parent if file else None)
-    known = {(e.where, e.message) for e in errors.found}
-    for error in found.found:
-        if (error.where, error.message) not in known:
-            errors.add(error)
 
 
 def _locate(exc: SpecError, text: str, root, where: str, sets: list[Override]) -> None:
@@ -448,9 +420,12 @@ def _duplicate_keys(node) -> list[tuple[SpecError, yaml.Mark]]:
     return sorted(found, key=lambda item: (item[1].line, item[1].column))
 
 
-def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> Spec:
+def validate(
+    raw: Any, default_name: str = "run", file: Path | None = None, check_data: bool = False
+) -> Spec:
     """The resolved Spec, or every error found: sections (and layers) are checked one by one
-    and their errors collected; a check that needs a broken section is skipped."""
+    and their errors collected; a check that needs a broken section is skipped. check_data:
+    also what the data on disk says (the source's check_files), beside the other errors."""
     top = require_mapping(raw, "", "a YAML mapping at the top level (name:, data:, model:, ...)")
     errors = ErrorList()
     for key in top:
@@ -532,6 +507,10 @@ def validate(raw: Any, default_name: str = "run", file: Path | None = None) -> S
         spec.layers = layers
         with errors.collect():
             check_head(spec)
+    check_files = SOURCES[data["source"]].check_files if data is not None else None
+    if check_data and check_files is not None:
+        with errors.collect():
+            check_files(data, file.parent if file else None)
     errors.raise_if_any()
     assert spec is not None
     spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes

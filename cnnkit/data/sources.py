@@ -307,15 +307,6 @@ SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256  # images made when max_*_samples is
 # naming the file or folder and what would be valid.
 
 
-def check_data_files(spec: Any) -> None:
-    """The data path exists and holds what the source reads; the split the spec validates on
-    is there; data.classes names (or indexes) classes that exist. Lists folders and opens no
-    image."""
-    source = SOURCES[spec.data["source"]]
-    if source.check_files is not None:
-        source.check_files(spec.data, spec_dir(spec))
-
-
 def _looked_in(path: str, spec_dir: Path | None) -> list[Path]:
     """Where resolve_data_dir / resolve_data_file look for a relative path, in order."""
     candidate = Path(path).expanduser()
@@ -478,7 +469,7 @@ class SourceInfo:
     # the class names when they are fixed (data.classes may name them: [cat, dog])
     class_names: tuple[str, ...] | None = None
     # (resolved data section, spec folder) -> None, or SpecError at the YAML path: what
-    # `cnnkit check` can find on disk without reading an image (check_data_files)
+    # `cnnkit check` can find on disk without reading an image (config.validate, check_data)
     check_files: Callable[[dict[str, Any], Path | None], None] | None = None
 
 

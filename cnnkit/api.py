@@ -24,7 +24,7 @@ from cnnkit.data.images import ImageOptions, PreparedImage, collect_images, prep
 from cnnkit.data.sources import SOURCES, Dataset
 from cnnkit.display import render_text, summary_table
 from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
-from cnnkit.interrupts import CompileInterrupted, catch_signals
+from cnnkit.interrupts import catch_signals
 from cnnkit.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.metrics import MetricSet, per_class_report
 from cnnkit.model import Sequential, SummaryRow
@@ -263,28 +263,25 @@ def train(
 
 def _warm_up(setup: _Setup, reporter: Reporter | None, run_dir: Path | None = None) -> None:
     """Compile or load every kernel before the first (timed) step, saying so while it runs:
-    reporter.kernels("loading" | "compiling" | "ready", seconds), when the reporter has it.
+    reporter.kernels(phase, seconds), when the reporter has it: "loading" (0), "compiling"
+    (the estimate) only when Numba compiles, then "compiled" or "loaded" (the time taken).
     Ctrl-C meanwhile: CompileInterrupted (run_dir: the resumed run, untouched)."""
     if not len(setup.splits.train):
         return
-    from cnnkit.warmup import compiling_in_background, warm_up
+    from cnnkit.warmup import warm_up
 
     say = getattr(reporter, "kernels", None) or (lambda phase, seconds: None)
     say("loading", 0.0)
-    try:
-        done = warm_up(
-            setup.model,
-            setup.loss_fn,
-            setup.preprocessor,
-            setup.splits.train.x,
-            setup.splits.train.y,
-            on_compiling=lambda estimate: say("compiling", estimate),
-        )
-    except KeyboardInterrupt:  # the reporter's exit stops its spinner
-        if not compiling_in_background():
-            raise
-        raise CompileInterrupted(run_dir) from None
-    say("ready", done.seconds)
+    done = warm_up(  # CompileInterrupted: the reporter's exit stops its spinner
+        setup.model,
+        setup.loss_fn,
+        setup.preprocessor,
+        setup.splits.train.x,
+        setup.splits.train.y,
+        on_compiling=lambda estimate: say("compiling", estimate),
+        run_dir=run_dir,
+    )
+    say("compiled" if done.compiled else "loaded", done.seconds)
 
 
 def _tracked_fit(

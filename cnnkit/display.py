@@ -264,7 +264,6 @@ class RichReporter:
             transient=True,
         )
         self.task = None
-        self.compiling = False
         self.status: Any = None  # the spinner while kernels load or compile
         self.started = False  # the progress bar: from the first epoch on
 
@@ -278,15 +277,14 @@ class RichReporter:
             self.progress.stop()
 
     def kernels(self, phase: str, seconds: float) -> None:
-        if phase == "ready":
+        if phase in ("compiled", "loaded"):
             if self.status is not None:
                 self.status.stop()
                 self.status = None
-            if self.compiling:
+            if phase == "compiled":
                 console.print(f"[dim]{kernels_compiled_line(seconds)}[/dim]")
             return
-        self.compiling = phase == "compiling"
-        text = compiling_line(seconds) if self.compiling else "Loading kernels"
+        text = compiling_line(seconds) if phase == "compiling" else "Loading kernels"
         if self.status is None:
             self.status = console.status(text)
             self.status.start()
@@ -683,9 +681,8 @@ class PlainReporter:
     def kernels(self, phase: str, seconds: float) -> None:
         """A line when Numba compiles, one when it is done; nothing with a warm cache."""
         if phase == "compiling":
-            self.compiling = True
             self._print(compiling_line(seconds))
-        elif phase == "ready" and getattr(self, "compiling", False):
+        elif phase == "compiled":
             self._print(kernels_compiled_line(seconds))
 
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:

@@ -33,7 +33,8 @@ class Reporter(Protocol):
     """What the loop tells the outside world (the Rich display, or nothing in tests).
 
     Optionally also kernels(phase, seconds), before the first step (cnnkit.api): "loading"
-    (0), then "compiling" (the estimate) only when Numba compiles, then "ready" (elapsed)."""
+    (0), then "compiling" (the estimate) only when Numba compiles, then "compiled" or
+    "loaded" (the time taken)."""
 
     def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(

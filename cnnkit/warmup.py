@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.interrupts import CompileInterrupted
+
 # Seconds to compile each kernel (with the helpers it inlines) on a cold cache, from Numba's
 # compile events: measured with two specs (configs/mnist.yaml, and one with strides, average
 # pooling and augmentation), then scaled to the total measured for mnist.yaml on the reference
@@ -51,21 +53,11 @@ COMPILE_SECONDS = {
 }
 DEFAULT_SECONDS = 2.0
 
-# set when the last warm-up thread has finished. Its own flag, not Thread.is_alive(): a
-# join() interrupted by Ctrl-C marks a running thread as stopped (CPython 3.11, bpo-45274).
-_finished: threading.Event | None = None
-
-
-def compiling_in_background() -> bool:
-    """True while a warm-up thread abandoned by Ctrl-C may still be inside the compiler."""
-    return _finished is not None and not _finished.is_set()
-
 
 @dataclass
 class WarmUp:
     seconds: float  # wall time of the warm-up
     compiled: bool  # something was compiled (not everything came from the cache)
-    estimate: float  # the announced estimate (0 when nothing compiled)
 
 
 def kernels_used(model: Any, augmenter: Any = None) -> list[str]:
@@ -164,14 +156,17 @@ def warm_up(
     x: np.ndarray,
     y: np.ndarray,
     on_compiling: Callable[[float], None] | None = None,
+    run_dir: Any = None,
 ) -> WarmUp:
     """Run one training and one inference pass of x[:2] on a copy of the model, so that every
     kernel is compiled or loaded before the first timed step.
 
     on_compiling(estimate_s) is called (in this thread) as soon as Numba starts compiling
     something, with the estimated total; never when every kernel comes from the cache.
-    KeyboardInterrupt (Ctrl-C) is raised here at once, the compile thread left behind."""
-    global _finished
+    Ctrl-C while it compiles: CompileInterrupted (naming run_dir, a resumed run left as it
+    was) at once, the compile thread left behind; after the thread is done, KeyboardInterrupt
+    as usual. The thread's own `finished` event says which, not Thread.is_alive(): a join()
+    interrupted by Ctrl-C marks a running thread as stopped (CPython 3.11, bpo-45274)."""
     from numba.core import event
 
     started = time.perf_counter()
@@ -181,7 +176,7 @@ def warm_up(
         def on_start(self, ev) -> None:
             compiling.set()
 
-        def on_end(self, ev) -> None:
+        def on_end(self, ev) -> None:  # required by the interface; the start is what counts
             pass
 
     failure: list[BaseException] = []
@@ -209,16 +204,18 @@ def warm_up(
     announced = False
     thread = threading.Thread(target=run, name="cnnkit-warm-up", daemon=True)
     try:
-        _finished = finished
         thread.start()
         while not finished.wait(0.05):  # Ctrl-C: KeyboardInterrupt here, at once
             if compiling.is_set() and not announced:
                 announced = True
                 if on_compiling is not None:
                     on_compiling(estimate)
-    finally:
+    except KeyboardInterrupt:
         if finished.is_set():
-            event.unregister("numba:compile", listener)
+            raise
+        raise CompileInterrupted(run_dir) from None
+    finally:
+        event.unregister("numba:compile", listener)  # a late event from a left thread: harmless
     if failure:
         raise failure[0]
-    return WarmUp(time.perf_counter() - started, compiling.is_set(), estimate if announced else 0)
+    return WarmUp(time.perf_counter() - started, compiling.is_set())

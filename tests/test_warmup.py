@@ -6,6 +6,7 @@ Each test points NUMBA_CACHE_DIR at an empty folder, so that the kernels really 
 
 from __future__ import annotations
 
+import copy
 import csv
 import queue
 import re
@@ -13,6 +14,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 from clitools import start_subprocess, tiny_pool_spec
 
@@ -139,3 +141,35 @@ def test_estimate_counts_the_kernels_of_the_model_not_in_the_cache(monkeypatch):
     monkeypatch.setattr(warmup, "machine_slowness", lambda: 2.0)
     assert warmup.estimate_seconds(kernels) == pytest.approx(2 * reference)
     assert warmup.rounded(17.4) == 15 and warmup.rounded(3.4) == 3
+
+
+def test_warm_up_leaves_the_model_as_it_was():
+    """The warm-up trains a copy: the real model's weights, BatchNorm moving statistics and
+    dropout stream are untouched, so a run is the same with or without it."""
+    from cnnkit.data.augment import Preprocessor
+    from cnnkit.registry import LOSSES
+
+    spec = load_spec("configs/mnist.yaml")  # BatchNormalization and Dropout
+    model = Sequential.from_spec(spec).build(spec.seed)
+    state = lambda m: {  # noqa: E731
+        "params": {k: v.copy() for k, v in m.named_params().items()},
+        "rest": copy.deepcopy([vars(layer) for layer in m.layers]),
+    }
+    before = state(model)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
+    y = np.arange(4) % 10
+    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    done = warmup.warm_up(model, loss_fn, Preprocessor.from_spec(spec), x, y)
+    assert done.seconds > 0
+    after = state(model)
+    assert before["params"].keys() == after["params"].keys()
+    for key, value in before["params"].items():
+        assert np.array_equal(value, after["params"][key]), key
+    for a, b in zip(before["rest"], after["rest"], strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            if isinstance(a[name], np.ndarray):
+                assert np.array_equal(a[name], b[name], equal_nan=True), name
+            elif isinstance(a[name], np.random.Generator):
+                assert a[name].bit_generator.state == b[name].bit_generator.state, name

@@ -97,10 +97,9 @@ def check(path: str | Path, overrides=None, available: int | None = None) -> Che
     spec = load_spec(path, overrides, check_data=True)
     available = available_memory() if available is None else available
     if validation_is_test(spec):
-        from cnnkit.callbacks import optimistic_test_note, validation_choices
+        from cnnkit.callbacks import optimistic_test_notes
 
-        note = optimistic_test_note(validation_choices(spec))
-        spec.notes += [note] if note else []
+        spec.notes += optimistic_test_notes(spec)
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
 
 
@@ -245,10 +244,9 @@ def train(
             f"listed in {run_dir / 'skipped_images.txt'}"
         )
     if setup.splits.validation is not None and setup.splits.validation is setup.splits.test:
-        from cnnkit.callbacks import optimistic_test_note, validation_choices
+        from cnnkit.callbacks import optimistic_test_notes
 
-        note = optimistic_test_note(validation_choices(spec))
-        notes += [note] if note else []
+        notes += optimistic_test_notes(spec)
     for note in notes if on_note else ():
         on_note(note)
     atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
@@ -731,14 +729,14 @@ def predict(
             where=first.where,
             hint=first.hint,
         )
-    read = sorted(prepared)
-    x = np.stack([prepared[i].array for i in read])
+    ok = sorted(prepared)
+    x = np.stack([prepared[i].array for i in ok])
     preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
     # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
     loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
     batch_size = batch_size or spec.train["eval_batch_size"]
     rows = predict_probabilities(model, loss_fn, x, preprocessor, batch_size)
-    probs = dict(zip(read, rows, strict=True))
+    probs = dict(zip(ok, rows, strict=True))
     names = meta.get("class_names") or [str(i) for i in range(rows.shape[1])]
     k = max(1, min(top_k, rows.shape[1]))
     results = []

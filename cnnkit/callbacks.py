@@ -265,6 +265,13 @@ def validation_choices(spec: Any, checkpoint: str = "best") -> list[str]:
     return out
 
 
+def optimistic_test_notes(spec) -> list[str]:
+    """[the warning] when training chooses by val_ metrics (best.npz, early stopping, a
+    plateau schedule): what check and train say when the validation split is the test's."""
+    note = optimistic_test_note(validation_choices(spec))
+    return [note] if note else []
+
+
 def optimistic_test_note(choices: list[str]) -> str | None:
     """The warning when the val_ metrics are the test split's and training chose by them."""
     if not choices:

@@ -12,7 +12,6 @@ from typing import Any
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console, Group
-from rich.errors import LiveError
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.panel import Panel
@@ -755,10 +754,7 @@ class DecodeBar:
                 transient=True,
             )
             self.task = self.progress.add_task("decode", total=total)
-            try:
-                self.progress.start()
-            except LiveError:  # Rich before 14 refuses a second live display: no bar
-                self.progress = None
+            self.progress.start()  # inside train's live display: Rich 14 nests them
         elif self.progress is not None:
             self.progress.update(self.task, completed=done)
         if done >= total and self.progress is not None:
@@ -766,15 +762,14 @@ class DecodeBar:
             self.progress = None
 
 
-def load_progress(quiet: bool = False, out: Console | None = None) -> Any:
+def load_progress(quiet: bool = False) -> Any:
     """For loading an image folder: its "Found N images belonging to K classes" lines and a
     decoding bar (DecodeBar); nothing with --quiet."""
     from cnnkit.data.folder import LoadProgress
 
     if quiet:
         return LoadProgress()
-    out = out or console
-    return LoadProgress(found=lambda text: out.print(escape(text)), decoding=DecodeBar(out))
+    return LoadProgress(found=lambda text: console.print(escape(text)), decoding=DecodeBar(console))
 
 
 def make_reporter(quiet: bool = False, every_steps: int = 50) -> Any:

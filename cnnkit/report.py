@@ -157,7 +157,7 @@ def read_evaluations(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 def _evaluation_section(run_dir: Path, files: str, ev: dict[str, Any]) -> list[str]:
     """files: the split the evaluation's files are named for (an evaluation.json written
     before `evaluate --split` existed may hold the validation split)."""
-    from cnnkit.analysis import split_file
+    from cnnkit.analysis import CONFUSION_PNG, MISCLASSIFIED_CSV, MISCLASSIFIED_PNG, split_file
 
     split = ev.get("split", "test")
     title = "Final evaluation" if split == "test" else "Evaluation"
@@ -196,13 +196,13 @@ def _evaluation_section(run_dir: Path, files: str, ev: dict[str, Any]) -> list[s
         out += ["### Most-confused class pairs", ""]
         out += [table(["true", "predicted as", "count", "share of true class"], body), ""]
     for base, title in (
-        ("confusion_matrix.png", "Confusion matrix"),
-        ("misclassified.png", "Most confident mistakes"),
+        (CONFUSION_PNG, "Confusion matrix"),
+        (MISCLASSIFIED_PNG, "Most confident mistakes"),
     ):
         name = split_file(base, files)
         if (run_dir / name).is_file():
             out += [f"### {title}", "", f"![{title.lower()}]({name})", ""]
-    csv_name = split_file("misclassified.csv", files)
+    csv_name = split_file(MISCLASSIFIED_CSV, files)
     if (run_dir / csv_name).is_file():
         count = ev.get("misclassified")
         what = f"all {count:,} mistakes" if isinstance(count, int) else "every mistake"

@@ -59,9 +59,10 @@ def compose_yaml(text: str) -> Any:
     return yaml.compose(text, Loader=SpecLoader)
 
 
-_NUMBER = r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+# one number as the spec may write it (the schema's number_text is built from it too)
+NUMBER_PATTERN = r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
 # `rescale: 1/255` (Keras: rescale=1./255): a string of two numbers and a slash
-FRACTION = re.compile(rf"^\s*({_NUMBER})\s*/\s*({_NUMBER})\s*$")
+FRACTION = re.compile(rf"^\s*({NUMBER_PATTERN})\s*/\s*({NUMBER_PATTERN})\s*$")
 NUMBER_FORMS = "Numbers: 0.001, 1e-3, 5E-4, .5, 1_000, or a fraction such as 1/255."
 
 

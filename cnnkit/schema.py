@@ -20,6 +20,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cnnkit.options import NUMBER_PATTERN
+
 SCHEMA_FILE = "schema/cnnkit-spec.schema.json"  # in the repository (the configs point there)
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -52,7 +54,8 @@ NUMBER_DEFS: Schema = {
     "underscored_int": {"type": "string", "pattern": "^[-+]?[0-9]+(_[0-9]+)+$"},
     "number_text": {
         "type": "string",
-        "pattern": r"^\s*[-+]?[0-9.][0-9_.eE+-]*\s*(/\s*[0-9.][0-9_.eE+-]*\s*)?$",
+        # the validator's own grammar: what the editor accepts, cnnkit reads
+        "pattern": rf"^\s*{NUMBER_PATTERN}\s*(/\s*{NUMBER_PATTERN}\s*)?$",
         "description": "a fraction such as 1/255, or a number with _ (1_000.5)",
     },
 }

@@ -78,3 +78,30 @@ def test_schema_command(tmp_path):
     assert out.read_text() == schema_text()
     printed = CliRunner().invoke(app, ["schema"])
     assert json.loads(printed.stdout) == build_schema()
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [("1/255", True), ("1./255", True), ("1_000", True), (" .5 / 2 ", True)]
+    + [("1.2.3", False), ("...", False), ("1e", False), ("1/", False), ("a/b", False)],
+)
+def test_number_text_in_the_schema_is_the_validators(validator, text, valid):
+    """A number written as text (a fraction, underscores) is valid for the editor exactly
+    when cnnkit reads it."""
+    from cnnkit.config import parse_spec
+    from cnnkit.errors import SpecError
+
+    spec = yaml.safe_load((ROOT / "configs" / "mnist.yaml").read_text())
+    spec["data"]["rescale"] = text
+    assert validator.is_valid(spec) == valid, text
+    # unquoted, as a user writes it (quoted "..." only: unquoted it ends the YAML document)
+    written = f"'{text}'" if text == "..." else text.strip()
+    source = (ROOT / "configs" / "mnist.yaml").read_text()
+    source = source.replace("rescale: 1/255", f"rescale: {written}")
+    assert f"rescale: {written}" in source
+    try:
+        parse_spec(source)
+        read = True
+    except SpecError:
+        read = False
+    assert read == valid, text

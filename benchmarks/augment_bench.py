@@ -27,15 +27,15 @@ sys.path.insert(0, str(ROOT))  # run without installing
 
 from cnnkit import training  # noqa: E402
 from cnnkit.api import load_dataset  # noqa: E402
-from cnnkit.config import load_spec  # noqa: E402
 from cnnkit.data.augment import Augmenter, Preprocessor, resolve_augmentation  # noqa: E402
 from cnnkit.data.batches import Split, make_splits  # noqa: E402
-from cnnkit.metrics import MetricSet  # noqa: E402
-from cnnkit.model import Sequential  # noqa: E402
-from cnnkit.registry import LOSSES, OPTIMIZERS  # noqa: E402
+from cnnkit.nn.metrics import MetricSet  # noqa: E402
+from cnnkit.nn.model import Sequential  # noqa: E402
+from cnnkit.nn.registry import LOSSES, OPTIMIZERS  # noqa: E402
 from cnnkit.seeding import random_stream  # noqa: E402
+from cnnkit.spec.config import load_spec  # noqa: E402
 from cnnkit.threads import configure_threads  # noqa: E402
-from cnnkit.training import SilentReporter  # noqa: E402
+from cnnkit.train.trainer import SilentReporter  # noqa: E402
 
 FULL = {
     "rotation_range": 15,

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,35 +17,36 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.config import Spec, SpecOverrides, load_spec
 from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, make_splits
+from cnnkit.data.check import ARRAY_SOURCES, check_arrays, check_folder
 from cnnkit.data.folder import LoadProgress
 from cnnkit.data.images import ImageOptions, PreparedImage, collect_images, prepare_image
-from cnnkit.data.sources import SOURCES, Dataset
-from cnnkit.display import render_text, summary_table
+from cnnkit.data.sources import SOURCES, Dataset, resolve_data_dir, spec_dir
 from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
 from cnnkit.interrupts import catch_signals
-from cnnkit.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
-from cnnkit.metrics import MetricSet, per_class_report
-from cnnkit.model import Sequential, SummaryRow
-from cnnkit.overrides import as_overrides
-from cnnkit.registry import LOSSES, OPTIMIZERS
-from cnnkit.report import write_report
-from cnnkit.resume import load_resume_state, refuse_changes
-from cnnkit.runs import (
-    atomic_write_text,
+from cnnkit.io import atomic_write_text, write_json
+from cnnkit.nn.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
+from cnnkit.nn.metrics import MetricSet, per_class_report
+from cnnkit.nn.model import Sequential, SummaryRow
+from cnnkit.nn.registry import LOSSES, OPTIMIZERS
+from cnnkit.runs.lifecycle import track_run_state
+from cnnkit.runs.report import write_report
+from cnnkit.runs.rundir import (
     create_run_dir,
     csv_value,
     load_checkpoint,
     load_run_spec,
     resolve_checkpoint,
-    write_json,
 )
-from cnnkit.runstate import mark_running, track_run_state
+from cnnkit.runs.state import mark_running
+from cnnkit.runs.summary import render_text, summary_table
+from cnnkit.spec.config import Spec, SpecOverrides, load_spec
+from cnnkit.spec.overrides import as_overrides
 from cnnkit.threads import configure_threads
-from cnnkit.tracking import RunTracker
-from cnnkit.training import (
+from cnnkit.train.resume import load_resume_state, refuse_changes
+from cnnkit.train.tracking import RunTracker
+from cnnkit.train.trainer import (
     Reporter,
     SilentReporter,
     evaluate_split,
@@ -58,7 +60,7 @@ class ModelSummary:
     title: str
     rows: list[SummaryRow]
     totals: dict[str, int]
-    memory: MemoryPlan | None = None  # per-layer and total memory for a batch (cnnkit.memory)
+    memory: MemoryPlan | None = None  # per-layer and total memory for a batch (cnnkit.nn.memory)
 
 
 def summarize(spec: Spec, batch_size: int | None = None) -> ModelSummary:
@@ -97,7 +99,7 @@ def check(path: str | Path, overrides=None, available: int | None = None) -> Che
     spec = load_spec(path, overrides, check_data=True)
     available = available_memory() if available is None else available
     if validation_is_test(spec):
-        from cnnkit.callbacks import optimistic_test_notes
+        from cnnkit.spec.callbacks import optimistic_test_notes
 
         spec.notes += optimistic_test_notes(spec)
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
@@ -127,15 +129,15 @@ def validation_is_test(spec: Spec) -> bool:
 
 
 def init_spec(template: str = "mnist", path: str | Path | None = None) -> Path:
-    """`cnnkit init`: write a starter spec (cnnkit.starter); refuses to overwrite a file."""
-    from cnnkit.starter import write_starter
+    """`cnnkit init`: write a starter spec (cnnkit.spec.starter); refuses to overwrite a file."""
+    from cnnkit.spec.starter import write_starter
 
     return write_starter(template, Path(path) if path is not None else None)
 
 
 def spec_schema() -> str:
-    """The JSON Schema of a spec (cnnkit.schema), as the committed schema file holds it."""
-    from cnnkit.schema import schema_text
+    """The JSON Schema of a spec (cnnkit.spec.schema), as the committed schema file holds it."""
+    from cnnkit.spec.schema import schema_text
 
     return schema_text()
 
@@ -162,7 +164,7 @@ def spec_from_spec_or_run(path: str | Path, overrides=None) -> Spec:
 
 def load_dataset(spec: Spec, progress: LoadProgress | None = None) -> Dataset:
     """progress: an image folder's "Found N images" lines and decoding progress go there
-    (cnnkit.display.load_progress); without it the lines are the dataset's notes."""
+    (cnnkit.cli.display.load_progress); without it the lines are the dataset's notes."""
     source = SOURCES[spec.data["source"]]
     if progress is not None and source.reports_progress:
         return source.load(spec, progress=progress)
@@ -227,7 +229,7 @@ def train(
         load_initial_weights(setup.model, spec)
 
     if spec.logging["tensorboard"]:
-        from cnnkit.tblog import require_writer
+        from cnnkit.train.tensorboard import require_writer
 
         require_writer()  # a missing package is an error before the run directory exists
 
@@ -244,7 +246,7 @@ def train(
             f"listed in {run_dir / 'skipped_images.txt'}"
         )
     if setup.splits.validation is not None and setup.splits.validation is setup.splits.test:
-        from cnnkit.callbacks import optimistic_test_notes
+        from cnnkit.spec.callbacks import optimistic_test_notes
 
         notes += optimistic_test_notes(spec)
     for note in notes if on_note else ():
@@ -266,7 +268,7 @@ def _warm_up(setup: _Setup, reporter: Reporter | None, run_dir: Path | None = No
     Ctrl-C meanwhile: CompileInterrupted (run_dir: the resumed run, untouched)."""
     if not len(setup.splits.train):
         return
-    from cnnkit.warmup import warm_up
+    from cnnkit.train.warmup import warm_up
 
     say = getattr(reporter, "kernels", None) or (lambda phase, seconds: None)
     say("loading", 0.0)
@@ -456,7 +458,7 @@ def _sidecar(path: Path) -> dict[str, Any]:
 def _full_history(run_dir: Path) -> list[dict[str, Any]]:
     """The run's finished epochs at full precision (last.json's resume state), else the
     values of metrics.csv."""
-    from cnnkit.resume import decode_float
+    from cnnkit.train.resume import decode_float
 
     info = _sidecar(run_dir / "checkpoints" / "last").get("resume")
     if info and info.get("history"):
@@ -528,7 +530,7 @@ def evaluate(
 
     A split the data does not have is an error naming the splits it has: without a test
     split, the default refuses rather than report another split as a test score."""
-    from cnnkit.analysis import (
+    from cnnkit.runs.evaluation import (
         CONFUSION_PNG,
         EVALUATION_JSON,
         EVALUATION_SPLITS,
@@ -595,7 +597,7 @@ def _evaluation_notes(
 ) -> tuple[list[str], bool]:
     """What evaluate says about the split it used, and whether its score is optimistic: the
     model was selected on the very data evaluated (the val_ metrics were computed on it)."""
-    from cnnkit.callbacks import optimistic_test_note, validation_choices
+    from cnnkit.spec.callbacks import optimistic_test_note, validation_choices
 
     notes = []
     if split == "train":
@@ -653,7 +655,8 @@ def write_error_analysis(
     """confusion_matrix.png, misclassified.csv, misclassified.png and predictions.csv (every
     sample's probabilities), named for the split evaluated (analysis.split_file); returns what
     evaluation.json adds: the most-confused pairs and the mistake count."""
-    from cnnkit import analysis, plots
+    from cnnkit.runs import evaluation as analysis
+    from cnnkit.runs import plots
 
     names = splits.class_names
     rows = analysis.misclassified_rows(probabilities, split.y, names, split.files)
@@ -789,7 +792,7 @@ def augment_preview(
     from PIL import Image
 
     from cnnkit.data.augment import Augmenter, augments, preview_grid
-    from cnnkit.runs import atomic_write_bytes
+    from cnnkit.io import atomic_write_bytes
     from cnnkit.seeding import random_stream
 
     data = {**spec.data, "validation": "none"}
@@ -813,15 +816,15 @@ def augment_preview(
 
 
 def list_runs(root: Path = Path("runs")) -> list[dict[str, Any]]:
-    """`cnnkit runs`: every run directory under root, newest first (cnnkit.runinfo)."""
-    from cnnkit.runinfo import list_runs as runs
+    """`cnnkit runs`: every run directory under root, newest first (cnnkit.runs.catalog)."""
+    from cnnkit.runs.catalog import list_runs as runs
 
     return runs(Path(root))
 
 
 def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     """`cnnkit compare`: the spec keys that differ and the metrics, better value marked."""
-    from cnnkit.runinfo import compare_runs as compare
+    from cnnkit.runs.catalog import compare_runs as compare
 
     return compare(Path(a), Path(b))
 
@@ -838,3 +841,49 @@ def bench(spec: Spec, **options: Any):
     from cnnkit.bench import run_bench
 
     return run_bench(spec, **options)
+
+
+def check_data(target: str | Path) -> dict[str, Any]:
+    """`cnnkit data check`: an image folder's or a spec file's data-quality report (see
+    cnnkit.data.check), without training."""
+    started = time.perf_counter()
+    target = Path(target)
+    if target.is_dir():
+        report = check_folder(target)
+    elif target.is_file():
+        report = _check_spec_data(target)
+    else:
+        raise DataError(
+            "no such file or folder",
+            where=str(target),
+            hint="Give an image folder (train/, val/, test/ with class sub-folders, or class "
+            "sub-folders directly) or a YAML spec.",
+        )
+    seconds = round(time.perf_counter() - started, 3)
+    return {"input": str(target), "source": report.pop("source"), **report, "seconds": seconds}
+
+
+def _check_spec_data(path: Path) -> dict[str, Any]:
+    """A spec file: its image folder (source: folder) or its arrays."""
+    spec = load_spec(path)
+    source = spec.data["source"]
+    if source == "folder":
+        size = spec.data["target_size"] or spec.model["input_shape"][:2]
+        report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)), list(size))
+    elif source in ARRAY_SOURCES:
+        splits = make_splits(load_dataset(spec), spec.data, spec.seed)
+        arrays = {"train": splits.train}
+        if splits.validation is not None and splits.validation is not splits.test:
+            arrays["val"] = splits.validation
+        if splits.test is not None:
+            arrays["test"] = splits.test
+        report = check_arrays({k: (s.x, s.y) for k, s in arrays.items()}, splits.class_names)
+        report["path"] = spec.data["path"]
+    else:
+        raise DataError(
+            f"the {source} source has no data to check",
+            where=str(path),
+            hint=f"data check reads image folders and the {', '.join(ARRAY_SOURCES)} sources.",
+        )
+    report["source"] = source
+    return report

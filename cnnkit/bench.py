@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.config import Spec
 from cnnkit.errors import CnnkitError
-from cnnkit.losses import Loss
-from cnnkit.model import Sequential
-from cnnkit.optimizers import Optimizer
-from cnnkit.registry import LOSSES, OPTIMIZERS
+from cnnkit.nn.losses import Loss
+from cnnkit.nn.model import Sequential
+from cnnkit.nn.optimizers import Optimizer
+from cnnkit.nn.registry import LOSSES, OPTIMIZERS
+from cnnkit.spec.config import Spec
 from cnnkit.threads import configure_threads
 
 

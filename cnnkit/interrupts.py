@@ -38,7 +38,7 @@ class Interrupted(Exception):  # noqa: N818 (a request, not an error)
 
 
 class CompileInterrupted(Exception):  # noqa: N818 (a request, not an error)
-    """Ctrl-C while the kernels compiled (cnnkit.warmup), before training wrote anything. Not
+    """Ctrl-C while the kernels compiled (cnnkit.train.warmup), before training wrote anything. Not
     a KeyboardInterrupt, which Typer turns into a silent exit: the CLI says what happened and
     exits with 130 at once (the compiling thread cannot be stopped, only left behind)."""
 

@@ -1,4 +1,4 @@
-"""Run cnnkit's real entry point: in-process (run_cli: cnnkit.cli.main, its error panels and
+"""Run cnnkit's real entry point: in-process (run_cli: cnnkit.cli.app.main, its error panels and
 exit codes, without the second of imports a subprocess costs) or as a real process
 (run_subprocess, start_subprocess) where the test needs one: signals, a pipe, a fresh import.
 
@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnnkit import cli, display
+from cnnkit.cli import app as cli
+from cnnkit.cli import display
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -349,7 +349,7 @@ class Preprocessor:
         """normalization.json, when there are featurewise statistics to keep."""
         if self.mean is None and self.std is None:
             return
-        from cnnkit.runs import write_json  # runs imports config, which imports this module
+        from cnnkit.io import write_json
 
         write_json(
             Path(run_dir) / NORMALIZATION_FILE,

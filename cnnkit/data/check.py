@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import time
 from bisect import bisect_left
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -87,56 +86,6 @@ class _Report:
         severity = severity or SEVERITY[kind]
         entry = {"kind": kind, "severity": severity, "message": message, **details}
         (self.info if severity == "info" else self.findings).append(entry)
-
-
-def check(target: str | Path) -> dict[str, Any]:
-    """Check an image folder or a spec file's data; see the module docstring."""
-    started = time.perf_counter()
-    target = Path(target)
-    if target.is_dir():
-        report = check_folder(target)
-    elif target.is_file():
-        report = check_spec(target)
-    else:
-        raise DataError(
-            "no such file or folder",
-            where=str(target),
-            hint="Give an image folder (train/, val/, test/ with class sub-folders, or class "
-            "sub-folders directly) or a YAML spec.",
-        )
-    seconds = round(time.perf_counter() - started, 3)
-    return {"input": str(target), "source": report.pop("source"), **report, "seconds": seconds}
-
-
-def check_spec(path: Path) -> dict[str, Any]:
-    """A spec file: its image folder (source: folder) or its arrays."""
-    from cnnkit import api
-    from cnnkit.config import load_spec
-    from cnnkit.data.batches import make_splits
-    from cnnkit.data.sources import resolve_data_dir, spec_dir
-
-    spec = load_spec(path)
-    source = spec.data["source"]
-    if source == "folder":
-        size = spec.data["target_size"] or spec.model["input_shape"][:2]
-        report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)), list(size))
-    elif source in ARRAY_SOURCES:
-        splits = make_splits(api.load_dataset(spec), spec.data, spec.seed)
-        arrays = {"train": splits.train}
-        if splits.validation is not None and splits.validation is not splits.test:
-            arrays["val"] = splits.validation
-        if splits.test is not None:
-            arrays["test"] = splits.test
-        report = check_arrays({k: (s.x, s.y) for k, s in arrays.items()}, splits.class_names)
-        report["path"] = spec.data["path"]
-    else:
-        raise DataError(
-            f"the {source} source has no data to check",
-            where=str(path),
-            hint=f"data check reads image folders and the {', '.join(ARRAY_SOURCES)} sources.",
-        )
-    report["source"] = source
-    return report
 
 
 # -- image folders ---------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _ignore(*_: object) -> None:
 
 @dataclass
 class LoadProgress:
-    """What loading a folder tells its caller, who shows it (cnnkit.display.load_progress):
+    """What loading a folder tells its caller, who shows it (cnnkit.cli.display.load_progress):
     the data layer prints nothing itself."""
 
     # one line per split, as Keras' "Found 400 images belonging to 2 classes."
@@ -240,7 +240,7 @@ def decode_split(
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, files: list[str]) -> None:
     """Best effort: a read-only home only costs the next run a decode."""
     try:
-        from cnnkit.runs import atomic_write_bytes  # runs imports config, which imports data
+        from cnnkit.io import atomic_write_bytes
 
         buffer = io.BytesIO()
         np.savez(buffer, x=x, y=y, files=np.array(files, dtype=str))

@@ -53,7 +53,7 @@ def lazy(module: str, *names: str) -> tuple[Callable[..., Any], ...]:
 
         call.__name__ = call.__qualname__ = name
         call.__doc__ = f"{module}.{name}, imported on first call (cnnkit.kernels.nojit.lazy)."
-        call.kernel = f"{module}.{name}"  # type: ignore[attr-defined]  (cnnkit.warmup)
+        call.kernel = f"{module}.{name}"  # type: ignore[attr-defined]  (cnnkit.train.warmup)
         return call
 
     return tuple(bind(name) for name in names)

@@ -1,0 +1,137 @@
+"""BatchNormalization over the last (channels) axis, with Keras 3's formulas and defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnnkit.errors import SpecError
+from cnnkit.kernels.nojit import lazy
+from cnnkit.nn.initializers import check_initializer, initialize
+from cnnkit.nn.layers.base import Layer, Shape
+from cnnkit.nn.regularizers import check_regularizer
+from cnnkit.options import Option
+
+# numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
+backward_input, backward_sums, batch_moments, normalize = lazy(
+    "cnnkit.kernels.batchnorm", "backward_input", "backward_sums", "batch_moments", "normalize"
+)
+
+
+def _axis(value: Any, path: str) -> int:
+    if value != -1 or isinstance(value, bool):
+        raise SpecError(
+            f"axis {value!r} is not supported",
+            where=path,
+            hint="Only axis: -1 (the channels of channels-last images, or the features).",
+        )
+    return -1
+
+
+class BatchNormalization(Layer):
+    """Normalise each channel by batch statistics in training, moving statistics in inference.
+
+    Training: mean and (biased) variance over every axis but the last; y = gamma (x - mean) /
+    sqrt(var + epsilon) + beta; then moving = moving * momentum + batch * (1 - momentum), with
+    the same biased variance (Keras 3). gamma and beta are trainable (if scale / center);
+    moving_mean and moving_variance are non-trainable state that checkpoints hold.
+    """
+
+    type_name = "batch_normalization"
+    keras_name = "BatchNormalization"
+    aliases = ("batch_norm", "BatchNorm")
+    OPTIONS = {
+        "axis": Option(_axis, default=-1),
+        "momentum": Option("float", default=0.99, minimum=0.0, maximum=1.0),
+        "epsilon": Option("float", default=0.001, minimum=0.0, exclusive_min=True),
+        "center": Option("bool", default=True),
+        "scale": Option("bool", default=True),
+        "beta_initializer": Option(check_initializer, default="zeros"),
+        "gamma_initializer": Option(check_initializer, default="ones"),
+        "moving_mean_initializer": Option(check_initializer, default="zeros"),
+        "moving_variance_initializer": Option(check_initializer, default="ones"),
+        "beta_regularizer": Option(check_regularizer, default=None),
+        "gamma_regularizer": Option(check_regularizer, default=None),
+    }
+    REGULARIZED = {"gamma": "gamma_regularizer", "beta": "beta_regularizer"}
+
+    def param_shapes(self) -> dict[str, Shape]:
+        c = self.input_shape[-1]
+        shapes = {}
+        if self.options["scale"]:
+            shapes["gamma"] = (c,)
+        if self.options["center"]:
+            shapes["beta"] = (c,)
+        return shapes
+
+    def state_shapes(self) -> dict[str, Shape]:
+        c = self.input_shape[-1]
+        return {"moving_mean": (c,), "moving_variance": (c,)}
+
+    def macs(self) -> int:
+        return int(np.prod(self.input_shape))  # one multiply-add per value (inference)
+
+    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
+        for name, shape in self.param_shapes().items():
+            self.params[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
+        for name, shape in self.state_shapes().items():
+            self.state[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
+
+    def _affine(self, c: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        gamma = self.params.get("gamma")
+        beta = self.params.get("beta")
+        return (
+            gamma if gamma is not None else np.ones(c, dtype),
+            beta if beta is not None else np.zeros(c, dtype),
+        )
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        # every axis but the last is a "row": (N, H, W, C) -> (N*H*W, C), a view
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+        t = x.dtype.type
+        if training:
+            mean, var = batch_moments(x2)  # float64, biased variance as Keras' ops.moments
+            m = self.options["momentum"]
+            # in place: a dict captured from named_weights() sees the new values
+            self.state["moving_mean"] *= t(m)
+            self.state["moving_mean"] += (t(1) - t(m)) * mean.astype(x.dtype)
+            self.state["moving_variance"] *= t(m)
+            self.state["moving_variance"] += (t(1) - t(m)) * var.astype(x.dtype)
+        else:
+            mean = self.state["moving_mean"].astype(np.float64)
+            var = self.state["moving_variance"].astype(np.float64)
+        inv = (1.0 / np.sqrt(var + self.options["epsilon"])).astype(x.dtype)
+        gamma, beta = self._affine(x.shape[-1], x.dtype)
+        xhat = np.empty_like(x2)
+        y = np.empty_like(x2)
+        normalize(x2, mean.astype(x.dtype), inv, gamma, beta, xhat, y)
+        self._inv, self._xhat, self._training = inv, xhat, training
+        return y.reshape(x.shape)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dy2 = np.ascontiguousarray(dy).reshape(-1, dy.shape[-1])
+        sum_dy, sum_dy_xhat = backward_sums(dy2, self._xhat)
+        if "beta" in self.params:
+            self.grads["beta"] = sum_dy.astype(dy.dtype)
+        if "gamma" in self.params:
+            self.grads["gamma"] = sum_dy_xhat.astype(dy.dtype)
+        self.add_regularization_grads()
+        if not self.needs_input_grad:
+            return None
+        gamma, _ = self._affine(dy.shape[-1], dy.dtype)
+        scale = gamma * self._inv
+        if not self._training:  # moving statistics are constants
+            return (dy2 * scale).reshape(dy.shape)
+        # batch statistics depend on x: d xhat/dx projected out of the mean and xhat directions
+        rows = dy2.shape[0]
+        dx = np.empty_like(dy2)
+        backward_input(
+            dy2,
+            self._xhat,
+            scale,
+            (sum_dy / rows).astype(dy.dtype),
+            (sum_dy_xhat / rows).astype(dy.dtype),
+            dx,
+        )
+        return dx.reshape(dy.shape)

@@ -1,0 +1,192 @@
+"""Memory plan of a model for a batch, from the spec alone (no arrays are allocated).
+
+What the arrays of a forward or training step need, layer by layer, as cnnkit's layers keep
+them (tests/test_memory.py checks every layer's figure against the arrays a real step
+leaves on it):
+
+- forward: the arrays a layer's forward pass allocates and keeps until the next batch (its
+  output, and e.g. MaxPooling2D's argmax, BatchNormalization's normalised input);
+- training: the same in training mode (plus Dropout's masks), which backward reads, plus the
+  layer's gradients and the optimizer's state for its weights.
+
+Totals add the input batch, the weights, and the largest transient of the backward pass (a
+layer's output gradient, its activation's gradient and its input gradient, alive together).
+Python, numpy and Numba overheads and the dataset in memory come on top. Everything is
+float32 (4 bytes), argmax indices int64 (8 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnkit.nn.layers.base import ActivationMixin, Layer
+
+FLOAT = 4
+INDEX = 8  # int64 argmax
+
+
+@dataclass
+class LayerMemory:
+    forward: int  # bytes kept by forward(training=False) for the batch
+    training: int  # bytes kept by forward(training=True) + gradients + optimizer state
+
+
+@dataclass
+class MemoryPlan:
+    batch_size: int
+    layers: list[LayerMemory]
+    input: int  # the batch itself
+    weights: int  # parameters and non-trainable state
+    gradients: int
+    optimizer_state: int
+    backward_peak: int  # largest transient of the backward pass
+    forward_total: int  # input + weights + every layer's forward arrays
+    training_total: int  # everything a training step holds at its peak
+
+    @property
+    def activations_training(self) -> int:
+        return self.training_total - self.weights - self.gradients - self.optimizer_state
+
+
+def _numel(shape) -> int:
+    return math.prod(shape) if shape else 0
+
+
+def kept_elements(layer: Layer, training: bool, is_last: bool) -> tuple[int, int]:
+    """(float32 elements, int64 elements) per image that `layer` keeps after its forward."""
+    out = _numel(layer.output_shape)
+    name = layer.keras_name
+    if isinstance(layer, ActivationMixin):
+        activation = layer._activation_name()
+        new_activation = activation != "linear" and not (is_last and "activation" in layer.options)
+        own_z = name in ("Conv2D", "Dense")  # Activation/LeakyReLU keep their input as z
+        if name == "Conv2D" and activation == "relu" and new_activation:
+            new_activation = False  # relu fused into the conv kernel: one array for both
+        return out * (int(own_z) + int(new_activation)), 0
+    if name == "MaxPooling2D":
+        return out, out
+    if name == "GlobalMaxPooling2D":
+        return out, out
+    if name == "BatchNormalization":
+        return 2 * out, 0  # normalised input and output
+    if name == "Flatten":
+        return 0, 0  # a view
+    if name in ("Dropout", "SpatialDropout2D"):
+        if not training or layer.options["rate"] == 0.0:
+            return 0, 0  # returns its input
+        mask = out if name == "Dropout" else layer.input_shape[-1]
+        return out + mask, 0
+    return out, 0  # AveragePooling2D, GlobalAveragePooling2D and anything new: its output
+
+
+def optimizer_slots(optimizer: dict[str, Any]) -> int:
+    """Arrays of the optimizer's state per trainable weight (Adam: m and v)."""
+    name = optimizer["name"]
+    if name == "sgd":
+        return 1 if optimizer.get("momentum") else 0
+    if name == "rmsprop":
+        return 1 + bool(optimizer.get("centered")) + bool(optimizer.get("momentum"))
+    if name in ("adam", "adamw"):
+        return 2 + bool(optimizer.get("amsgrad"))
+    if name in ("adadelta", "nadam"):
+        return 2
+    return 1  # adagrad and anything new: one accumulator
+
+
+def plan(spec, batch_size: int | None = None) -> MemoryPlan:
+    """The memory plan of the spec's model for `batch_size` images (default the spec's)."""
+    batch = batch_size or spec.train["batch_size"]
+    slots = optimizer_slots(spec.optimizer)
+    layers = spec.layers
+    rows: list[LayerMemory] = []
+    weights = gradients = state = 0
+    backward_peak = 0
+    for i, layer in enumerate(layers):
+        is_last = i == len(layers) - 1
+        f_float, f_index = kept_elements(layer, training=False, is_last=is_last)
+        t_float, t_index = kept_elements(layer, training=True, is_last=is_last)
+        trainable = sum(_numel(s) for s in layer.param_shapes().values())
+        fixed = sum(_numel(s) for s in layer.state_shapes().values())
+        weights += (trainable + fixed) * FLOAT
+        gradients += trainable * FLOAT
+        state += trainable * slots * FLOAT
+        rows.append(
+            LayerMemory(
+                forward=batch * (f_float * FLOAT + f_index * INDEX),
+                training=batch * (t_float * FLOAT + t_index * INDEX)
+                + trainable * (1 + slots) * FLOAT,
+            )
+        )
+        # backward: dy (output), the activation's dz, dx (input) alive together
+        transient = 2 * _numel(layer.output_shape) + _numel(layer.input_shape)
+        backward_peak = max(backward_peak, batch * transient * FLOAT)
+    image = batch * _numel(spec.model["input_shape"]) * FLOAT
+    # the loss keeps the batch's probabilities and hands back their gradient
+    head = 2 * batch * _numel(layers[-1].output_shape) * FLOAT
+    forward_total = image + weights + sum(r.forward for r in rows)
+    training_total = image + weights + sum(r.training for r in rows) + head + backward_peak
+    return MemoryPlan(
+        batch_size=batch,
+        layers=rows,
+        input=image,
+        weights=weights,
+        gradients=gradients,
+        optimizer_state=state,
+        backward_peak=backward_peak,
+        forward_total=forward_total,
+        training_total=training_total,
+    )
+
+
+def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes of memory available to a new process: MemAvailable from /proc/meminfo (Linux),
+    else free physical pages (sysconf); None when neither can be read."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass
+class MemoryWarning:
+    """A step that needs more than `share` of the available memory, and what would fit."""
+
+    what: str  # "training" (a step at train.batch_size) or "evaluation" (eval_batch_size)
+    option: str  # the spec key to change: train.batch_size or train.eval_batch_size
+    batch_size: int
+    planned: int  # bytes
+    available: int  # bytes
+    share: float
+    fits: int  # the largest batch size that fits (0: not even 1)
+
+
+def check_memory(spec, available: int | None, share: float = 0.8) -> list[MemoryWarning]:
+    """Warnings when a training step (batch_size) or an evaluation pass (eval_batch_size)
+    needs more than `share` of the available memory, with the largest batch size that fits."""
+    if available is None:
+        return []
+    budget = int(available * share)
+    warnings: list[MemoryWarning] = []
+    for what, option, batch, total in (
+        ("training", "train.batch_size", spec.train["batch_size"], "training_total"),
+        ("evaluation", "train.eval_batch_size", spec.train["eval_batch_size"], "forward_total"),
+    ):
+        planned = getattr(plan(spec, batch), total)
+        if planned > budget:
+            one, two = (getattr(plan(spec, b), total) for b in (1, 2))
+            per_image, fixed = two - one, 2 * one - two  # affine in the batch size
+            fits = max(0, (budget - fixed) // per_image) if per_image > 0 else 0
+            warnings.append(
+                MemoryWarning(what, option, batch, planned, available, share, min(fits, batch))
+            )
+    return warnings

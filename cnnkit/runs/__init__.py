@@ -1,0 +1,2 @@
+"""The run directory: file names, checkpoints, run state, report, catalog and compare,
+evaluation files and plots."""

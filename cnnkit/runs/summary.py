@@ -1,0 +1,119 @@
+"""The model summary table (Keras' model.summary(), with MACs and the memory plan): printed by
+`cnnkit summary` and `cnnkit check`, and saved as the run's summary.txt."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from cnnkit.nn.model import SummaryRow
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.2f} GB"
+
+
+def summary_table(
+    title: str, rows: list[SummaryRow], totals: dict[str, int], memory: Any = None
+) -> Any:
+    """Keras' summary; with a cnnkit.nn.memory.MemoryPlan, per-layer and total memory too.
+
+    Laid out for the width it is printed at (Fits): one row per layer when that fits; in a
+    narrower terminal (80 columns) the layer's type goes under its name, then the memory
+    columns move to a table of their own. Names, shapes and figures are never cut."""
+    lines = [
+        f"Total params: {totals['total']:,} ({human_bytes(totals['bytes'])})",
+        f"Trainable params: {totals['trainable']:,}",
+        f"Non-trainable params: {totals['non_trainable']:,}",
+        f"MACs / image (forward): {totals['macs']:,}",
+    ]
+    if memory is not None:
+        activations = memory.forward_total - memory.input - memory.weights
+        lines += [
+            f"Memory for a batch of {memory.batch_size:,}, float32 (Forward/Training: what each "
+            "layer keeps)",
+            f"  forward (inference): {human_bytes(memory.forward_total)}",
+            f"    input {human_bytes(memory.input)}, weights {human_bytes(memory.weights)}, "
+            f"activations {human_bytes(activations)}",
+            f"  training step: {human_bytes(memory.training_total)}",
+            f"    activations kept for backward {human_bytes(memory.activations_training)}, "
+            f"gradients {human_bytes(memory.gradients)},",
+            f"    optimizer state {human_bytes(memory.optimizer_state)}, weights "
+            f"{human_bytes(memory.weights)}",
+        ]
+    caption = Text("\n".join(lines))
+
+    def layers(stacked: bool, with_memory: bool) -> Table:
+        table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+        table.add_column("Layer (type)")
+        for name in ("Output Shape", "Param #", "MACs / image"):
+            table.add_column(name, justify="left" if name == "Output Shape" else "right")
+        if with_memory:
+            table.add_column("Forward", justify="right")
+            table.add_column("Training", justify="right")
+        for i, row in enumerate(rows):
+            label = f"{row.name}\n({row.type})" if stacked else f"{row.name} ({row.type})"
+            cells = [escape(label), row.output_shape, f"{row.params:,}", f"{row.macs:,}"]
+            if with_memory:
+                layer = memory.layers[i]
+                cells += [human_bytes(layer.forward), human_bytes(layer.training)]
+            table.add_row(*cells)
+        return table
+
+    def memory_table() -> Table:
+        table = Table(
+            title=f"Memory per layer, batch of {memory.batch_size}",
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
+        )
+        for name in ("Layer", "Forward", "Training"):
+            table.add_column(name, justify="left" if name == "Layer" else "right")
+        for row, layer in zip(rows, memory.layers, strict=True):
+            table.add_row(row.name, human_bytes(layer.forward), human_bytes(layer.training))
+        return table
+
+    if memory is None:
+        return Fits(Group(layers(False, False), caption), Group(layers(True, False), caption))
+    return Fits(
+        Group(layers(False, True), caption),
+        Group(layers(True, True), caption),
+        Group(layers(True, False), memory_table(), caption),
+    )
+
+
+class Fits:
+    """The first of several layouts whose tables fit the width they are printed at, without
+    wrapping a cell (else the last): a summary stays whole in an 80-column terminal."""
+
+    def __init__(self, *layouts: Any):
+        self.layouts = layouts
+
+    def __rich_console__(self, console: Console, options: Any):
+        for layout in self.layouts:
+            tables = layout.renderables if isinstance(layout, Group) else [layout]
+            wide = options.update_width(10_000)
+            natural = [
+                Measurement.get(console, wide, t).maximum for t in tables if isinstance(t, Table)
+            ]
+            if max(natural, default=0) <= options.max_width:
+                yield layout
+                return
+        yield self.layouts[-1]
+
+
+def render_text(renderable: Any, width: int = 100) -> str:
+    """Plain text of a Rich renderable (for summary.txt)."""
+    recorder = Console(width=width, record=True, file=io.StringIO())
+    recorder.print(renderable)
+    return recorder.export_text()

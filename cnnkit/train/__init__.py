@@ -1,0 +1,1 @@
+"""Training: the trainer, its callbacks, resume, the warm-up."""

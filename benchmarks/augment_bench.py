@@ -25,15 +25,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run without installing
 
+from dataclasses import replace  # noqa: E402
+
 from cnnkit import training  # noqa: E402
 from cnnkit.api import load_dataset  # noqa: E402
 from cnnkit.data.augment import Augmenter, Preprocessor, resolve_augmentation  # noqa: E402
 from cnnkit.data.batches import Split, make_splits  # noqa: E402
-from cnnkit.nn.metrics import MetricSet  # noqa: E402
-from cnnkit.nn.model import Sequential  # noqa: E402
-from cnnkit.nn.registry import LOSSES, OPTIMIZERS  # noqa: E402
 from cnnkit.seeding import random_stream  # noqa: E402
+from cnnkit.spec.build import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
 from cnnkit.spec.config import load_spec  # noqa: E402
+from cnnkit.spec.sections import AugmentationSection  # noqa: E402
 from cnnkit.threads import configure_threads  # noqa: E402
 from cnnkit.train.trainer import SilentReporter  # noqa: E402
 
@@ -52,7 +53,7 @@ FULL = {
 
 
 def kernel_throughput(shape: tuple[int, ...], repeats: int) -> float:
-    aug = Augmenter(resolve_augmentation(FULL))
+    aug = Augmenter(AugmentationSection.of(resolve_augmentation(FULL)))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=shape, dtype=np.uint8)
     aug(x, rng)  # compile / load from the cache
@@ -67,12 +68,11 @@ def kernel_throughput(shape: tuple[int, ...], repeats: int) -> float:
 
 def train_throughput(spec, split: Split, augmented: bool, prefetched: bool = True) -> float:
     """Images/s of one pass over `split` (fresh model, the real _train_epoch)."""
-    spec.augmentation = resolve_augmentation(FULL if augmented else None)
-    model = Sequential.from_spec(spec).build(spec.seed)
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-    optimizer = OPTIMIZERS[spec.optimizer["name"]](
-        **{k: v for k, v in spec.optimizer.items() if k != "name"}
-    )
+    augmentation = resolve_augmentation(FULL if augmented else None)
+    spec = replace(spec, augmentation=AugmentationSection.of(augmentation))
+    model = build_model(spec).build(spec.seed)
+    loss_fn = build_loss(spec)
+    optimizer = build_optimizer(spec)
     pre = Preprocessor.from_spec(spec, split)
     original = training.prefetch
     if not prefetched:
@@ -87,7 +87,7 @@ def train_throughput(spec, split: Split, augmented: bool, prefetched: bool = Tru
             split,
             spec,
             random_stream(spec.seed, "shuffle"),
-            training.EpochTotals(MetricSet.from_spec(spec)),
+            training.EpochTotals(build_metrics(spec)),
             SilentReporter(),
             pre.training(random_stream(spec.seed, "augment")),
         )
@@ -110,9 +110,9 @@ def main() -> None:
 
     spec = load_spec(ROOT / "configs" / "mnist_basic.yaml")
     train = make_splits(load_dataset(spec), spec.data).train
-    n = args.steps * spec.train["batch_size"]
+    n = args.steps * spec.train.batch_size
     split = Split(train.x[:n], train.y[:n])
-    print(f"\nTraining configs/mnist_basic.yaml, {args.steps} steps of {spec.train['batch_size']}:")
+    print(f"\nTraining configs/mnist_basic.yaml, {args.steps} steps of {spec.train.batch_size}:")
     variants = {
         "plain": (False, True),
         "augmented": (True, True),

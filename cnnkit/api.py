@@ -27,9 +27,8 @@ from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
 from cnnkit.interrupts import catch_signals
 from cnnkit.io import atomic_write_text, write_json
 from cnnkit.nn.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
-from cnnkit.nn.metrics import MetricSet, per_class_report
+from cnnkit.nn.metrics import per_class_report
 from cnnkit.nn.model import Sequential, SummaryRow
-from cnnkit.nn.registry import LOSSES, OPTIMIZERS
 from cnnkit.runs.lifecycle import track_run_state
 from cnnkit.runs.report import write_report
 from cnnkit.runs.rundir import (
@@ -41,6 +40,7 @@ from cnnkit.runs.rundir import (
 )
 from cnnkit.runs.state import mark_running
 from cnnkit.runs.summary import render_text, summary_table
+from cnnkit.spec.build import build_loss, build_metrics, build_model, build_optimizer
 from cnnkit.spec.config import Spec, SpecOverrides, load_spec
 from cnnkit.spec.overrides import as_overrides
 from cnnkit.threads import configure_threads
@@ -66,7 +66,7 @@ class ModelSummary:
 def summarize(spec: Spec, batch_size: int | None = None) -> ModelSummary:
     """Layers, output shapes, parameters, MACs and the memory plan for a batch (default the
     spec's batch_size), from the spec alone (no data, no weights)."""
-    model = Sequential.from_spec(spec)
+    model = build_model(spec)
     rows = model.summary_rows()
     # as Keras: BatchNormalization's moving statistics are non-trainable params
     non_trainable = sum(r.non_trainable for r in rows)
@@ -101,7 +101,7 @@ def check(path: str | Path, overrides=None, available: int | None = None) -> Che
     if validation_is_test(spec):
         from cnnkit.spec.callbacks import optimistic_test_notes
 
-        spec.notes += optimistic_test_notes(spec)
+        spec = replace(spec, notes=(*spec.notes, *optimistic_test_notes(spec)))
     return CheckReport(spec, summarize(spec), available, check_memory(spec, available))
 
 
@@ -113,15 +113,15 @@ def validation_is_test(spec: Spec) -> bool:
     from cnnkit.data.sources import resolve_data_dir, resolve_data_file, spec_dir
 
     data = spec.data
-    if data["validation"] != "test":
+    if data.validation != "test":
         return False
-    if data["source"] == "folder":  # val/ is used when it exists; no test/: no validation
-        root = resolve_data_dir(data["path"], spec_dir(spec))
+    if data.source == "folder":  # val/ is used when it exists; no test/: no validation
+        root = resolve_data_dir(data.path, spec_dir(spec))
         has = lambda split: any((root / n).is_dir() for n in SPLIT_NAMES[split])  # noqa: E731
         return has("test") and not has("val")
-    if data["source"] == "npz":  # x_test is optional
+    if data.source == "npz":  # x_test is optional
         try:
-            with np.load(resolve_data_file(data["path"], spec_dir(spec))) as arrays:
+            with np.load(resolve_data_file(data.path, spec_dir(spec))) as arrays:
                 return "x_test" in arrays.files
         except (OSError, ValueError):
             return False
@@ -165,7 +165,7 @@ def spec_from_spec_or_run(path: str | Path, overrides=None) -> Spec:
 def load_dataset(spec: Spec, progress: LoadProgress | None = None) -> Dataset:
     """progress: an image folder's "Found N images" lines and decoding progress go there
     (cnnkit.cli.display.load_progress); without it the lines are the dataset's notes."""
-    source = SOURCES[spec.data["source"]]
+    source = SOURCES[spec.data.source]
     if progress is not None and source.reports_progress:
         return source.load(spec, progress=progress)
     return source.load(spec)
@@ -195,9 +195,9 @@ def _setup(spec: Spec, threads: int | None = None, progress: LoadProgress | None
     dataset = load_dataset(spec, progress)  # before the run dir exists: a data error leaves nothing
     splits = make_splits(dataset, spec.data, spec.seed)
     preprocessor = Preprocessor.from_spec(spec, splits.train)  # featurewise stats: train split
-    model = Sequential.from_spec(spec).build(spec.seed)
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-    optimizer = OPTIMIZERS[spec.optimizer["name"]](**_options(spec.optimizer))
+    model = build_model(spec).build(spec.seed)
+    loss_fn = build_loss(spec)
+    optimizer = build_optimizer(spec)
     return _Setup(
         splits,
         preprocessor,
@@ -225,17 +225,17 @@ def train(
     threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one).
     progress: what loading an image folder reports (load_dataset)."""
     setup = _setup(spec, threads, progress)
-    if spec.model.get("weights"):
+    if spec.model.weights:
         load_initial_weights(setup.model, spec)
 
-    if spec.logging["tensorboard"]:
+    if spec.logging.tensorboard:
         from cnnkit.train.tensorboard import require_writer
 
         require_writer()  # a missing package is an error before the run directory exists
 
     _warm_up(setup, reporter)  # before the run directory: Ctrl-C while compiling leaves none
     run_dir = create_run_dir(Path(out), spec.name)
-    mark_running(run_dir, spec.train["epochs"])
+    mark_running(run_dir, spec.train.epochs)
     if on_run_dir:
         on_run_dir(run_dir)
     notes = setup.notes
@@ -298,7 +298,7 @@ def _tracked_fit(
     SIGTERM turned into a clean stop after the current step (catch_signals)."""
     done = resume.history if resume is not None else []
     if resume is not None:  # a new run was marked running when its directory was made
-        mark_running(run_dir, spec.train["epochs"], epochs_done=len(done))
+        mark_running(run_dir, spec.train.epochs, epochs_done=len(done))
     tracker = RunTracker(
         run_dir,
         spec,
@@ -356,10 +356,14 @@ def resume(
         given = load_spec(spec_file or run_dir / "config.yaml", overrides)
         source = f"{spec_file}" if spec_file is not None else "options given"
         refuse_changes(spec, given, run_dir, source)
-        spec.train["epochs"] = given.train["epochs"]
-        spec.train["save_every_steps"] = given.train.get("save_every_steps")
+        train = replace(
+            spec.train,
+            epochs=given.train.epochs,
+            save_every_steps=given.train.save_every_steps,
+        )
+        spec = replace(spec, train=train)
     if epochs is not None:
-        spec.train["epochs"] = int(epochs)
+        spec = replace(spec, train=replace(spec.train, epochs=int(epochs)))
     state = load_resume_state(run_dir, spec)
     epoch, step = state.next_position()
     if state.info.get("stopped_early"):
@@ -368,11 +372,11 @@ def resume(
             where=str(run_dir),
             hint="Start a new run with different callbacks.early_stopping settings.",
         )
-    if epoch > spec.train["epochs"]:
+    if epoch > spec.train.epochs:
         done = state.epoch
         raise CheckpointError(
-            f"nothing to resume: the run has finished {done} of {spec.train['epochs']} "
-            f"epoch{'s' * (spec.train['epochs'] != 1)}",
+            f"nothing to resume: the run has finished {done} of {spec.train.epochs} "
+            f"epoch{'s' * (spec.train.epochs != 1)}",
             where=str(run_dir),
             hint=f"Train further with --epochs N (N > {done}): "
             f"cnnkit train --resume {run_dir} --epochs {done + 5}",
@@ -381,7 +385,7 @@ def resume(
     setup.model.load_params(state.weights, str(state.path.with_suffix(".npz")))
     if on_note:
         at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
-        on_note(f"Resuming {run_dir} at {at} of {spec.train['epochs']}.")
+        on_note(f"Resuming {run_dir} at {at} of {spec.train.epochs}.")
     _warm_up(setup, reporter, run_dir)  # Ctrl-C while compiling leaves the run as it was
     config = run_dir / "config.yaml"
     if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
@@ -418,7 +422,7 @@ def reproduce(
     spec = load_run_spec(original)
     before = _full_history(original)
     if epochs is not None:
-        spec.train["epochs"] = int(epochs)
+        spec = replace(spec, train=replace(spec.train, epochs=int(epochs)))
     result = train(spec, original.parent, reporter, on_run_dir, on_note, progress=progress)
     after = {row["epoch"]: row for row in result.history}
     differences, compared = [], []
@@ -477,7 +481,7 @@ def load_initial_weights(model: Sequential, spec: Spec) -> Path:
 
     Every layer's arrays must match the model's shapes; a mismatch names the layer and both
     shapes (loading only some layers silently would hide a wrong spec)."""
-    given = Path(spec.model["weights"]).expanduser()
+    given = Path(spec.model.weights).expanduser()
     candidates = [given] if given.is_absolute() else [Path.cwd() / given]
     if spec.file is not None and not given.is_absolute():
         candidates.append(spec.file.parent / given)
@@ -494,10 +498,6 @@ def load_initial_weights(model: Sequential, spec: Spec) -> Path:
     return path
 
 
-def _options(section: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in section.items() if k != "name"}
-
-
 def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Sequential, Path, dict]:
     """The run's spec and its model with the chosen checkpoint's weights."""
     configure_threads()
@@ -509,7 +509,7 @@ def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Sequentia
             "checkpoint was written for a different model or data spec than this run's config.yaml",
             where=str(path),
         )
-    model = Sequential.from_spec(spec).build(spec.seed)
+    model = build_model(spec).build(spec.seed)
     model.load_params(arrays, str(path))
     return spec, model, path, meta
 
@@ -559,10 +559,10 @@ def evaluate(
     notes, optimistic = _evaluation_notes(
         spec, split, "best" if best else "last", validation_is_test
     )
-    batch_size = batch_size or spec.train["eval_batch_size"]
-    metric_set = MetricSet.from_spec(spec)
+    batch_size = batch_size or spec.train.eval_batch_size
+    metric_set = build_metrics(spec)
     preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    loss_fn = build_loss(spec)
     result = evaluate_split(model, loss_fn, data, preprocessor, batch_size, metric_set)
     matrix = metric_set.confusion  # the predictions the metrics counted (one sigmoid: p > 0.5)
     report = {
@@ -601,7 +601,7 @@ def _evaluation_notes(
 
     notes = []
     if split == "train":
-        held_out = spec.data["validation"] == "split"
+        held_out = spec.data.validation == "split"
         notes.append(
             "the training split is evaluated as evaluation always is: without augmentation, "
             "in inference mode (no dropout; BatchNormalization's moving statistics)"
@@ -632,7 +632,7 @@ def _missing_split(split: str, spec: Spec, splits, run_dir: Path) -> DataError:
         hint += (
             f" Evaluate on another split, named as such: cnnkit evaluate {run_dir} --split {other}"
         )
-        if spec.data["source"] == "folder":
+        if spec.data.source == "folder":
             hint += " (or add a test/ folder of class sub-folders)"
         hint += "."
     elif split == "validation":
@@ -640,7 +640,7 @@ def _missing_split(split: str, spec: Spec, splits, run_dir: Path) -> DataError:
             " A validation split comes from data.validation_split, an image folder's val/ "
             "folder, or data.validation: test."
         )
-    where = str(spec.data.get("path") or spec.data["source"])
+    where = str(spec.data.path or spec.data.source)
     return DataError(f"the data has no {split} split to evaluate", where=where, hint=hint)
 
 
@@ -700,9 +700,9 @@ def predict(
     gets its error and an empty top; ImageError when no file could be read."""
     run_dir = Path(run_dir)
     spec, model, path, meta = load_model(run_dir, checkpoint)
-    source = SOURCES[spec.data["source"]]
+    source = SOURCES[spec.data.source]
     options = ImageOptions.from_spec(spec)
-    adapt = spec.data["source"] != "folder"  # a folder's model reads files as training did
+    adapt = spec.data.source != "folder"  # a folder's model reads files as training did
     files = collect_images(images)
     prepared: dict[int, PreparedImage] = {}
     errors: dict[int, ImageError] = {}
@@ -736,8 +736,8 @@ def predict(
     x = np.stack([prepared[i].array for i in ok])
     preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
     # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-    batch_size = batch_size or spec.train["eval_batch_size"]
+    loss_fn = build_loss(spec)
+    batch_size = batch_size or spec.train.eval_batch_size
     rows = predict_probabilities(model, loss_fn, x, preprocessor, batch_size)
     probs = dict(zip(ok, rows, strict=True))
     names = meta.get("class_names") or [str(i) for i in range(rows.shape[1])]
@@ -795,9 +795,9 @@ def augment_preview(
     from cnnkit.io import atomic_write_bytes
     from cnnkit.seeding import random_stream
 
-    data = {**spec.data, "validation": "none"}
-    if spec.data["source"] == "synthetic":  # made on demand: make only what is shown
-        data["max_train_samples"] = min(n, spec.data.get("max_train_samples") or n)
+    data = replace(spec.data, validation="none")
+    if data.source == "synthetic":  # made on demand: make only what is shown
+        data = replace(data, max_train_samples=min(n, data.max_train_samples or n))
     spec = replace(spec, data=data)
     train = make_splits(load_dataset(spec, progress), data, spec.seed).train
     x = train.x[_round_robin_by_class(train.y, n)]
@@ -866,10 +866,10 @@ def check_data(target: str | Path) -> dict[str, Any]:
 def _check_spec_data(path: Path) -> dict[str, Any]:
     """A spec file: its image folder (source: folder) or its arrays."""
     spec = load_spec(path)
-    source = spec.data["source"]
+    source = spec.data.source
     if source == "folder":
-        size = spec.data["target_size"] or spec.model["input_shape"][:2]
-        report = check_folder(resolve_data_dir(spec.data["path"], spec_dir(spec)), list(size))
+        size = spec.data.target_size or spec.model.input_shape[:2]
+        report = check_folder(resolve_data_dir(spec.data.path, spec_dir(spec)), list(size))
     elif source in ARRAY_SOURCES:
         splits = make_splits(load_dataset(spec), spec.data, spec.seed)
         arrays = {"train": splits.train}
@@ -878,7 +878,7 @@ def _check_spec_data(path: Path) -> dict[str, Any]:
         if splits.test is not None:
             arrays["test"] = splits.test
         report = check_arrays({k: (s.x, s.y) for k, s in arrays.items()}, splits.class_names)
-        report["path"] = spec.data["path"]
+        report["path"] = spec.data.path
     else:
         raise DataError(
             f"the {source} source has no data to check",

@@ -20,7 +20,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.model import Sequential
 from cnnkit.nn.optimizers import Optimizer
-from cnnkit.nn.registry import LOSSES, OPTIMIZERS
+from cnnkit.spec.build import build_loss, build_model, build_optimizer
 from cnnkit.spec.config import Spec
 from cnnkit.threads import configure_threads
 
@@ -65,10 +65,9 @@ class _CnnkitRunner:
     """One training step and one inference pass of cnnkit's model on a fixed batch."""
 
     def __init__(self, spec: Spec, batch: int):
-        self.model = Sequential.from_spec(spec).build(spec.seed)
-        self.loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
-        options = {k: v for k, v in spec.optimizer.items() if k != "name"}
-        self.optimizer: Optimizer = OPTIMIZERS[spec.optimizer["name"]](**options)
+        self.model = build_model(spec).build(spec.seed)
+        self.loss_fn = build_loss(spec)
+        self.optimizer: Optimizer = build_optimizer(spec)
         self.params = self.model.named_params()
         self.x, self.y = _synthetic_batch(self.model, self.loss_fn, batch, spec.seed)
 
@@ -141,7 +140,7 @@ def run_bench(
         raise CnnkitError(f"--vs {vs!r} is not supported", hint="Use --vs torch.")
     progress = on_progress or (lambda text: None)
     n_threads = configure_threads(threads)
-    batch = batch_size or spec.train["batch_size"]
+    batch = batch_size or spec.train.batch_size
     ours = _CnnkitRunner(spec, batch)
     theirs = None
     if vs == "torch":

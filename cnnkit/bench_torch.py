@@ -159,9 +159,9 @@ class TorchRunner:
             raise _unsupported(f"the {name} activation")
 
     def _loss(self, spec, loss_fn):
-        name = spec.loss["name"]
+        name = spec.loss.name
         self.binary = name == "binary_crossentropy"
-        smoothing = spec.loss.get("label_smoothing", 0.0)
+        smoothing = spec.loss.options.get("label_smoothing", 0.0)
         if name in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
             # t (1 - s) + s / K, as Keras and cnnkit
             return self.torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
@@ -172,7 +172,7 @@ class TorchRunner:
         raise _unsupported(f"the {name} loss")
 
     def _optimizer(self, spec):
-        o, name, optim = spec.optimizer, spec.optimizer["name"], self.torch.optim
+        o, name, optim = spec.optimizer.options, spec.optimizer.name, self.torch.optim
         params = self.net.parameters()
         lr = o["learning_rate"]
         if name == "sgd":

@@ -317,6 +317,13 @@ class ErrorList:
         except SpecError as error:
             self.add(error)
 
+    def attempt(self, check: Callable[..., Any], *args: Any) -> Any:
+        """check(*args), or None after collecting its SpecError (a later check that needs
+        the value is then skipped)."""
+        with self.collect():
+            return check(*args)
+        return None
+
     def __bool__(self) -> bool:
         return bool(self.found)
 

@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -137,7 +138,7 @@ def train(
         else (lambda d: display.print_line(display.console, f"Run directory: [bold]{d}[/bold]"))
     )
     if resume is not None:
-        every_steps = api.load_run_spec(resume).logging["every_steps"]
+        every_steps = api.load_run_spec(resume).logging.every_steps
         with display.make_reporter(quiet, every_steps) as reporter:
             result = api.resume(
                 resume,
@@ -157,8 +158,8 @@ def train(
                 hint="e.g. cnnkit train configs/mnist.yaml",
             )
         parsed = load_spec(spec, overrides, check_data=True)  # as `check` does
-        parsed.command = command_line()  # config.yaml records it
-        with display.make_reporter(quiet, parsed.logging["every_steps"]) as reporter:
+        parsed = replace(parsed, command=command_line())  # config.yaml records it
+        with display.make_reporter(quiet, parsed.logging.every_steps) as reporter:
             result = api.train(
                 parsed,
                 out=out,

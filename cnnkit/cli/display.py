@@ -777,7 +777,7 @@ def print_trained(run_dir: Any, spec: Any) -> None:
     """The closing lines of `cnnkit train`: best checkpoint, run directory, next command."""
     import json
 
-    monitor = spec.callbacks["checkpoint"]["monitor"]  # what chose best.npz
+    monitor = spec.callbacks.checkpoint.monitor  # what chose best.npz
     best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
     console.print(
         f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "

@@ -16,7 +16,7 @@ the run directory (normalization.json), so evaluate and predict apply the same n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,18 +137,18 @@ def resolve_augmentation(value: Any = None, path: str = "augmentation") -> dict[
     return resolve_options(given, AUGMENT_OPTIONS, path, what="augmentation option")
 
 
-def augments(section: Mapping[str, Any]) -> bool:
+def augments(section: Any) -> bool:
     """Does the section change training images at all (beyond normalisation)?"""
     return bool(
-        section["rotation_range"]
-        or section["width_shift_range"]
-        or section["height_shift_range"]
-        or section["shear_range"]
-        or list(section["zoom_range"]) != [1.0, 1.0]
-        or section["horizontal_flip"]
-        or section["vertical_flip"]
-        or section["brightness_range"] is not None
-        or section["channel_shift_range"]
+        section.rotation_range
+        or section.width_shift_range
+        or section.height_shift_range
+        or section.shear_range
+        or list(section.zoom_range) != [1.0, 1.0]
+        or section.horizontal_flip
+        or section.vertical_flip
+        or section.brightness_range is not None
+        or section.channel_shift_range
     )
 
 
@@ -235,31 +235,31 @@ def transform_matrices(t: Transforms, height: int, width: int) -> np.ndarray:
 class Augmenter:
     """Draws and applies the random transforms of a resolved `augmentation:` section."""
 
-    def __init__(self, section: Mapping[str, Any]):
-        self.section = dict(section)
-        self.mode = FILL_MODES.index(section["fill_mode"])
+    def __init__(self, section: Any):
+        self.section = section
+        self.mode = FILL_MODES.index(section.fill_mode)
 
     def draw(self, n: int, height: int, width: int, rng: np.random.Generator) -> Transforms:
         s, t = self.section, Transforms.identity(n)
-        if s["rotation_range"]:
-            t.theta = rng.uniform(-s["rotation_range"], s["rotation_range"], size=n)
-        t.shift_rows = _shift(rng, s["height_shift_range"], height, n)
-        t.shift_cols = _shift(rng, s["width_shift_range"], width, n)
-        if s["shear_range"]:
-            t.shear = rng.uniform(-s["shear_range"], s["shear_range"], size=n)
-        lower, upper = s["zoom_range"]
+        if s.rotation_range:
+            t.theta = rng.uniform(-s.rotation_range, s.rotation_range, size=n)
+        t.shift_rows = _shift(rng, s.height_shift_range, height, n)
+        t.shift_cols = _shift(rng, s.width_shift_range, width, n)
+        if s.shear_range:
+            t.shear = rng.uniform(-s.shear_range, s.shear_range, size=n)
+        lower, upper = s.zoom_range
         if (lower, upper) != (1.0, 1.0):
             t.zoom_rows = rng.uniform(lower, upper, size=n)
             t.zoom_cols = rng.uniform(lower, upper, size=n)
-        if s["horizontal_flip"]:
+        if s.horizontal_flip:
             t.flip_cols = rng.random(n) < 0.5
-        if s["vertical_flip"]:
+        if s.vertical_flip:
             t.flip_rows = rng.random(n) < 0.5
-        if s["channel_shift_range"]:
-            r = s["channel_shift_range"]
+        if s.channel_shift_range:
+            r = s.channel_shift_range
             t.channel_shift = rng.uniform(-r, r, size=n)
-        if s["brightness_range"] is not None:
-            t.brightness = rng.uniform(*s["brightness_range"], size=n)
+        if s.brightness_range is not None:
+            t.brightness = rng.uniform(*s.brightness_range, size=n)
         return t
 
     def apply(self, x: np.ndarray, t: Transforms, rescale: float = 1.0) -> np.ndarray:
@@ -273,11 +273,11 @@ class Augmenter:
             x,
             matrices,
             self.mode,
-            float(self.section["cval"]),
+            float(self.section.cval),
             t.channel_shift.astype(np.float64),
-            bool(self.section["channel_shift_range"]),
+            bool(self.section.channel_shift_range),
             t.brightness.astype(np.float64),
-            self.section["brightness_range"] is not None,
+            self.section.brightness_range is not None,
             float(rescale),
             out,
         )
@@ -309,12 +309,12 @@ class Preprocessor:
         """Featurewise statistics from the training split (train) or from a run (run_dir)."""
         section = spec.augmentation
         pre = cls(
-            spec.data["rescale"],
-            section["samplewise_center"],
-            section["samplewise_std_normalization"],
+            spec.data.rescale,
+            section.samplewise_center,
+            section.samplewise_std_normalization,
             augmenter=Augmenter(section) if augments(section) else None,
         )
-        center, std = section["featurewise_center"], section["featurewise_std_normalization"]
+        center, std = section.featurewise_center, section.featurewise_std_normalization
         if center or std:
             if train is not None:
                 mean, sd = featurewise_stats(train.x, pre.rescale)

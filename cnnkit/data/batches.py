@@ -6,6 +6,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Splits:
     notes: list[str] = field(default_factory=list)  # what the user should know of the splits
 
 
-def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
+def make_splits(dataset: Dataset, data: Any, seed: int) -> Splits:
     """Apply classes, max_*_samples and the validation choice of the spec's data section.
 
     max_train_samples / max_test_samples keep a stratified subset chosen by the spec's seed
@@ -43,43 +44,41 @@ def make_splits(dataset: Dataset, data: dict, seed: int) -> Splits:
     validation_split takes the *last* fraction of the training set, before shuffling, as
     Keras' fit(validation_split=...) does, and validation: test uses the test split.
     """
-    if data.get("classes"):  # names (cat, dog) -> the source's class indices
-        data = {**data, "classes": class_indices(data["classes"], dataset.class_names)}
+    # names (cat, dog) -> the source's class indices
+    classes = class_indices(data.classes, dataset.class_names) if data.classes else None
 
     def prepare(x, y, limit, files=None, stream=""):
         if x is None:
             return None
         split = Split(x, y, files)
-        if data.get("classes"):
-            split = _select(split, data["classes"])
+        if classes:
+            split = _select(split, classes)
         if not limit or limit >= len(split):
             return split
         keep = stratified_subset(split.y, limit, random_stream(seed, stream))
         return Split(split.x[keep], split.y[keep], split.files and [split.files[i] for i in keep])
 
     class_names = dataset.class_names
-    if data.get("classes"):
-        class_names = [dataset.class_names[c] for c in data["classes"]]
-    train = prepare(
-        dataset.x_train, dataset.y_train, data.get("max_train_samples"), None, "train_subset"
-    )
+    if classes:
+        class_names = [dataset.class_names[c] for c in classes]
+    train = prepare(dataset.x_train, dataset.y_train, data.max_train_samples, None, "train_subset")
     test = prepare(
         dataset.x_test,
         dataset.y_test,
-        data.get("max_test_samples"),
+        data.max_test_samples,
         dataset.files_test,
         "test_subset",
     )
     notes: list[str] = []
     validation = prepare(dataset.x_val, dataset.y_val, None, dataset.files_val)
-    if data.get("validation") == "none":
+    if data.validation == "none":
         validation = None
-    elif validation is None and data.get("validation_split"):
-        n_val = max(1, int(round(len(train) * data["validation_split"])))
+    elif validation is None and data.validation_split:
+        n_val = max(1, int(round(len(train) * data.validation_split)))
         validation = Split(train.x[-n_val:], train.y[-n_val:])
         train = Split(train.x[:-n_val], train.y[:-n_val])
-        notes.extend(_class_sorted_note(train, validation, class_names, data["validation_split"]))
-    elif validation is None and data.get("validation") == "test":
+        notes.extend(_class_sorted_note(train, validation, class_names, data.validation_split))
+    elif validation is None and data.validation == "test":
         validation = test
     return Splits(train, validation, test, class_names, notes)
 

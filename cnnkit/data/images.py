@@ -77,10 +77,10 @@ class ImageOptions:
         """An image folder's data.target_size (else input_shape), color_mode and
         interpolation, as its training decoded it; for other sources (arrays: no decoder)
         the input shape's size and channels, resized bilinear."""
-        data, shape = spec.data, spec.model["input_shape"]
-        if data["source"] == "folder":
-            size = tuple(data["target_size"] or shape[:2])
-            return cls(size, data["color_mode"], data["interpolation"])
+        data, shape = spec.data, spec.model.input_shape
+        if data.source == "folder":
+            size = tuple(data.target_size or shape[:2])
+            return cls(size, data.color_mode, data.interpolation)
         modes = {c: m for m, c in CHANNELS.items()}
         if shape[2] not in modes:
             raise ImageError(

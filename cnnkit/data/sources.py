@@ -129,20 +129,32 @@ def _idx_dataset(directory: Path, files: dict[str, str], class_names: list[str])
     )
 
 
+def count_classes(data: Any, spec_dir: Path | None) -> int | None:
+    """Classes the model must output for a resolved data section; None when the data is not
+    there to count yet (a folder or an npz file is looked at, nothing is decoded)."""
+    if data.classes:
+        return len(data.classes)
+    source = SOURCES[data.source]
+    if source.list_classes is not None:
+        names = source.list_classes(data, spec_dir)
+        return len(names) if names is not None else None
+    return source.num_classes or data.num_classes
+
+
 def spec_dir(spec: Any) -> Path | None:
     return spec.file.parent if spec.file else None
 
 
 def load_mnist(spec: Any) -> Dataset:
-    directory = resolve_data_dir(spec.data["path"], spec_dir(spec))
+    directory = resolve_data_dir(spec.data.path, spec_dir(spec))
     return _idx_dataset(directory, MNIST_FILES, [str(i) for i in range(10)])
 
 
 def load_fashion_mnist(spec: Any) -> Dataset:
     """data.path if given; else Debian's dataset-fashion-mnist; else datasets/fashion_mnist,
     downloading (checksummed) into it when a file is missing."""
-    if spec.data["path"]:
-        directory = resolve_data_dir(spec.data["path"], spec_dir(spec))
+    if spec.data.path:
+        directory = resolve_data_dir(spec.data.path, spec_dir(spec))
     elif all((FASHION_DEBIAN / name).is_file() for name in FASHION_FILES):
         directory = FASHION_DEBIAN
     else:
@@ -155,11 +167,11 @@ def load_fashion_mnist(spec: Any) -> Dataset:
 def load_synthetic(spec: Any) -> Dataset:
     """Seeded random images and labels of any shape and class count: for summaries of models
     with no dataset at hand (AlexNet) and for benchmarks. Nothing is learnable here."""
-    options, input_shape = spec.data, tuple(spec.model["input_shape"])
+    options, input_shape = spec.data, tuple(spec.model.input_shape)
     rng = np.random.default_rng(spec.seed)
-    n_train = options.get("max_train_samples") or SYNTHETIC_TRAIN
-    n_test = options.get("max_test_samples") or SYNTHETIC_TEST
-    k = options["num_classes"]
+    n_train = options.max_train_samples or SYNTHETIC_TRAIN
+    n_test = options.max_test_samples or SYNTHETIC_TEST
+    k = options.num_classes
     return Dataset(
         x_train=rng.integers(0, 256, size=(n_train, *input_shape), dtype=np.uint8),
         y_train=rng.integers(0, k, size=n_train).astype(np.int64),
@@ -204,11 +216,11 @@ def load_folder(spec: Any, progress: LoadProgress | None = None) -> Dataset:
     progress: where the "Found N images" lines and the decoding progress go; without it the
     lines are the dataset's first notes."""
     data = spec.data
-    root = resolve_data_dir(data["path"], spec_dir(spec))
+    root = resolve_data_dir(data.path, spec_dir(spec))
     scan = scan_folder(root)
     size = ImageOptions.from_spec(spec).size  # target_size, else input_shape: as predict
     skipped: list[str] = []
-    found = found_lines(scan, data["validation_split"])
+    found = found_lines(scan, data.validation_split)
     for line in found if progress else ():
         progress.found(line)
     notes = [] if progress else found
@@ -220,19 +232,19 @@ def load_folder(spec: Any, progress: LoadProgress | None = None) -> Dataset:
         return decode_split(
             scan.splits[split],
             size,
-            data["color_mode"],
-            data["interpolation"],
-            data["skip_bad_images"],
+            data.color_mode,
+            data.interpolation,
+            data.skip_bad_images,
             skipped,
             progress=partial(progress.decoding, label) if progress else None,
         )
 
     train, val, test = decode("train") or decode("all"), decode("val"), decode("test")
-    if val is None and data["validation_split"]:
+    if val is None and data.validation_split:
         # no val/ folder: a stratified, seeded validation set, the same every run (Keras'
         # flow_from_directory(subset=...) also splits each class, not the class-sorted list)
         rng = random_stream(spec.seed, "split")
-        keep, hold = stratified_split(train.y, data["validation_split"], rng)
+        keep, hold = stratified_split(train.y, data.validation_split, rng)
         files = train.files
         val = DecodedSplit(train.x[hold], train.y[hold], [files[i] for i in hold] if files else [])
         kept = [files[i] for i in keep] if files else []
@@ -261,8 +273,8 @@ CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 def load_cifar10(spec: Any) -> Dataset:
     """The binary version: data.path if given; else datasets/cifar10 in the checkout,
     downloading and extracting the checksummed archive there when it is missing."""
-    if spec.data["path"]:
-        root = resolve_data_dir(spec.data["path"], spec_dir(spec))
+    if spec.data.path:
+        root = resolve_data_dir(spec.data.path, spec_dir(spec))
     else:
         root = PROJECT_ROOT / "datasets" / "cifar10"
         if find_cifar10_dir(root) is None:
@@ -274,12 +286,12 @@ def load_cifar10(spec: Any) -> Dataset:
 
 
 def load_npz(spec: Any) -> Dataset:
-    path = resolve_data_file(spec.data["path"], spec_dir(spec))
+    path = resolve_data_file(spec.data.path, spec_dir(spec))
     arrays = read_npz(path)
     shape = tuple(arrays["x"].shape[1:])
-    if shape != tuple(spec.model["input_shape"]):
+    if shape != tuple(spec.model.input_shape):
         raise DataError(
-            f"the images are {list(shape)}, model.input_shape is {spec.model['input_shape']}",
+            f"the images are {list(shape)}, model.input_shape is {list(spec.model.input_shape)}",
             where=str(path),
             hint=f"Use input_shape: {list(shape)}.",
         )
@@ -354,11 +366,11 @@ def _files_hint(names: list[str]) -> str:
     return f"This folder must hold {', '.join(names)}; set data.path to the folder that holds them."
 
 
-def _check_files_in(data: dict[str, Any], where: Path | None, names: list[str], *subdirs: str):
+def _check_files_in(data: Any, where: Path | None, names: list[str], *subdirs: str):
     """data.path is a folder that holds every file of names (or a sub-folder of it does)."""
-    root = resolve_data_dir(data["path"], where)
+    root = resolve_data_dir(data.path, where)
     if not root.is_dir():
-        raise _not_found(data["path"], where, "data folder", True, _files_hint(names))
+        raise _not_found(data.path, where, "data folder", True, _files_hint(names))
     found = [root / d for d in subdirs if all((root / d / n).is_file() for n in names)]
     directory = found[0] if found else root
     missing = [n for n in names if not (directory / n).is_file()]
@@ -368,39 +380,39 @@ def _check_files_in(data: dict[str, Any], where: Path | None, names: list[str], 
         )
 
 
-def _check_idx_files(files: dict[str, str]) -> Callable[[dict[str, Any], Path | None], None]:
-    def check(data: dict[str, Any], where: Path | None) -> None:
-        if data["path"]:  # else found or downloaded when loaded
+def _check_idx_files(files: dict[str, str]) -> Callable[[Any, Path | None], None]:
+    def check(data: Any, where: Path | None) -> None:
+        if data.path:  # else found or downloaded when loaded
             _check_files_in(data, where, list(files))
 
     return check
 
 
-def _check_cifar10_files(data: dict[str, Any], where: Path | None) -> None:
-    if data["path"]:  # else downloaded into the checkout when loaded
+def _check_cifar10_files(data: Any, where: Path | None) -> None:
+    if data.path:  # else downloaded into the checkout when loaded
         _check_files_in(data, where, [*CIFAR10_TRAIN, CIFAR10_TEST], "cifar-10-batches-bin")
 
 
-def _check_npz_files(data: dict[str, Any], where: Path | None) -> None:
-    path = resolve_data_file(data["path"], where)
+def _check_npz_files(data: Any, where: Path | None) -> None:
+    path = resolve_data_file(data.path, where)
     if not path.is_file():
-        raise _not_found(data["path"], where, ".npz file", want_dir=False)
+        raise _not_found(data.path, where, ".npz file", want_dir=False)
     names = npz_class_names(path)
     if names is not None:
-        check_class_list(data["classes"], names, f"the classes of {path}")
+        check_class_list(data.classes, names, f"the classes of {path}")
 
 
-def _check_folder_files(data: dict[str, Any], where: Path | None) -> None:
-    root = resolve_data_dir(data["path"], where)
+def _check_folder_files(data: Any, where: Path | None) -> None:
+    root = resolve_data_dir(data.path, where)
     if not root.is_dir():
-        raise _not_found(data["path"], where, "image folder", want_dir=True)
+        raise _not_found(data.path, where, "image folder", want_dir=True)
     try:
         scan = scan_folder(root)  # lists folders and file names: decodes nothing
     except DataError as exc:
         raise SpecError(f"{exc.where}: {exc.message}", where="data.path", hint=exc.hint) from None
     errors = ErrorList()
     has_val = "val" in scan.splits or "test" in scan.splits
-    if data["validation"] == "test" and not has_val:
+    if data.validation == "test" and not has_val:
         layout = "only class folders" if "all" in scan.splits else "train/ only"
         errors.add(
             SpecError(
@@ -415,7 +427,7 @@ def _check_folder_files(data: dict[str, Any], where: Path | None) -> None:
         )
     with errors.collect():
         train = scan.root / "train" if "train" in scan.splits else scan.root
-        check_class_list(data["classes"], scan.classes, f"the class folders of {train}")
+        check_class_list(data.classes, scan.classes, f"the class folders of {train}")
     errors.raise_if_any()
 
 
@@ -464,13 +476,13 @@ class SourceInfo:
     options: tuple[str, ...] = ()
     # (resolved data section, spec folder) -> class names, cheaply (no decoding); None when
     # the data is not there yet (the error then comes when training loads it)
-    list_classes: Callable[[dict[str, Any], Path | None], list[str] | None] | None = None
+    list_classes: Callable[[Any, Path | None], list[str] | None] | None = None
     reports_progress: bool = False  # load(spec, progress=LoadProgress) says what it found
     # the class names when they are fixed (data.classes may name them: [cat, dog])
     class_names: tuple[str, ...] | None = None
     # (resolved data section, spec folder) -> None, or SpecError at the YAML path: what
     # `cnnkit check` can find on disk without reading an image (config.validate, check_data)
-    check_files: Callable[[dict[str, Any], Path | None], None] | None = None
+    check_files: Callable[[Any, Path | None], None] | None = None
 
 
 SOURCES: dict[str, SourceInfo] = {
@@ -506,7 +518,7 @@ SOURCES: dict[str, SourceInfo] = {
         None,
         None,
         needs_path=True,
-        list_classes=lambda data, where: npz_class_names(resolve_data_file(data["path"], where)),
+        list_classes=lambda data, where: npz_class_names(resolve_data_file(data.path, where)),
         check_files=_check_npz_files,
     ),
     "synthetic": SourceInfo(load_synthetic, None, None, None, options=("num_classes",)),
@@ -517,7 +529,7 @@ SOURCES: dict[str, SourceInfo] = {
         None,
         needs_path=True,
         options=("target_size", "color_mode", "class_mode", "interpolation", "skip_bad_images"),
-        list_classes=lambda data, where: folder_classes(resolve_data_dir(data["path"], where)),
+        list_classes=lambda data, where: folder_classes(resolve_data_dir(data.path, where)),
         reports_progress=True,
         check_files=_check_folder_files,
     ),

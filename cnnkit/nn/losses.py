@@ -12,6 +12,7 @@ labels and one output unit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,11 +57,10 @@ class Loss:
         self.options = options
 
     @classmethod
-    def from_spec(cls, spec: Any) -> Loss:
-        """The loss of a resolved spec, with the head its last layer asks for."""
-        options = {k: v for k, v in spec.loss.items() if k != "name"}
-        activation = spec.layers[-1].options.get("activation") or "linear"
-        head = activation if activation in cls.accepted_heads else cls.head_activation
+    def for_head(cls, options: Mapping[str, Any], last_activation: str) -> Loss:
+        """The loss with its resolved options, and the head the last layer's activation
+        asks for (linear: logits)."""
+        head = last_activation if last_activation in cls.accepted_heads else cls.head_activation
         return cls(head=head, **options)
 
     def __call__(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:

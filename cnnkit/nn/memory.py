@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,14 @@ def kept_elements(layer: Layer, training: bool, is_last: bool) -> tuple[int, int
     return out, 0  # AveragePooling2D, GlobalAveragePooling2D and anything new: its output
 
 
-def optimizer_slots(optimizer: dict[str, Any]) -> int:
+def optimizer_slots(name: str, options: Mapping[str, Any]) -> int:
     """Arrays of the optimizer's state per trainable weight (Adam: m and v)."""
-    name = optimizer["name"]
     if name == "sgd":
-        return 1 if optimizer.get("momentum") else 0
+        return 1 if options.get("momentum") else 0
     if name == "rmsprop":
-        return 1 + bool(optimizer.get("centered")) + bool(optimizer.get("momentum"))
+        return 1 + bool(options.get("centered")) + bool(options.get("momentum"))
     if name in ("adam", "adamw"):
-        return 2 + bool(optimizer.get("amsgrad"))
+        return 2 + bool(options.get("amsgrad"))
     if name in ("adadelta", "nadam"):
         return 2
     return 1  # adagrad and anything new: one accumulator
@@ -99,9 +99,9 @@ def optimizer_slots(optimizer: dict[str, Any]) -> int:
 
 def plan(spec, batch_size: int | None = None) -> MemoryPlan:
     """The memory plan of the spec's model for `batch_size` images (default the spec's)."""
-    batch = batch_size or spec.train["batch_size"]
-    slots = optimizer_slots(spec.optimizer)
-    layers = spec.layers
+    batch = batch_size or spec.train.batch_size
+    slots = optimizer_slots(spec.optimizer.name, spec.optimizer.options)
+    layers = spec.model.layers
     rows: list[LayerMemory] = []
     weights = gradients = state = 0
     backward_peak = 0
@@ -124,7 +124,7 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
         # backward: dy (output), the activation's dz, dx (input) alive together
         transient = 2 * _numel(layer.output_shape) + _numel(layer.input_shape)
         backward_peak = max(backward_peak, batch * transient * FLOAT)
-    image = batch * _numel(spec.model["input_shape"]) * FLOAT
+    image = batch * _numel(spec.model.input_shape) * FLOAT
     # the loss keeps the batch's probabilities and hands back their gradient
     head = 2 * batch * _numel(layers[-1].output_shape) * FLOAT
     forward_total = image + weights + sum(r.forward for r in rows)
@@ -178,8 +178,8 @@ def check_memory(spec, available: int | None, share: float = 0.8) -> list[Memory
     budget = int(available * share)
     warnings: list[MemoryWarning] = []
     for what, option, batch, total in (
-        ("training", "train.batch_size", spec.train["batch_size"], "training_total"),
-        ("evaluation", "train.eval_batch_size", spec.train["eval_batch_size"], "forward_total"),
+        ("training", "train.batch_size", spec.train.batch_size, "training_total"),
+        ("evaluation", "train.eval_batch_size", spec.train.eval_batch_size, "forward_total"),
     ):
         planned = getattr(plan(spec, batch), total)
         if planned > budget:

@@ -157,16 +157,15 @@ def check_metrics(metrics: Sequence[Any], num_classes: int, where: str = "metric
             )
 
 
-def head_classes(spec: Any) -> int:
-    """Classes of the task as the model's head sees them: one sigmoid unit means two."""
-    units = spec.layers[-1].output_shape[0]
+def head_classes(units: int) -> int:
+    """Classes of the task as a head of `units` outputs sees them: one sigmoid unit means two."""
     return 2 if units == 1 else units
 
 
-def is_binary_head(spec: Any) -> bool:
+def is_binary_head(units: int) -> bool:
     """One output unit (sigmoid, or linear with from_logits): a binary task with a positive
     class (index 1), whose precision / recall / f1 Keras reports."""
-    return spec.layers[-1].output_shape[0] == 1
+    return units == 1
 
 
 # -- streaming computation -----------------------------------------------------------------
@@ -199,8 +198,9 @@ class MetricSet:
         self.reset()
 
     @classmethod
-    def from_spec(cls, spec: Any) -> MetricSet:
-        return cls(spec.metrics, head_classes(spec), binary=is_binary_head(spec))
+    def for_head(cls, metrics: Sequence[Any], units: int) -> MetricSet:
+        """The metrics of a model whose last layer has `units` outputs."""
+        return cls(metrics, head_classes(units), binary=is_binary_head(units))
 
     def reset(self) -> None:
         k = self.num_classes

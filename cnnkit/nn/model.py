@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,13 @@ class Sequential:
         self.input_shape = tuple(input_shape)
 
     @classmethod
-    def from_spec(cls, spec: Any) -> Sequential:
-        """Fresh layer objects from the resolved spec (shapes inferred, nothing allocated)."""
-        raw = spec.to_dict()["model"]
-        layers = build_layers(raw["layers"], tuple(raw["input_shape"]))
-        model = cls(layers, raw["input_shape"])
+    def from_configs(
+        cls, entries: Sequence[Mapping[str, Any]], input_shape: Sequence[int]
+    ) -> Sequential:
+        """Fresh layer objects from resolved `- Name: {config}` entries (shapes inferred,
+        nothing allocated)."""
+        layers = build_layers(list(entries), tuple(input_shape))
+        model = cls(layers, tuple(input_shape))
         layers[0].needs_input_grad = False
         # check_head guaranteed the last layer ends in an activation its loss accepts (or is
         # linear with from_logits); the layer hands logits on and the loss applies the head

@@ -233,10 +233,11 @@ SCHEDULES: dict[str, type[Schedule]] = {
 
 
 def make_schedule(
-    section: dict[str, Any] | None, initial_learning_rate: float, steps_per_epoch: int, epochs: int
+    section: Any, initial_learning_rate: float, steps_per_epoch: int, epochs: int
 ) -> Schedule | None:
-    """The schedule of a resolved `schedule:` section (None when the spec has none)."""
+    """The schedule of a resolved `schedule:` section (its name and options; None when the
+    spec has none)."""
     if not section:
         return None
-    options = {k: v for k, v in section.items() if k != "name"}
-    return SCHEDULES[section["name"]](initial_learning_rate, steps_per_epoch, epochs, **options)
+    schedule = SCHEDULES[section.name]
+    return schedule(initial_learning_rate, steps_per_epoch, epochs, **section.options)

@@ -35,15 +35,15 @@ def validation_choices(spec: Any, checkpoint: str = "best") -> list[str]:
     computed on, the chosen model scores better than on unseen data. checkpoint: the one
     evaluated ('best' counts best.npz's monitor; last.npz is chosen by early stopping only)."""
     out = []
-    monitor = (spec.callbacks.get("checkpoint") or {}).get("monitor") or ""
+    monitor = spec.callbacks.checkpoint.monitor or ""
     if checkpoint == "best" and monitor.startswith("val_"):
         out.append(f"best.npz is the epoch with the best {monitor}")
-    stopping = spec.callbacks.get("early_stopping") or {}
-    if str(stopping.get("monitor") or "").startswith("val_"):
-        out.append(f"early stopping watches {stopping['monitor']}")
-    schedule = spec.schedule or {}
-    if str(schedule.get("monitor") or "").startswith("val_"):
-        out.append(f"schedule {schedule['name']} follows {schedule['monitor']}")
+    stopping = spec.callbacks.early_stopping
+    if stopping is not None and str(stopping.monitor or "").startswith("val_"):
+        out.append(f"early stopping watches {stopping.monitor}")
+    schedule = spec.schedule
+    if schedule is not None and str(schedule.options.get("monitor") or "").startswith("val_"):
+        out.append(f"schedule {schedule.name} follows {schedule.options['monitor']}")
     return out
 
 

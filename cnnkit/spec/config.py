@@ -6,19 +6,18 @@ inferred layer by layer here, so a kernel bigger than its input is reported befo
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cnnkit.data.augment import resolve_augmentation
-from cnnkit.data.sources import SOURCES
+from cnnkit.data.sources import SOURCES, count_classes
 from cnnkit.errors import SpecError
 from cnnkit.nn.build import build_layers
 from cnnkit.nn.layers.base import Layer
@@ -44,6 +43,20 @@ from cnnkit.options import (
 )
 from cnnkit.spec.callbacks import CALLBACK_SECTIONS, DEFAULT_MONITORS
 from cnnkit.spec.overrides import SECTION_DEFAULTS, Override, apply_overrides, as_overrides
+from cnnkit.spec.sections import (
+    SOURCE_SPECIFIC,
+    AugmentationSection,
+    CallbacksSection,
+    DataSection,
+    LoggingSection,
+    LossSection,
+    ModelSection,
+    OptimizerSection,
+    ScheduleSection,
+    TrainSection,
+    freeze,
+    thaw,
+)
 
 
 def _name(value: Any, path: str) -> str:
@@ -166,14 +179,6 @@ DATA_OPTIONS = {
     "interpolation": Option("str", default="nearest", choices=("nearest", "bilinear", "bicubic")),
     "skip_bad_images": Option("bool", default=False),
 }
-SOURCE_SPECIFIC = (
-    "num_classes",
-    "target_size",
-    "color_mode",
-    "class_mode",
-    "interpolation",
-    "skip_bad_images",
-)
 
 MODEL_OPTIONS = {
     "input_shape": Option(_input_shape, default=None),
@@ -199,50 +204,43 @@ LOGGING_OPTIONS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Spec:
-    """The resolved spec: plain data (what config.yaml holds) plus the shape-checked layers."""
+    """The resolved spec: typed, frozen sections (cnnkit.spec.sections) that write back as
+    config.yaml; never changed once validated (derive another with dataclasses.replace)."""
 
     name: str
     seed: int
-    data: dict[str, Any]
-    model: dict[str, Any]
-    loss: dict[str, Any]
-    optimizer: dict[str, Any]
-    metrics: list[Any]  # names, or {top_k_accuracy: {k: 5}}: see cnnkit.nn.metrics
-    train: dict[str, Any]
+    data: DataSection
+    model: ModelSection
+    loss: LossSection
+    optimizer: OptimizerSection
+    metrics: tuple[Any, ...]  # names, or {top_k_accuracy: {k: 5}}: see cnnkit.nn.metrics
+    train: TrainSection
+    schedule: ScheduleSection | None  # cnnkit.nn.schedules; None: constant learning rate
+    callbacks: CallbacksSection  # cnnkit.train.callbacks
+    augmentation: AugmentationSection  # cnnkit.data.augment: ImageDataGenerator's options
+    logging: LoggingSection  # what the run logs besides metrics.csv (no effect on results)
     file: Path | None = None
-    layers: list[Layer] = field(default_factory=list, repr=False)
-    schedule: dict[str, Any] | None = None  # cnnkit.nn.schedules; None: constant learning rate
-    callbacks: dict[str, Any] = field(default_factory=dict)  # cnnkit.train.callbacks sections
-    # cnnkit.data.augment: ImageDataGenerator's options, every default filled in
-    augmentation: dict[str, Any] = field(default_factory=resolve_augmentation)
-    notes: list[str] = field(default_factory=list, repr=False)  # shown when training starts
-    # what the run logs besides metrics.csv (LOGGING_OPTIONS; no effect on results)
-    logging: dict[str, Any] = field(
-        default_factory=lambda: resolve_options(None, LOGGING_OPTIONS, "logging")
-    )
+    notes: tuple[str, ...] = field(default=(), repr=False)  # shown when training starts
     # --set overrides applied on top of the file, as typed (config.yaml lists them)
-    overrides: list[str] = field(default_factory=list, repr=False)
+    overrides: tuple[str, ...] = field(default=(), repr=False)
     command: str | None = field(default=None, repr=False)  # the command line, for config.yaml
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "seed": self.seed,
-            "data": copy.deepcopy(self.data),
-            "model": {
-                "input_shape": list(self.model["input_shape"]),
-                "layers": [{layer.keras_name: layer.get_config()} for layer in self.layers],
-            },
-            "loss": copy.deepcopy(self.loss),
-            "optimizer": copy.deepcopy(self.optimizer),
-            "metrics": copy.deepcopy(self.metrics),
-            "train": copy.deepcopy(self.train),
-            "schedule": copy.deepcopy(self.schedule),
-            "callbacks": copy.deepcopy(self.callbacks),
-            "augmentation": copy.deepcopy(self.augmentation),
-            "logging": copy.deepcopy(self.logging),
+            "data": self.data.to_dict(),
+            "model": self.model.to_dict(),
+            "loss": self.loss.to_dict(),
+            "optimizer": self.optimizer.to_dict(),
+            "metrics": thaw(self.metrics),
+            "train": self.train.to_dict(),
+            "schedule": self.schedule.to_dict() if self.schedule else None,
+            "callbacks": self.callbacks.to_dict(),
+            "augmentation": self.augmentation.to_dict(),
+            "logging": self.logging.to_dict(),
         }
 
     def to_yaml(self) -> str:
@@ -263,17 +261,6 @@ class Spec:
         d = self.to_dict()
         key = {"model": d["model"], "data": d["data"], "loss": d["loss"]}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def num_classes(self) -> int | None:
-        """Classes the model must output; None when the data is not there to count yet."""
-        if self.data.get("classes"):
-            return len(self.data["classes"])
-        source = SOURCES[self.data["source"]]
-        if source.list_classes is not None:
-            names = source.list_classes(self.data, self.file.parent if self.file else None)
-            return len(names) if names is not None else None
-        return source.num_classes or self.data["num_classes"]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -356,9 +343,7 @@ def parse_spec(
         errors.add(error)
     errors.raise_if_any()
     assert spec is not None
-    spec.file = file
-    spec.overrides = [o.arg for o in sets]
-    return spec
+    return replace(spec, overrides=tuple(o.arg for o in sets))
 
 
 def _locate(exc: SpecError, text: str, root, where: str, sets: list[Override]) -> None:
@@ -428,6 +413,52 @@ def validate(
     also what the data on disk says (the source's check_files), beside the other errors."""
     top = require_mapping(raw, "", "a YAML mapping at the top level (name:, data:, model:, ...)")
     errors = ErrorList()
+    _check_top_level_keys(top, errors)
+    name = errors.attempt(TOP_OPTIONS["name"].check, top.get("name", default_name), "name")
+    seed = errors.attempt(TOP_OPTIONS["seed"].check, top.get("seed", 42), "seed")
+    data = None
+    if "data" not in top:
+        errors.add(
+            SpecError("missing the 'data' section", where="", hint="Add data: {source: mnist}.")
+        )
+    else:
+        data = errors.attempt(_data_section, top["data"])
+    model = _model_section(top, data, errors)
+    loss = errors.attempt(_named_section, top.get("loss", SECTION_DEFAULTS["loss"]), LOSSES, "loss")
+    optimizer = errors.attempt(
+        _optimizer_section, top.get("optimizer", SECTION_DEFAULTS["optimizer"])
+    )
+    metrics = errors.attempt(parse_metrics, top.get("metrics", ["accuracy"]), "metrics")
+    train = errors.attempt(resolve_options, top.get("train"), TRAIN_OPTIONS, "train")
+    notes: list[str] = []
+    schedule, callbacks = _monitored_sections(top, data, metrics, notes, errors)
+    augmentation = errors.attempt(resolve_augmentation, top.get("augmentation"))
+    logging = errors.attempt(resolve_options, top.get("logging"), LOGGING_OPTIONS, "logging")
+    if None not in (data, model, loss, metrics):
+        class_mode = errors.attempt(check_head, model.layers, loss, metrics, data, file)
+        data = replace(data, class_mode=class_mode)
+    if check_data and data is not None and SOURCES[data.source].check_files is not None:
+        errors.attempt(SOURCES[data.source].check_files, data, file.parent if file else None)
+    errors.raise_if_any()
+    return Spec(
+        name,
+        seed,
+        data,
+        model,
+        LossSection.of(loss),
+        OptimizerSection.of(optimizer),
+        freeze(metrics),
+        TrainSection.of(train),
+        ScheduleSection.of(schedule) if schedule else None,
+        CallbacksSection.of(callbacks),
+        AugmentationSection.of(augmentation),
+        LoggingSection.of(logging),
+        file=file,
+        notes=tuple(notes),
+    )
+
+
+def _check_top_level_keys(top: Mapping, errors: ErrorList) -> None:
     for key in top:
         if key not in TOP_LEVEL:
             errors.add(
@@ -438,88 +469,58 @@ def validate(
                     f"Valid top-level keys: {', '.join(TOP_LEVEL)}.",
                 )
             )
-    name, seed = default_name, 42
-    with errors.collect():
-        name = TOP_OPTIONS["name"].check(top.get("name", default_name), "name")
-    with errors.collect():
-        seed = TOP_OPTIONS["seed"].check(top.get("seed", 42), "seed")
-    data = None
-    if "data" not in top:
-        errors.add(
-            SpecError("missing the 'data' section", where="", hint="Add data: {source: mnist}.")
-        )
-    else:
-        with errors.collect():
-            data = _data_section(top["data"])
 
-    model, layers = None, None
+
+def _model_section(
+    top: Mapping, data: DataSection | None, errors: ErrorList
+) -> ModelSection | None:
+    """model: its options and shape-checked layers (None when either is broken). Without an
+    input shape the layers' options are still checked."""
     if "model" not in top:
         errors.add(
             SpecError("missing the 'model' section", where="", hint="Add model: {layers: [...]}.")
         )
+        return None
+    model = errors.attempt(resolve_options, top["model"], MODEL_OPTIONS, "model")
+    if model is None:
+        return None
+    given = top.get("data")
+    raw_source = given.get("source") if isinstance(given, Mapping) else None
+    input_shape = errors.attempt(_model_input_shape, model["input_shape"], data, raw_source)
+    layers = errors.attempt(build_layers, model["layers"], input_shape)
+    if input_shape is None or layers is None:
+        return None
+    return ModelSection(tuple(input_shape), tuple(layers), model["weights"])
+
+
+def _optimizer_section(given: Any) -> dict[str, Any]:
+    optimizer = _named_section(given, OPTIMIZERS, "optimizer")
+    OPTIMIZERS[optimizer["name"]].check_options(optimizer)
+    return optimizer
+
+
+def _monitored_sections(
+    top: Mapping, data: DataSection | None, metrics: list | None, notes: list[str], errors
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """schedule and callbacks, whose monitors name metric columns (skipped without metrics)."""
+    if metrics is None:
+        return None, {}
+    columns = [metric_column(n, o) for n, o in metric_entries(metrics)]
+    if data is not None:
+        has_validation = data.validation != "none"
     else:
-        with errors.collect():
-            model = resolve_options(top["model"], MODEL_OPTIONS, "model")
-    if model is not None:
-        input_shape = None
-        with errors.collect():
-            given = top.get("data")
-            raw_source = given.get("source") if isinstance(given, Mapping) else None
-            input_shape = _model_input_shape(model, data, raw_source)
-        with errors.collect():  # without an input shape, the layers' options are still checked
-            layers = build_layers(model["layers"], input_shape)
-        if input_shape is None:
-            layers = None
-
-    loss = optimizer = metrics = train = None
-    with errors.collect():
-        loss = _named_section(top.get("loss", SECTION_DEFAULTS["loss"]), LOSSES, "loss")
-    with errors.collect():
-        optimizer = _named_section(
-            top.get("optimizer", SECTION_DEFAULTS["optimizer"]), OPTIMIZERS, "optimizer"
-        )
-        OPTIMIZERS[optimizer["name"]].check_options(optimizer)
-    with errors.collect():
-        metrics = parse_metrics(top.get("metrics", ["accuracy"]), "metrics")
-    with errors.collect():
-        train = resolve_options(top.get("train"), TRAIN_OPTIONS, "train")
-
-    notes: list[str] = []
-    schedule, callbacks = None, {}
-    if metrics is not None:  # monitors name metric columns
-        columns = [metric_column(n, o) for n, o in metric_entries(metrics)]
-        given_data = data or (top.get("data") if isinstance(top.get("data"), Mapping) else {})
-        has_validation = given_data.get("validation", "test") != "none"
-        with errors.collect():
-            schedule = _schedule_section(top.get("schedule"), columns, has_validation, notes)
-        with errors.collect():
-            callbacks = _callbacks_section(top.get("callbacks"), columns, has_validation, notes)
-    augmentation = None
-    with errors.collect():
-        augmentation = resolve_augmentation(top.get("augmentation"))
-    logging = None
-    with errors.collect():
-        logging = resolve_options(top.get("logging"), LOGGING_OPTIONS, "logging")
-
-    spec = None
-    if None not in (data, layers, loss, metrics):
-        spec = Spec(name, seed, data, model, loss, optimizer, metrics, train, file=file)
-        spec.layers = layers
-        with errors.collect():
-            check_head(spec)
-    check_files = SOURCES[data["source"]].check_files if data is not None else None
-    if check_data and check_files is not None:
-        with errors.collect():
-            check_files(data, file.parent if file else None)
-    errors.raise_if_any()
-    assert spec is not None
-    spec.schedule, spec.callbacks, spec.notes = schedule, callbacks, notes
-    spec.augmentation = augmentation
-    spec.logging = logging
-    return spec
+        given = top.get("data") if isinstance(top.get("data"), Mapping) else {}
+        has_validation = given.get("validation", "test") != "none"
+    schedule = errors.attempt(
+        _schedule_section, top.get("schedule"), columns, has_validation, notes
+    )
+    callbacks = errors.attempt(
+        _callbacks_section, top.get("callbacks"), columns, has_validation, notes
+    )
+    return schedule, callbacks or {}
 
 
-def _data_section(given: Any) -> dict[str, Any]:
+def _data_section(given: Any) -> DataSection:
     data = resolve_options(given, DATA_OPTIONS, "data")
     if data["validation_split"] is not None:
         if "validation" in given and data["validation"] != "split":
@@ -545,58 +546,62 @@ def _data_section(given: Any) -> dict[str, Any]:
             hint="folder: the folder of class sub-folders; npz: the .npz file.",
         )
     _check_source_options(data, given, source)
-    return data
+    return DataSection.of(data)
 
 
 def _model_input_shape(
-    model: dict[str, Any], data: dict[str, Any] | None, raw_source: Any = None
+    given: list[int] | None, data: DataSection | None, raw_source: Any = None
 ) -> list[int] | None:
     """model.input_shape, or the one the data source implies (when the data section is
     broken but names a known source, that source's shape, so the layers are still checked)."""
     if data is None:
         source = SOURCES.get(raw_source) if isinstance(raw_source, str) else None
         fallback = source.input_shape if source is not None else None
-        return model["input_shape"] or (list(fallback) if fallback else None)
-    source = SOURCES[data["source"]]
-    if model["input_shape"] is None and data.get("target_size"):
-        channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[data["color_mode"]]
-        model["input_shape"] = [*data["target_size"], channels]
-    _check_folder_shape(data, model["input_shape"])
-    if model["input_shape"] is None:
+        return given or (list(fallback) if fallback else None)
+    source = SOURCES[data.source]
+    input_shape = given
+    if input_shape is None and data.target_size:
+        input_shape = [*data.target_size, CHANNELS[data.color_mode]]
+    _check_folder_shape(data, input_shape)
+    if input_shape is None:
         if source.input_shape is None:
             raise SpecError(
-                f"the {data['source']} source needs model.input_shape",
+                f"the {data.source} source needs model.input_shape",
                 where="model",
                 hint="Add input_shape: [height, width, channels], e.g. [227, 227, 3].",
             )
-        model["input_shape"] = list(source.input_shape)
-    if source.input_shape is not None and list(model["input_shape"]) != list(source.input_shape):
+        input_shape = list(source.input_shape)
+    if source.input_shape is not None and list(input_shape) != list(source.input_shape):
         raise SpecError(
-            f"input_shape {model['input_shape']} does not match the {data['source']} images "
+            f"input_shape {input_shape} does not match the {data.source} images "
             f"{list(source.input_shape)}",
             where="model.input_shape",
             hint=f"Use input_shape: {list(source.input_shape)}.",
         )
-    return model["input_shape"]
+    return input_shape
 
 
-def _check_folder_shape(data: dict[str, Any], input_shape: list[int] | None) -> None:
+CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}  # of each color_mode
+
+
+def _check_folder_shape(data: DataSection, input_shape: list[int] | None) -> None:
     """Images are resized to target_size in color_mode: both must agree with input_shape."""
-    if "color_mode" not in data or input_shape is None:
+    if data.color_mode is None or input_shape is None:
         return
-    channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[data["color_mode"]]
+    channels = CHANNELS[data.color_mode]
     if input_shape[2] != channels:
         raise SpecError(
-            f"color_mode {data['color_mode']} gives {channels} channel{'s' * (channels != 1)} "
+            f"color_mode {data.color_mode} gives {channels} channel{'s' * (channels != 1)} "
             "but model.input_shape "
             f"has {input_shape[2]}",
             where="data.color_mode",
             hint=f"Use input_shape: [{input_shape[0]}, {input_shape[1]}, {channels}] or change "
             "color_mode (grayscale 1, rgb 3, rgba 4).",
         )
-    if data["target_size"] and list(data["target_size"]) != list(input_shape[:2]):
+    if data.target_size and list(data.target_size) != list(input_shape[:2]):
         raise SpecError(
-            f"target_size {data['target_size']} differs from model.input_shape {input_shape[:2]}",
+            f"target_size {list(data.target_size)} differs from model.input_shape "
+            f"{list(input_shape[:2])}",
             where="data.target_size",
             hint="Images are resized to target_size; make it the model's [height, width].",
         )
@@ -699,22 +704,19 @@ def _callbacks_section(
     return resolved
 
 
-def _resolve_class_mode(spec: Spec, binary_loss: bool) -> None:
+def _resolve_class_mode(data: DataSection, loss_name: str, binary_loss: bool) -> str | None:
     """data.class_mode (folder source) says how the labels are meant, as Keras'
     flow_from_directory: binary (0/1, for one sigmoid unit) must go with binary_crossentropy
     and the other way round; categorical and sparse both suit every multi-class loss, because
     cnnkit's losses encode class indices themselves. null resolves from the loss."""
-    if "class_mode" not in spec.data:
-        return
-    mode = spec.data["class_mode"]
-    loss_name = spec.loss["name"]
+    if "class_mode" not in SOURCES[data.source].options:
+        return None
+    mode = data.class_mode
     if mode is None:
-        spec.data["class_mode"] = (
-            "binary"
-            if binary_loss
-            else ("sparse" if loss_name.startswith("sparse_") else "categorical")
-        )
-    elif (mode == "binary") != binary_loss:
+        if binary_loss:
+            return "binary"
+        return "sparse" if loss_name.startswith("sparse_") else "categorical"
+    if (mode == "binary") != binary_loss:
         wanted = "binary" if binary_loss else "categorical (or sparse)"
         raise SpecError(
             f"data.class_mode {mode} does not fit loss {loss_name}",
@@ -723,26 +725,34 @@ def _resolve_class_mode(spec: Spec, binary_loss: bool) -> None:
             "follows the loss. class_mode binary means 0/1 labels for one sigmoid unit and "
             "binary_crossentropy.",
         )
+    return mode
 
 
-def check_head(spec: Spec) -> None:
+def check_head(
+    layers: Sequence[Layer],
+    loss: Mapping[str, Any],
+    metrics: Sequence[Any],
+    data: DataSection,
+    file: Path | None = None,
+) -> str | None:
     """The last layer must fit the loss (its activation and units) and the dataset's class
-    count; the chosen metrics must fit the task (auc: two classes)."""
-    last = spec.layers[-1]
-    loss_name = spec.loss["name"]
+    count; the chosen metrics must fit the task (auc: two classes). Returns data.class_mode
+    resolved from the loss (None for a source without class_mode)."""
+    last = layers[-1]
+    loss_name = loss["name"]
     loss_cls = LOSSES[loss_name]
-    num_classes = spec.num_classes
+    num_classes = count_classes(data, file.parent if file else None)
     if last.output_shape is None or len(last.output_shape) != 1:
         raise SpecError(
             f"the model ends in {last.keras_name} with output shape {last.output_shape}; "
             "a classifier ends in a flat vector of class scores",
             where=last.where,
-            hint=f"End with - Dense: {{units: {spec.num_classes}, activation: softmax}}.",
+            hint=f"End with - Dense: {{units: {num_classes}, activation: softmax}}.",
         )
     units = last.output_shape[0]
     activation = last.options.get("activation") or "linear"
-    from_logits = spec.loss.get("from_logits", False)
-    _resolve_class_mode(spec, loss_cls.binary)
+    from_logits = loss.get("from_logits", False)
+    class_mode = _resolve_class_mode(data, loss_name, loss_cls.binary)
     if loss_cls.binary:
         if units != 1 or (activation != "sigmoid" and not from_logits):
             raise SpecError(
@@ -754,8 +764,7 @@ def check_head(spec: Spec) -> None:
             )
         if num_classes is not None and num_classes != 2:
             raise SpecError(
-                f"{loss_name} is for two classes, but {spec.data['source']} has "
-                f"{num_classes} classes",
+                f"{loss_name} is for two classes, but {data.source} has {num_classes} classes",
                 where="loss",
                 hint="Keep two classes with data.classes: [3, 8], or use "
                 f"categorical_crossentropy with {num_classes} softmax units.",
@@ -767,28 +776,33 @@ def check_head(spec: Spec) -> None:
             else ""
         )
         raise SpecError(
-            f"the last layer has {units} outputs but {spec.data['source']} has "
-            f"{num_classes} classes",
+            f"the last layer has {units} outputs but {data.source} has {num_classes} classes",
             where=last.where,
             hint=f"Use units: {num_classes} in the last Dense layer{binary_hint}.",
         )
+    _check_logits(loss, loss_cls, activation, last.where)
+    check_metrics(metrics, head_classes(units))
+    return class_mode
+
+
+def _check_logits(loss: Mapping[str, Any], loss_cls, activation: str, where: str) -> None:
+    """from_logits wants a linear last layer; otherwise the loss names the heads it takes."""
+    from_logits = loss.get("from_logits", False)
     if from_logits and activation != "linear":
         raise SpecError(
-            f"loss {spec.loss['name']} has from_logits: true but the last layer applies "
-            f"{activation}",
+            f"loss {loss['name']} has from_logits: true but the last layer applies {activation}",
             where="loss.from_logits",
             hint="Use activation: linear on the last layer, or drop from_logits.",
         )
     if not from_logits and activation not in loss_cls.accepted_heads:
         heads = " or ".join(loss_cls.accepted_heads)
-        logits_hint = " (or set loss.from_logits: true)" if "from_logits" in spec.loss else ""
+        logits_hint = " (or set loss.from_logits: true)" if "from_logits" in loss else ""
         raise SpecError(
-            f"{loss_name} needs a {heads} last layer, but the last layer's activation is "
+            f"{loss['name']} needs a {heads} last layer, but the last layer's activation is "
             f"{activation}",
-            where=last.where,
+            where=where,
             hint=f"Add activation: {loss_cls.accepted_heads[0]} to the last layer{logits_hint}.",
         )
-    check_metrics(spec.metrics, head_classes(spec))
 
 
 # -- error locations ---------------------------------------------------------------------

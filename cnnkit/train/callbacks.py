@@ -120,11 +120,11 @@ def _copy(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.array(array, copy=True) for key, array in weights.items()}
 
 
-def make_callbacks(section: dict[str, Any]) -> tuple[BestCheckpoint, EarlyStopping | None]:
+def make_callbacks(section: Any) -> tuple[BestCheckpoint, EarlyStopping | None]:
     """The callbacks of a resolved `callbacks:` section (checkpoint is always there)."""
-    checkpoint = BestCheckpoint(**section.get("checkpoint", {}))
-    early = section.get("early_stopping")
-    return checkpoint, (EarlyStopping(**early) if early else None)
+    checkpoint = BestCheckpoint(**section.checkpoint.to_dict())
+    early = section.early_stopping
+    return checkpoint, (EarlyStopping(**early.to_dict()) if early else None)
 
 
 # -- what the run chose on its validation data ----------------------------------------------

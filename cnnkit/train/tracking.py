@@ -35,7 +35,7 @@ def write_curves(run_dir: Path, history: list[dict[str, Any]], spec: Spec) -> Pa
         history,
         Path(run_dir) / CURVES,
         best_epoch(run_dir),
-        spec.callbacks.get("checkpoint", {}).get("monitor"),
+        spec.callbacks.checkpoint.monitor,
         title=f"{spec.name}: {Path(run_dir).name}",
     )
 
@@ -62,10 +62,10 @@ class RunTracker:
         self.epoch = 0
         self.tb = None
         logging = spec.logging
-        if logging.get("tensorboard"):
+        if logging.tensorboard:
             from cnnkit.train.tensorboard import TensorBoardLog
 
-            self.tb = TensorBoardLog(self.run_dir, logging["every_steps"])
+            self.tb = TensorBoardLog(self.run_dir, logging.every_steps)
             if summary_text:
                 self.tb.text("model/summary", summary_text)
             self.tb.text("spec/config.yaml", spec.to_yaml())

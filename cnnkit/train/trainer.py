@@ -24,6 +24,7 @@ from cnnkit.nn.optimizers import Optimizer
 from cnnkit.nn.schedules import make_schedule
 from cnnkit.runs.rundir import metrics_columns, save_checkpoint, write_metrics_csv
 from cnnkit.seeding import random_stream
+from cnnkit.spec.build import build_metrics
 from cnnkit.spec.config import Spec
 from cnnkit.train.callbacks import make_callbacks
 from cnnkit.train.resume import ResumeState, capture
@@ -169,8 +170,8 @@ def fit(
     DivergenceError before the bad step is applied; nothing is saved after it."""
     note = on_note or (lambda text: None)
     stop = stop or StopFlag()
-    epochs = spec.train["epochs"]
-    steps = -(-len(splits.train) // spec.train["batch_size"])
+    epochs = spec.train.epochs
+    steps = -(-len(splits.train) // spec.train.batch_size)
     schedule = make_schedule(spec.schedule, optimizer.learning_rate, steps, epochs)
     optimizer.schedule = schedule
     best_checkpoint, early_stopping = make_callbacks(spec.callbacks)
@@ -180,8 +181,8 @@ def fit(
     if preprocessor is None:
         preprocessor = Preprocessor.from_spec(spec, splits.train)
     params = model.named_params()  # arrays updated in place by the optimizer
-    totals = EpochTotals(MetricSet.from_spec(spec))
-    val_metrics = MetricSet.from_spec(spec)
+    totals = EpochTotals(build_metrics(spec))
+    val_metrics = build_metrics(spec)
     columns = metrics_columns(totals.metrics.names)
     history: list[dict[str, Any]] = []
     first_epoch, first_step = 1, 0
@@ -197,7 +198,7 @@ def fit(
         if first_step:
             resume.restore_totals(totals)
     checkpoints = run_dir / "checkpoints"
-    every = spec.train.get("save_every_steps")
+    every = spec.train.save_every_steps
     stopped_at = [0]  # the step after which a signal stopped the epoch
 
     def save_last(epoch, step, complete, shuffle_state, augment_state, meta, stopped=False):
@@ -293,7 +294,7 @@ def fit(
                 loss_fn,
                 splits.validation,
                 preprocessor,  # normalised, never augmented
-                spec.train["eval_batch_size"],
+                spec.train.eval_batch_size,
                 val_metrics,
             )
             row["val_loss"] = result.loss
@@ -374,7 +375,7 @@ def _check_finite(
                 break
     if what is None:
         return
-    rescale = spec.data.get("rescale")
+    rescale = spec.data.rescale
     causes = [
         f"the learning rate is too high (this step's: {optimizer.lr:g}; try 10x lower, or "
         "optimizer.clipnorm: 1.0)",
@@ -417,9 +418,9 @@ def _train_epoch(
     prepare: uint8 batch -> model input (augmentation, rescale, normalisation); default: the
     spec's rescale only. Batches are prepared one ahead in a background thread (prefetch)."""
     start = time.perf_counter()
-    rng = shuffle_rng if spec.train["shuffle"] else None
-    prepare = prepare or spec.data["rescale"]
-    batch_size = spec.train["batch_size"]
+    rng = shuffle_rng if spec.train.shuffle else None
+    prepare = prepare or spec.data.rescale
+    batch_size = spec.train.batch_size
     steps = -(-len(split) // batch_size)
     source = batches(split, batch_size, prepare, rng, start=start_step * batch_size)
     seen_before = totals.seen

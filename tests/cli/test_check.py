@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cnnkit import api
 from cnnkit.nn.memory import available_memory, check_memory, optimizer_slots, plan
 from cnnkit.nn.model import Sequential
 from cnnkit.nn.registry import OPTIMIZERS
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
 from tests.clitools import run_subprocess
 
@@ -104,8 +106,8 @@ def kept_bytes(model: Sequential, x: np.ndarray, training: bool) -> list[int]:
 )
 def test_memory_plan_matches_the_arrays_layers_keep(spec_text):
     spec = parse_spec(spec_text)
-    model = Sequential.from_spec(spec).build(0)
-    shape = tuple(spec.model["input_shape"])
+    model = build_model(spec).build(0)
+    shape = tuple(spec.model.input_shape)
     rng = np.random.default_rng(0)
     per_image = {}
     for training in (False, True):
@@ -120,7 +122,7 @@ def test_memory_plan_matches_the_arrays_layers_keep(spec_text):
     assert training == per_image[True]
     # the fixed part of the training column: gradients and optimizer state of the weights
     fixed = [2 * a.training - b.training for a, b in zip(one.layers, two.layers, strict=True)]
-    slots = optimizer_slots(spec.optimizer)
+    slots = optimizer_slots(spec.optimizer.name, spec.optimizer.options)
     assert fixed == [
         4 * (1 + slots) * sum(int(np.prod(s)) for s in layer.param_shapes().values())
         for layer in model.layers
@@ -146,13 +148,13 @@ def test_optimizer_slots_match_the_optimizer_state(section):
     optimizer = OPTIMIZERS[section["name"]](**{k: v for k, v in section.items() if k != "name"})
     p, g = np.ones(3, np.float32), np.full(3, 0.1, np.float32)
     optimizer.step({"w": p}, {"w": g})
-    assert len(optimizer.state) == optimizer_slots({**optimizer.options, "name": section["name"]})
+    assert len(optimizer.state) == optimizer_slots(section["name"], optimizer.options)
 
 
 def test_memory_warning_and_largest_batch_that_fits():
     spec = parse_spec((ROOT / "configs" / "mnist.yaml").read_text())
     need = plan(spec).training_total
-    evaluation = plan(spec, spec.train["eval_batch_size"]).forward_total
+    evaluation = plan(spec, spec.train.eval_batch_size).forward_total
     assert check_memory(spec, available=2 * max(need, evaluation)) == []  # 50%: fine
     warnings = check_memory(spec, available=need)  # training needs 100% > 80%
     (warning,) = [w for w in warnings if w.what == "training"]
@@ -239,7 +241,7 @@ def _write_spec(tmp_path: Path, path: str, extra: str = "", units: int = 3) -> P
 def test_check_passes_a_folder_without_opening_an_image(tmp_path, no_image_opened):
     _image_folder(tmp_path / "d")
     report = api.check(_write_spec(tmp_path, str(tmp_path / "d"), "\n  classes: [emu, cat]", 2))
-    assert report.spec.data["classes"] == ["emu", "cat"]
+    assert report.spec.data.classes == ("emu", "cat")
 
 
 def test_check_finds_a_missing_data_folder_and_suggests_the_near_one(
@@ -342,11 +344,11 @@ def test_class_names_select_and_order_the_folder_classes(tmp_path, monkeypatch):
     for split in (splits.validation, splits.test):
         labels = {Path(f).parent.name: int(y) for f, y in zip(split.files, split.y, strict=True)}
         assert labels == {"emu": 0, "cat": 1}, labels
-    by_index = make_splits(dataset, {**spec.data, "classes": [emu, cat]}, spec.seed)
+    by_index = make_splits(dataset, replace(spec.data, classes=(emu, cat)), spec.seed)
     np.testing.assert_array_equal(by_index.train.x, splits.train.x)
     np.testing.assert_array_equal(by_index.train.y, splits.train.y)
     with pytest.raises(DataError) as info:  # the folder changed after the spec was checked
-        make_splits(dataset, {**spec.data, "classes": ["emu", "yak"]}, spec.seed)
+        make_splits(dataset, replace(spec.data, classes=("emu", "yak")), spec.seed)
     assert info.value.where == "data.classes[1]" and "cat, dog, emu" in info.value.hint
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from cnnkit import api
 from cnnkit.cli import display
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import load_spec
 from tests.clitools import ROOT, run_subprocess
 
@@ -94,9 +95,8 @@ def test_bench_with_pytorch_columns_at_80_columns():
 def result_gradient_keys(result: dict) -> list[str]:
     """Parameter names of the benchmarked model, as the guard reports them."""
     spec = load_spec(ROOT / "configs" / "mnist.yaml")
-    from cnnkit.nn.model import Sequential
 
-    return list(Sequential.from_spec(spec).build(spec.seed).named_params())
+    return list(build_model(spec).build(spec.seed).named_params())
 
 
 def _guard_result(keys: list[str]) -> dict:

@@ -27,17 +27,18 @@ from cnnkit.data.augment import (
 from cnnkit.data.batches import Split, batches, make_splits, prefetch, scale
 from cnnkit.errors import SpecError
 from cnnkit.kernels.affine import FILL_MODES, augment_batch
-from cnnkit.nn.registry import LOSSES
 from cnnkit.runs.rundir import load_checkpoint
 from cnnkit.seeding import random_stream
+from cnnkit.spec.build import build_loss
 from cnnkit.spec.config import parse_spec
+from cnnkit.spec.sections import AugmentationSection
 from cnnkit.train.trainer import evaluate_split
 
 RNG = np.random.default_rng(0)
 
 
 def augmenter(**options) -> Augmenter:
-    return Augmenter(resolve_augmentation(options))
+    return Augmenter(AugmentationSection.of(resolve_augmentation(options)))
 
 
 def images(n=3, h=6, w=6, c=2, dtype=np.uint8) -> np.ndarray:
@@ -278,11 +279,11 @@ def spec(augmentation: str = "", data: str = "") -> object:
 
 def test_spec_section_defaults_and_errors():
     resolved = spec("{zoom_range: 0.25, width_shift_range: 2}").augmentation
-    assert resolved["zoom_range"] == [0.75, 1.25] and resolved["width_shift_range"] == 2
-    assert resolved["fill_mode"] == "nearest" and resolved["cval"] == 0.0
-    assert spec().augmentation == resolve_augmentation(None)
+    assert resolved.zoom_range == (0.75, 1.25) and resolved.width_shift_range == 2
+    assert resolved.fill_mode == "nearest" and resolved.cval == 0.0
+    assert spec().augmentation == AugmentationSection.of(resolve_augmentation(None))
     reparsed = parse_spec(spec("{zoom_range: [0.9, 1.3]}").to_yaml())
-    assert reparsed.augmentation["zoom_range"] == [0.9, 1.3]
+    assert reparsed.augmentation.zoom_range == (0.9, 1.3)
     with pytest.raises(SpecError, match="data.rescale"):
         spec("{rescale: 0.5}")
     with pytest.raises(SpecError, match="did you mean 'rotation_range'"):
@@ -375,8 +376,8 @@ def test_training_with_augmentation_is_deterministic_and_validation_is_not_augme
     s = spec(FULL)
     _, model, _, _ = api.load_model(first.run_dir, "last")
     splits = make_splits(api.load_dataset(s), s.data, s.seed)
-    loss_fn = LOSSES[s.loss["name"]].from_spec(s)
-    result = evaluate_split(model, loss_fn, splits.validation, s.data["rescale"], 500)
+    loss_fn = build_loss(s)
+    result = evaluate_split(model, loss_fn, splits.validation, s.data.rescale, 500)
     assert result.loss == pytest.approx(first.history[-1]["val_loss"], rel=1e-6)
     assert not (first.run_dir / NORMALIZATION_FILE).exists()
 
@@ -386,13 +387,13 @@ def test_featurewise_statistics_are_saved_and_used_by_evaluate_and_predict(tmp_p
     run = api.train(s, out=tmp_path).run_dir
     saved = json.loads((run / NORMALIZATION_FILE).read_text())
     train = make_splits(api.load_dataset(s), s.data, s.seed).train
-    mean, std = featurewise_stats(train.x, s.data["rescale"])
+    mean, std = featurewise_stats(train.x, s.data.rescale)
     assert saved["featurewise_mean"] == mean.tolist() and saved["featurewise_std"] == std.tolist()
 
     _, model, path, _ = api.load_model(run, "best")
     test = make_splits(api.load_dataset(s), s.data, s.seed).test
-    normalised = (scale(test.x, s.data["rescale"]) - mean) / (std + np.float32(1e-6))
-    loss_fn = LOSSES[s.loss["name"]].from_spec(s)
+    normalised = (scale(test.x, s.data.rescale) - mean) / (std + np.float32(1e-6))
+    loss_fn = build_loss(s)
     expected = loss_fn.class_probabilities(model.forward(normalised, training=False))
     report = api.evaluate(run)
     result = evaluate_split(model, loss_fn, test, Preprocessor.from_spec(s, train), 500)

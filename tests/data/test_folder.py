@@ -190,7 +190,7 @@ data: {{source: folder, path: {tmp_path}, target_size: [16, 20], color_mode: gra
 model:
   layers: [Flatten: {{}}, Dense: {{units: 2, activation: softmax}}]
 """
-    assert parse_spec(text).model["input_shape"] == [16, 20, 1]
+    assert parse_spec(text).model.input_shape == (16, 20, 1)
     with pytest.raises(SpecError, match="1 channel"):
         parse_spec(text.replace("model:", "model:\n  input_shape: [16, 20, 3]"))
 
@@ -291,7 +291,7 @@ def test_class_mode_follows_the_loss_when_left_out(tmp_path, loss, units, activa
         f"data: {{source: folder, path: {tmp_path / 'd'}}}\nmodel:\n  input_shape: [10, 12, 3]"
         + _head(loss, units, activation)
     )
-    assert spec.data["class_mode"] == resolved
+    assert spec.data.class_mode == resolved
     # classes sorted: no_ship = 0, ship = 1 -- binary labels are the class indices 0/1
     dataset = api.load_dataset(spec)
     assert dataset.class_names == ["no_ship", "ship"]
@@ -317,7 +317,7 @@ def test_class_mode_must_fit_the_loss(tmp_path, mode, loss, units, activation, f
         "model:\n  input_shape: [10, 12, 3]" + _head(loss, units, activation)
     )
     if fits:
-        assert parse_spec(text).data["class_mode"] == mode
+        assert parse_spec(text).data.class_mode == mode
     else:
         with pytest.raises(SpecError) as info:
             parse_spec(text)

@@ -9,8 +9,9 @@ import pytest
 
 from cnnkit import api
 from cnnkit.data.batches import make_splits
+from cnnkit.data.sources import count_classes
 from cnnkit.errors import CheckpointError, SpecError
-from cnnkit.nn.model import Sequential
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ def test_num_classes_is_not_an_mnist_option():
 
 def test_class_subset_relabels_in_order():
     spec = parse_spec(spec_text(f"{{source: mnist, path: {MNIST}, classes: [8, 3]}}", units=2))
-    assert spec.num_classes == 2
+    assert count_classes(spec.data, None) == 2
     dataset = api.load_dataset(spec)
     splits = make_splits(dataset, spec.data, spec.seed)
     assert splits.class_names == ["8", "3"]
@@ -87,7 +88,7 @@ def test_model_weights_initialises_from_a_run(trained_run: Path):
     spec = parse_spec(
         spec_text(data, extra=extra).replace("model:", f"model:\n  weights: {trained_run}")
     )
-    model = Sequential.from_spec(spec).build(seed=999)
+    model = build_model(spec).build(seed=999)
     path = api.load_initial_weights(model, spec)
     assert path == trained_run / "checkpoints" / "best.npz"
     with np.load(path) as ckpt:
@@ -99,7 +100,7 @@ def test_model_weights_shape_mismatch_names_layer_and_shapes(trained_run: Path):
     data = f"{{source: mnist, path: {MNIST}, classes: [3, 8]}}"
     text = spec_text(data, units=2).replace("model:", f"model:\n  weights: {trained_run}")
     spec = parse_spec(text)
-    model = Sequential.from_spec(spec).build(seed=0)
+    model = build_model(spec).build(seed=0)
     with pytest.raises(CheckpointError) as info:
         api.load_initial_weights(model, spec)
     message = str(info.value)
@@ -112,4 +113,4 @@ def test_model_weights_missing_file(tmp_path: Path):
         spec_text("{source: mnist}").replace("model:", f"model:\n  weights: {tmp_path}/nope.npz")
     )
     with pytest.raises(CheckpointError, match="not found"):
-        api.load_initial_weights(Sequential.from_spec(spec).build(0), spec)
+        api.load_initial_weights(build_model(spec).build(0), spec)

@@ -23,9 +23,9 @@ from cnnkit.nn.layers import (
     MaxPooling2D,
 )
 from cnnkit.nn.losses import CategoricalCrossentropy, SparseCategoricalCrossentropy
-from cnnkit.nn.model import Sequential
 from cnnkit.nn.registry import LOSSES
 from cnnkit.options import resolve_options
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
 from tests import reference as ref
 
@@ -435,8 +435,8 @@ loss: {name: categorical_crossentropy, label_smoothing: 0.1}
 )
 def test_model_end_to_end_gradients(text, keys):
     spec = parse_spec(text)
-    model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
-    loss_fn = LOSSES[spec.loss["name"]](**{k: v for k, v in spec.loss.items() if k != "name"})
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    loss_fn = LOSSES[spec.loss.name](**spec.loss.options)
     dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
     rng = np.random.default_rng(0)
     x = rng.random((2, 28, 28, 1))

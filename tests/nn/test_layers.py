@@ -29,8 +29,8 @@ from cnnkit.nn.layers import (  # noqa: E402
     LeakyReLU,
     SpatialDropout2D,
 )
-from cnnkit.nn.model import Sequential  # noqa: E402
 from cnnkit.nn.registry import LOSSES  # noqa: E402
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import build_layers, parse_spec  # noqa: E402
 from tests.nn.test_gradients import (
     TOL,
@@ -222,7 +222,7 @@ def test_spatial_dropout_seeded_by_the_model():
     spec = parse_spec(text)
     runs = []
     for _ in range(2):
-        model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
+        model = build_model(spec).build(spec.seed, dtype=np.float64)
         assert model.layers[0].rng is model.dropout_rng
         model.forward(np.ones((4, 6, 6, 2)), training=True)
         runs.append(model.layers[0]._mask.copy())
@@ -345,7 +345,7 @@ REG_LAYERS = """    - Conv2D: {filters: 3, kernel_size: 3, activation: tanh,
 
 def test_regularizer_spec_forms_resolve():
     spec = parse_spec(spec_text(REG_LAYERS))
-    conv, bn, dense1, dense2 = (spec.layers[i].options for i in (0, 1, 5, 6))
+    conv, bn, dense1, dense2 = (spec.model.layers[i].options for i in (0, 1, 5, 6))
     assert conv["kernel_regularizer"] == {"l1": 0.05, "l2": 0.0}
     assert conv["bias_regularizer"] is None
     assert bn["gamma_regularizer"] == {"l1": 0.0, "l2": 0.01}
@@ -364,7 +364,7 @@ def test_regularizer_spec_forms_resolve():
 
 def test_regularization_loss_value_by_hand():
     spec = parse_spec(spec_text(REG_LAYERS))
-    model = Sequential.from_spec(spec).build(1, dtype=np.float64)
+    model = build_model(spec).build(1, dtype=np.float64)
     p = model.named_params()
     expected = (
         0.05 * np.abs(p["layers.0.kernel"]).sum()
@@ -380,15 +380,15 @@ def test_regularization_loss_value_by_hand():
     assert expected > 0
     # no regularizers: 0
     plain = parse_spec(spec_text("    - Flatten: {}\n    - Dense: {units: 3, activation: softmax}"))
-    assert Sequential.from_spec(plain).build(1).regularization_loss() == 0.0
+    assert build_model(plain).build(1).regularization_loss() == 0.0
 
 
 def test_model_gradients_with_regularizers_and_new_layers():
     """FD of loss + regularization_loss over every parameter (sampled), training mode:
     BatchNormalization's batch statistics, SpatialDropout2D masks, l1 away from 0, l2, l1_l2."""
     spec = parse_spec(spec_text(REG_LAYERS))
-    model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
-    loss_fn = LOSSES[spec.loss["name"]]()
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    loss_fn = LOSSES[spec.loss.name]()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 6, 6, 2))
     labels = np.array([0, 2, 1])
@@ -605,7 +605,7 @@ BN_MODEL = """    - Conv2D: {filters: 3, kernel_size: 3, activation: relu}
 
 def test_named_weights_hold_params_and_state():
     spec = parse_spec(spec_text(BN_MODEL))
-    model = Sequential.from_spec(spec).build(0)
+    model = build_model(spec).build(0)
     assert sorted(model.named_state()) == [
         "layers.1.moving_mean",
         "layers.1.moving_variance",
@@ -625,7 +625,7 @@ def test_named_weights_hold_params_and_state():
 
 def test_checkpoint_round_trip_of_named_weights(tmp_path):
     spec = parse_spec(spec_text(BN_MODEL))
-    model = Sequential.from_spec(spec).build(0)
+    model = build_model(spec).build(0)
     rng = np.random.default_rng(1)
     for _ in range(3):  # move the moving statistics away from their initial values
         model.forward(rng.random((4, 6, 6, 2), dtype=np.float32), training=True)
@@ -634,7 +634,7 @@ def test_checkpoint_round_trip_of_named_weights(tmp_path):
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
 
-    other = Sequential.from_spec(spec).build(99)  # different weights until loaded
+    other = build_model(spec).build(99)  # different weights until loaded
     x = rng.random((5, 6, 6, 2), dtype=np.float32)
     assert not np.allclose(other.forward(x), model.forward(x))
     other.load_params(arrays, str(path))
@@ -661,7 +661,7 @@ def test_last_layer_leaky_relu_is_not_skipped_as_a_logits_head():
             "loss: {name: sparse_categorical_crossentropy, from_logits: true}",
         )
     )
-    model = Sequential.from_spec(spec).build(0, dtype=np.float64)
+    model = build_model(spec).build(0, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((8, 6, 6, 2))
     logits = model.forward(x, training=True)  # (no dropout here) so that _z is kept to read
     z = model.layers[1]._z
@@ -691,7 +691,7 @@ def test_inference_lets_go_of_backward_arrays_and_gives_the_same_outputs():
     """Sequential.forward in inference releases each layer's backward arrays right after it
     runs (evaluate's peak memory: one layer's arrays, not all of them); outputs unchanged."""
     spec = parse_spec((ROOT / "configs" / "mnist.yaml").read_text())
-    model = Sequential.from_spec(spec).build(0)
+    model = build_model(spec).build(0)
     x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
     kept = x
     for layer in model.layers:  # layer by layer, nothing released

@@ -22,8 +22,8 @@ from cnnkit.nn.losses import (
     SparseCategoricalCrossentropy,
 )
 from cnnkit.nn.metrics import MetricSet, parse_metrics, roc_auc
-from cnnkit.nn.registry import LOSSES
 from cnnkit.runs.rundir import METRICS_COLUMNS, metrics_columns
+from cnnkit.spec.build import build_loss, build_metrics, build_model
 from cnnkit.spec.config import parse_spec
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -89,11 +89,10 @@ def test_loss_gradient_matches_finite_differences(loss_fn, units):
 
 def test_gradient_through_the_whole_model_with_a_sigmoid_head():
     # the model hands logits to BCE: the last Dense layer skips its sigmoid
-    from cnnkit.nn.model import Sequential
 
     spec = parse_spec(BINARY_SPEC)
-    model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    loss_fn = build_loss(spec)
     rng = np.random.default_rng(2)
     x, labels = rng.random((3, 4, 4, 1)), np.array([0, 1, 1])
     logits = model.forward(x, training=True)
@@ -345,12 +344,12 @@ def test_macro_metrics_in_the_spec_and_as_monitors():
     assert err.where.endswith("callbacks.early_stopping.monitor"), err.where
     assert "'precision_macro' is not a metric this run reports" in err.message, err.message
     spec = parse_spec(text.replace("precision_macro}", "f1_macro}"))
-    assert spec.callbacks["checkpoint"]["monitor"] == "val_f1_macro"
+    assert spec.callbacks.checkpoint.monitor == "val_f1_macro"
     assert direction("val_f1_macro", "auto") == "max"
-    metrics = MetricSet.from_spec(spec)
+    metrics = build_metrics(spec)
     assert metrics.binary and metrics.names == ["accuracy", "precision", "f1_macro"]
     ten = parse_spec(spec_text("Dense: {units: 10, activation: softmax}") + "metrics: [f1]\n")
-    assert not MetricSet.from_spec(ten).binary
+    assert not build_metrics(ten).binary
 
 
 def test_auc_exact_with_ties():
@@ -473,9 +472,9 @@ def test_binary_crossentropy_needs_two_classes():
         )
         + "metrics: [accuracy, auc]\n"
     )
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    loss_fn = build_loss(spec)
     assert isinstance(loss_fn, BinaryCrossentropy) and loss_fn.head == "sigmoid"
-    assert MetricSet.from_spec(spec).names == ["accuracy", "auc"]
+    assert build_metrics(spec).names == ["accuracy", "auc"]
     # one linear unit with from_logits: true is fine too
     parse_spec(
         spec_text(
@@ -495,7 +494,7 @@ def test_mse_and_hinge_accept_softmax_or_linear_heads():
     for loss in ("mse", "mean_squared_error", "categorical_hinge"):
         for activation in ("softmax", "linear"):
             spec = parse_spec(spec_text(f"Dense: {{units: 10, activation: {activation}}}", loss))
-            assert LOSSES[spec.loss["name"]].from_spec(spec).head == activation
+            assert build_loss(spec).head == activation
         err = spec_error(spec_text("Dense: {units: 10, activation: sigmoid}", loss))
         assert "softmax or linear" in err.message and "sigmoid" in err.message
     err = spec_error(spec_text("Dense: {units: 10, activation: sigmoid}"))

@@ -27,6 +27,7 @@ from cnnkit.cli.display import PlainReporter
 from cnnkit.errors import SpecError
 from cnnkit.runs.plots import plot_confusion, plot_curves
 from cnnkit.runs.state import read_state
+from cnnkit.spec.build import build_loss
 from cnnkit.spec.config import parse_spec
 from cnnkit.train.trainer import SilentReporter
 from tests.clitools import run_subprocess
@@ -337,7 +338,7 @@ def test_logging_keys_are_validated():
     with pytest.raises(SpecError, match="out of range"):
         parse_spec(tiny_text().replace("every_steps: 3", "every_steps: 0"))
     spec = parse_spec(tiny_text())
-    assert spec.logging == {"tensorboard": False, "every_steps": 3}
+    assert spec.logging.to_dict() == {"tensorboard": False, "every_steps": 3}
     assert "logging" in spec.to_dict()
 
 
@@ -473,7 +474,6 @@ def split_run(tmp_path: Path, name: str, data: str, source: str = "synthetic", e
 def test_evaluate_each_split_into_its_own_files(tmp_path: Path):
     from cnnkit.data.augment import Preprocessor
     from cnnkit.data.batches import make_splits
-    from cnnkit.nn.losses import SparseCategoricalCrossentropy
     from cnnkit.runs.catalog import list_runs
     from cnnkit.seeding import random_stream
     from cnnkit.train.trainer import evaluate_split
@@ -513,7 +513,7 @@ def test_evaluate_each_split_into_its_own_files(tmp_path: Path):
     model = api.load_model(run)[1]
     split = make_splits(api.load_dataset(spec), spec.data, spec.seed).train
     plain = Preprocessor.from_spec(spec, run_dir=run)
-    loss_fn = SparseCategoricalCrossentropy.from_spec(spec)
+    loss_fn = build_loss(spec)
     assert evaluate_split(model, loss_fn, split, plain, 500).loss == train["loss"]
     augmented = plain.training(random_stream(spec.seed, "augment"))
     assert evaluate_split(model, loss_fn, split, augmented, 500).loss != train["loss"]
@@ -558,7 +558,7 @@ def test_configs_mnist_selects_on_a_validation_split():
     from cnnkit.spec.config import load_spec
 
     spec = load_spec(ROOT / "configs" / "mnist.yaml")
-    assert spec.data["validation"] == "split" and not api.validation_is_test(spec)
+    assert spec.data.validation == "split" and not api.validation_is_test(spec)
     assert not [
         n for n in api.check(ROOT / "configs" / "mnist.yaml").spec.notes if "optimistic" in n
     ]

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from cnnkit.api import summarize
+from cnnkit.data.sources import count_classes
 from cnnkit.errors import SpecError
 from cnnkit.spec.config import load_spec, parse_spec
 
@@ -39,11 +40,11 @@ def spec_error(text: str) -> SpecError:
 
 def test_basic_spec_resolves_keras_defaults():
     spec = parse_spec(BASIC)
-    conv, pool = spec.layers[0].get_config(), spec.layers[1].get_config()
+    conv, pool = spec.model.layers[0].get_config(), spec.model.layers[1].get_config()
     assert conv["strides"] == [1, 1] and conv["padding"] == "valid" and conv["use_bias"] is True
     assert conv["kernel_size"] == [3, 3] and conv["kernel_initializer"] == "glorot_uniform"
     assert pool["strides"] == [2, 2]  # Keras: strides default to pool_size
-    assert [layer.output_shape for layer in spec.layers] == [
+    assert [layer.output_shape for layer in spec.model.layers] == [
         (26, 26, 32),
         (13, 13, 32),
         (5408,),
@@ -169,7 +170,7 @@ def test_validation_and_split_conflict():
 
 def test_validation_split_alone_is_resolved():
     spec = parse_spec(BASIC.replace("validation: test", "validation_split: 0.1"))
-    assert spec.data["validation"] == "split" and spec.data["validation_split"] == 0.1
+    assert spec.data.validation == "split" and spec.data.validation_split == 0.1
 
 
 def test_missing_spec_file(tmp_path):
@@ -180,7 +181,7 @@ def test_missing_spec_file(tmp_path):
 
 def test_overrides_apply_before_validation():
     spec = parse_spec(BASIC, overrides={"train.epochs": 3, "seed": 7})
-    assert spec.train["epochs"] == 3 and spec.seed == 7
+    assert spec.train.epochs == 3 and spec.seed == 7
 
 
 # -- numbers as people write them ---------------------------------------------------------
@@ -205,8 +206,8 @@ def test_numbers_in_the_file(written, value):
     text = BASIC.replace("learning_rate: 0.001", f"learning_rate: {written}")
     text = text.replace("  validation: test", f"  validation: test\n  rescale: {written}")
     spec = parse_spec(text)
-    assert spec.optimizer["learning_rate"] == value and spec.data["rescale"] == value
-    assert isinstance(spec.data["rescale"], float)
+    assert spec.optimizer.options["learning_rate"] == value and spec.data.rescale == value
+    assert isinstance(spec.data.rescale, float)
 
 
 def test_numbers_elsewhere_in_the_file():
@@ -218,10 +219,10 @@ def test_numbers_elsewhere_in_the_file():
         .replace("batch_size: 200", "batch_size: 2_00")
         .replace("{units: 128,", "{units: 128, kernel_regularizer: {l2: 5E-4},")
     )
-    assert spec.train["epochs"] == 10 and spec.train["batch_size"] == 200
-    assert spec.augmentation["zoom_range"] == [0.9, 1.1]
-    assert spec.augmentation["width_shift_range"] == 0.1
-    assert spec.layers[3].options["kernel_regularizer"]["l2"] == 0.0005
+    assert spec.train.epochs == 10 and spec.train.batch_size == 200
+    assert spec.augmentation.zoom_range == (0.9, 1.1)
+    assert spec.augmentation.width_shift_range == 0.1
+    assert spec.model.layers[3].options["kernel_regularizer"]["l2"] == 0.0005
 
 
 def test_yaml_11_booleans_integers_and_strings_are_unchanged():
@@ -235,7 +236,7 @@ def test_yaml_11_booleans_integers_and_strings_are_unchanged():
         assert load_yaml(f"v: {text}") == yaml.safe_load(f"v: {text}"), text
     assert load_yaml("v: 1e-3") == {"v": 0.001} and yaml.safe_load("v: 1e-3") == {"v": "1e-3"}
     spec = parse_spec(BASIC.replace("shuffle: true", "shuffle: yes"))
-    assert spec.train["shuffle"] is True
+    assert spec.train.shuffle is True
 
 
 @pytest.mark.parametrize(
@@ -261,7 +262,7 @@ def test_config_yaml_of_written_numbers_round_trips():
     spec = parse_spec(text)
     again = parse_spec(spec.to_yaml())
     assert again.to_dict() == spec.to_dict() and again.hash() == spec.hash()
-    assert again.data["rescale"] == 1 / 255 and again.optimizer["learning_rate"] == 0.0005
+    assert again.data.rescale == 1 / 255 and again.optimizer.options["learning_rate"] == 0.0005
 
 
 # -- newcomers' habits --------------------------------------------------------------------
@@ -278,7 +279,7 @@ def test_channels_first_input_shape_suggests_channels_last():
     # a small channels-last image is not mistaken for one
     text = BASIC.replace("source: mnist", "source: synthetic\n  num_classes: 10")
     text = text.replace("[28, 28, 1]", "[4, 4, 1]").replace("kernel_size: 3", "kernel_size: 1")
-    assert parse_spec(text).model["input_shape"] == [4, 4, 1]
+    assert parse_spec(text).model.input_shape == (4, 4, 1)
 
 
 def test_keras_alias_lr_suggests_learning_rate():
@@ -295,7 +296,7 @@ def test_class_names_select_and_order_classes():
             "units: 10", "units: 2"
         )
     )
-    assert spec.data["classes"] == ["8", "3"] and spec.num_classes == 2
+    assert spec.data.classes == ("8", "3") and count_classes(spec.data, None) == 2
     assert parse_spec(spec.to_yaml()).hash() == spec.hash()
     error = spec_error(
         BASIC.replace("source: mnist", "source: cifar10")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -59,16 +60,16 @@ def test_overrides_change_the_resolved_spec():
             "data.max_train_samples=100",
         ],
     )
-    assert spec.train["epochs"] == 3
-    conv = spec.layers[0]
+    assert spec.train.epochs == 3
+    conv = spec.model.layers[0]
     assert conv.options["filters"] == 16 and conv.options["kernel_size"] == [5, 5]
     assert conv.output_shape == (24, 24, 16)  # shapes re-inferred
-    assert spec.optimizer["learning_rate"] == 0.01
-    assert spec.loss["label_smoothing"] == 0.1
-    assert spec.data["max_train_samples"] == 100
+    assert spec.optimizer.options["learning_rate"] == 0.01
+    assert spec.loss.options["label_smoothing"] == 0.1
+    assert spec.data.max_train_samples == 100
     assert spec.overrides[0] == "--set train.epochs=3"
     # the file's own values where nothing was overridden
-    assert spec.train["batch_size"] == load_spec(MNIST).train["batch_size"]
+    assert spec.train.batch_size == load_spec(MNIST).train.batch_size
 
 
 def test_a_later_override_wins_and_a_whole_layer_can_be_replaced():
@@ -76,7 +77,7 @@ def test_a_later_override_wins_and_a_whole_layer_can_be_replaced():
         MNIST,
         ["train.epochs=3", "train.epochs=4", "model.layers[3]={AveragePooling2D: {pool_size: 2}}"],
     )
-    assert spec.train["epochs"] == 4 and spec.layers[3].keras_name == "AveragePooling2D"
+    assert spec.train.epochs == 4 and spec.model.layers[3].keras_name == "AveragePooling2D"
 
 
 @pytest.mark.parametrize(
@@ -158,7 +159,7 @@ def test_file_errors_keep_their_line_and_mention_the_overrides(tmp_path):
 
 def test_resolved_yaml_records_overrides_and_command_and_loads(tmp_path):
     spec = load_spec(MNIST, ["train.epochs=2"])
-    spec.command = command_line(["train", str(MNIST), "--set", "train.epochs=2"])
+    spec = replace(spec, command=command_line(["train", str(MNIST), "--set", "train.epochs=2"]))
     text = spec.to_yaml()
     assert text.startswith(f"# command: cnnkit train {MNIST} --set train.epochs=2\n")
     assert "# override: --set train.epochs=2\n" in text
@@ -180,7 +181,7 @@ def test_resolved_yaml_records_overrides_and_command_and_loads(tmp_path):
 )
 def test_numbers_in_set_are_read_as_in_the_file(written, value):
     spec = load_spec(MNIST, [f"optimizer.learning_rate={written}", f"data.rescale={written}"])
-    assert spec.optimizer["learning_rate"] == value and spec.data["rescale"] == value
+    assert spec.optimizer.options["learning_rate"] == value and spec.data.rescale == value
     assert parse_set(f"x=[{written}, 2]").value[0] == (written if "/" in written else value)
     assert parse_set("train.shuffle=yes").value is True  # YAML 1.1 booleans as before
 
@@ -213,7 +214,7 @@ def test_layer_path_suggestions_are_paths_that_exist(arg):
     from cnnkit.nn.registry import canonical_layer
 
     (error,) = errors_of([arg])
-    layers = load_spec(MNIST).layers
+    layers = load_spec(MNIST).model.layers
     paths = _suggested_paths(error.hint)
     assert paths, error.hint
     for path in paths:

@@ -49,7 +49,7 @@ def test_init_command_default_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["init", "--template", "binary"])
     assert result.exit_code == 0, result.output
-    assert load_spec(tmp_path / "binary.yaml").loss["name"] == "binary_crossentropy"
+    assert load_spec(tmp_path / "binary.yaml").loss.name == "binary_crossentropy"
 
 
 def test_mnist_template_trains_as_written(tmp_path, monkeypatch):
@@ -81,4 +81,4 @@ def test_mnist_template_trains_as_written(tmp_path, monkeypatch):
     )
     assert "# override: --set train.epochs=1\n" in config
     resolved = load_spec(run / "config.yaml")  # the resolved spec still loads
-    assert resolved.train["epochs"] == 1 and resolved.data["max_train_samples"] == 256
+    assert resolved.train.epochs == 1 and resolved.data.max_train_samples == 256

@@ -51,7 +51,7 @@ def line_of(text: str, needle: str) -> tuple[int, int]:
 
 
 def test_valid_spec_parses():
-    assert [layer.output_shape for layer in parse_spec(SPEC).layers][-1] == (10,)
+    assert [layer.output_shape for layer in parse_spec(SPEC).model.layers][-1] == (10,)
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,9 @@ def test_cosine_decay_steps_default_to_the_rest_of_training():
     section = parse_spec(
         spec_text("schedule: {name: cosine_decay, warmup_target: 0.1, warmup_steps: 5}\n")
     ).schedule
-    assert section["decay_steps"] is None and section["initial_learning_rate"] is None
+    assert (
+        section.options["decay_steps"] is None and section.options["initial_learning_rate"] is None
+    )
     schedule = make_schedule(section, 0.01, 10, 3)
     assert schedule.decay_steps == 25
     close(schedule(30), 0.0, atol=1e-17)
@@ -250,7 +252,7 @@ def test_schedule_and_callbacks_resolve_with_keras_defaults():
           checkpoint: {monitor: val_precision}
         """)
     )
-    assert spec.schedule == {
+    assert spec.schedule.to_dict() == {
         "name": "reduce_on_plateau",
         "monitor": "val_loss",
         "factor": 0.1,
@@ -260,7 +262,7 @@ def test_schedule_and_callbacks_resolve_with_keras_defaults():
         "min_lr": 0.0,
         "mode": "auto",
     }
-    assert spec.callbacks == {
+    assert spec.callbacks.to_dict() == {
         "early_stopping": {
             "monitor": "val_loss",
             "min_delta": 0.0,
@@ -271,7 +273,7 @@ def test_schedule_and_callbacks_resolve_with_keras_defaults():
         },
         "checkpoint": {"monitor": "val_precision", "mode": "auto"},
     }
-    assert spec.notes == []
+    assert spec.notes == ()
     again = parse_spec(spec.to_yaml())
     assert (again.schedule, again.callbacks) == (spec.schedule, spec.callbacks)
 
@@ -279,18 +281,18 @@ def test_schedule_and_callbacks_resolve_with_keras_defaults():
 def test_defaults_without_schedule_or_early_stopping():
     spec = parse_spec(spec_text())
     assert spec.schedule is None
-    assert spec.callbacks == {"checkpoint": {"monitor": "val_accuracy", "mode": "auto"}}
+    assert spec.callbacks.to_dict() == {"checkpoint": {"monitor": "val_accuracy", "mode": "auto"}}
     off = parse_spec(spec_text("callbacks: {early_stopping: false}\n"))
-    assert "early_stopping" not in off.callbacks
+    assert off.callbacks.early_stopping is None
 
 
 def test_without_validation_default_monitors_fall_back_with_a_note():
     spec = parse_spec(
         spec_text("schedule: reduce_on_plateau\ncallbacks: {early_stopping: {}}\n", "none")
     )
-    assert spec.schedule["monitor"] == "loss"
-    assert spec.callbacks["early_stopping"]["monitor"] == "loss"
-    assert spec.callbacks["checkpoint"]["monitor"] == "accuracy"
+    assert spec.schedule.options["monitor"] == "loss"
+    assert spec.callbacks.early_stopping.monitor == "loss"
+    assert spec.callbacks.checkpoint.monitor == "accuracy"
     assert len(spec.notes) == 3
     assert "no validation data" in spec.notes[0]
 

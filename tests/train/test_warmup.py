@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from cnnkit.nn.model import Sequential
+from cnnkit.spec.build import build_loss, build_model
 from cnnkit.spec.config import load_spec
 from cnnkit.train import warmup
 from tests.clitools import start_subprocess, tiny_pool_spec
@@ -131,7 +131,7 @@ def test_ctrl_c_while_compiling_exits_at_once_and_writes_nothing(tmp_path):
 
 def test_estimate_counts_the_kernels_of_the_model_not_in_the_cache(monkeypatch):
     spec = load_spec("configs/mnist_lenet.yaml")
-    kernels = warmup.kernels_used(Sequential.from_spec(spec))
+    kernels = warmup.kernels_used(build_model(spec))
     assert "cnnkit.kernels.conv.conv2d_forward" in kernels
     assert "cnnkit.kernels.pool.maxpool2d_backward" in kernels
     assert not any("avgpool" in k or "batchnorm" in k or "affine" in k for k in kernels), kernels
@@ -147,10 +147,9 @@ def test_warm_up_leaves_the_model_as_it_was():
     """The warm-up trains a copy: the real model's weights, BatchNorm moving statistics and
     dropout stream are untouched, so a run is the same with or without it."""
     from cnnkit.data.augment import Preprocessor
-    from cnnkit.nn.registry import LOSSES
 
     spec = load_spec("configs/mnist.yaml")  # BatchNormalization and Dropout
-    model = Sequential.from_spec(spec).build(spec.seed)
+    model = build_model(spec).build(spec.seed)
     state = lambda m: {  # noqa: E731
         "params": {k: v.copy() for k, v in m.named_params().items()},
         "rest": copy.deepcopy([vars(layer) for layer in m.layers]),
@@ -159,7 +158,7 @@ def test_warm_up_leaves_the_model_as_it_was():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
     y = np.arange(4) % 10
-    loss_fn = LOSSES[spec.loss["name"]].from_spec(spec)
+    loss_fn = build_loss(spec)
     done = warmup.warm_up(model, loss_fn, Preprocessor.from_spec(spec), x, y)
     assert done.seconds > 0
     after = state(model)

@@ -7,7 +7,9 @@ the YAML path, says what was found and what would be valid, and suggests the clo
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -119,15 +121,84 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f"did you mean '{near}'? " if near else ""
 
 
+Schema = dict[str, Any]  # a JSON Schema (draft 2020-12) object
+
+# what the validator reads as a number but a YAML 1.2 editor as a string (1_000, 1/255):
+# defined once in the schema's $defs, referred to by every number option
+NUMBER_DEFS: Schema = {
+    "underscored_int": {"type": "string", "pattern": "^[-+]?[0-9]+(_[0-9]+)+$"},
+    "number_text": {
+        "type": "string",
+        # the validator's own grammar: what the editor accepts, cnnkit reads
+        "pattern": rf"^\s*{NUMBER_PATTERN}\s*(/\s*{NUMBER_PATTERN}\s*)?$",
+        "description": "a fraction such as 1/255, or a number with _ (1_000.5)",
+    },
+}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+class Kind:
+    """What an option accepts: `check` resolves a value (or raises SpecError at its path) and
+    `json_schema` describes the same values for an editor (cnnkit.spec.schema)."""
+
+    def check(self, opt: Option, value: Any, path: str) -> Any:
+        raise NotImplementedError
+
+    def json_schema(self, opt: Option) -> Schema:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BuiltinKind(Kind):
+    """A kind named by a string in Option("int", ...): range and choices come from the Option."""
+
+    checker: Callable[[Option, Any, str], Any]
+    schema: Callable[[Option], Schema]
+
+    def check(self, opt: Option, value: Any, path: str) -> Any:
+        return self.checker(opt, value, path)
+
+    def json_schema(self, opt: Option) -> Schema:
+        return self.schema(opt)
+
+
+@dataclass(frozen=True)
+class Checker(Kind):
+    """A kind checked by a function of its own, (value, path) -> value, with the schema of what
+    that function accepts. Made by the @checker decorator; still callable as the function."""
+
+    function: Callable[[Any, str], Any]
+    schema: Callable[[], Schema]
+
+    def __call__(self, value: Any, path: str) -> Any:
+        return self.function(value, path)
+
+    def check(self, opt: Option, value: Any, path: str) -> Any:
+        return self.function(value, path)
+
+    def json_schema(self, opt: Option) -> Schema:
+        return self.schema()
+
+
+def checker(schema: Schema | Callable[[], Schema]) -> Callable[[Callable], Checker]:
+    """@checker({...JSON Schema...}) on a (value, path) -> value function makes it an option
+    kind; a callable schema is built when asked (when it needs tables defined later)."""
+    build = schema if callable(schema) else (lambda: copy.deepcopy(schema))
+    return lambda function: Checker(function, build)
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: its kind, its default and, for strings, the valid choices.
 
-    kind is one of: int, float, bool, str, int_or_pair, float_or_null, int_or_null, list_of_str,
-    or a callable (value, path) -> value for anything special.
+    kind is a Kind (a @checker function, for anything special) or the name of a built-in one:
+    int, float, bool, str, int_or_pair, float_or_null, int_or_null, list_of_str.
     """
 
-    kind: str | Callable[[Any, str], Any]
+    kind: str | Kind
     default: Any = REQUIRED
     choices: tuple[str, ...] | None = None
     minimum: float | None = None  # inclusive
@@ -136,12 +207,35 @@ class Option:
     exclusive_max: bool = False
     doc: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, Kind) and self.kind not in KINDS:
+            raise TypeError(
+                f"option kind {self.kind!r}: use one of {', '.join(KINDS)}, or a Kind "
+                "(a (value, path) checker decorated with @checker(its JSON Schema))"
+            )
+
+    @property
+    def resolved_kind(self) -> Kind:
+        return KINDS[self.kind] if isinstance(self.kind, str) else self.kind
+
     def check(self, value: Any, path: str) -> Any:
-        if callable(self.kind):
-            return self.kind(value, path)
-        checker = _CHECKERS[self.kind]
-        value = checker(self, value, path)
-        return value
+        return self.resolved_kind.check(self, value, path)
+
+    def json_schema(self) -> Schema:
+        """The schema of the values this option takes, with its doc and default."""
+        schema = dict(self.resolved_kind.json_schema(self))
+        if self.doc:
+            schema["description"] = self.doc
+        if self.default is not REQUIRED and _json_default(self.default) is not None:
+            schema["default"] = self.default
+        return schema
+
+    def range_schema(self, schema: Schema) -> Schema:
+        if self.minimum is not None:
+            schema["exclusiveMinimum" if self.exclusive_min else "minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["exclusiveMaximum" if self.exclusive_max else "maximum"] = self.maximum
+        return schema
 
     def _range(self, value: float, path: str) -> None:
         lo, hi = self.minimum, self.maximum
@@ -157,6 +251,30 @@ class Option:
                 where=path,
                 hint=f"Valid: {left}{lo_s}, {hi_s}{right}.",
             )
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return None
+    return value
+
+
+def options_schema(options: Mapping[str, Option], title: str = "") -> Schema:
+    """A mapping of options (a section, a layer's options): no other key is valid. An empty
+    value (`- Flatten:`, `early_stopping:`) is null in YAML, valid when nothing is required."""
+    required = [key for key, opt in options.items() if opt.default is REQUIRED]
+    schema: Schema = {
+        "type": "object" if required else ["object", "null"],
+        "properties": {key: opt.json_schema() for key, opt in options.items()},
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    if title:
+        schema["title"] = title
+    return schema
 
 
 def _check_int(opt: Option, value: Any, path: str) -> int:
@@ -234,15 +352,43 @@ def _check_list_of_str(opt: Option, value: Any, path: str) -> list[str]:
     return [_check_str(opt, v, f"{path}[{i}]") for i, v in enumerate(value)]
 
 
-_CHECKERS: dict[str, Callable[[Option, Any, str], Any]] = {
-    "int": _check_int,
-    "float": _check_float,
-    "bool": _check_bool,
-    "str": _check_str,
-    "int_or_pair": _check_int_or_pair,
-    "float_or_null": _check_float_or_null,
-    "int_or_null": _check_int_or_null,
-    "list_of_str": _check_list_of_str,
+def _number(schema: Schema, text: str) -> Schema:
+    return {"anyOf": [schema, {"$ref": f"#/$defs/{text}"}]}
+
+
+def _str_schema(opt: Option) -> Schema:
+    return {"type": "string", "enum": list(opt.choices)} if opt.choices else {"type": "string"}
+
+
+def _pair_schema(opt: Option) -> Schema:
+    one = opt.range_schema({"type": "integer"})
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 2, "maxItems": 2}]}
+
+
+def _list_of_str_schema(opt: Option) -> Schema:
+    one = _str_schema(opt)
+    return {"anyOf": [one, {"type": "array", "items": one}]}
+
+
+KINDS: dict[str, Kind] = {
+    "int": BuiltinKind(
+        _check_int, lambda o: _number(o.range_schema({"type": "integer"}), "underscored_int")
+    ),
+    "float": BuiltinKind(
+        _check_float, lambda o: _number(o.range_schema({"type": "number"}), "number_text")
+    ),
+    "bool": BuiltinKind(_check_bool, lambda o: {"type": "boolean"}),
+    "str": BuiltinKind(_check_str, _str_schema),
+    "int_or_pair": BuiltinKind(_check_int_or_pair, _pair_schema),
+    "float_or_null": BuiltinKind(
+        _check_float_or_null,
+        lambda o: _number(o.range_schema({"type": ["number", "null"]}), "number_text"),
+    ),
+    "int_or_null": BuiltinKind(
+        _check_int_or_null,
+        lambda o: _number(o.range_schema({"type": ["integer", "null"]}), "underscored_int"),
+    ),
+    "list_of_str": BuiltinKind(_check_list_of_str, _list_of_str_schema),
 }
 
 

@@ -26,7 +26,15 @@ import numpy as np
 from cnnkit.data.batches import Split, scale
 from cnnkit.errors import CheckpointError, SpecError
 from cnnkit.kernels.nojit import FILL_MODES, lazy
-from cnnkit.options import Option, fraction, join_path, require_mapping, resolve_options
+from cnnkit.options import (
+    Option,
+    checker,
+    fraction,
+    join_path,
+    nullable,
+    require_mapping,
+    resolve_options,
+)
 
 NORMALIZATION_FILE = "normalization.json"
 EPSILON = 1e-6  # Keras' standardize(): x / (std + 1e-6)
@@ -39,6 +47,7 @@ def _type_name(value: Any) -> str:
     return "a boolean" if isinstance(value, bool) else type(value).__name__
 
 
+@checker({"type": "number", "minimum": 0})
 def _shift_range(value: Any, path: str) -> int | float:
     """Keras: a float < 1 is a fraction of the size, a float >= 1 pixels (uniform), an int n
     whole pixels (np.random.choice(n) with a random sign). The type is kept: 2 and 2.0 differ."""
@@ -67,6 +76,16 @@ def _pair(value: Any, path: str, lowest: float, what: str, example: str) -> list
     return [float(value[0]), float(value[1])]
 
 
+# [lower, upper]
+_NUMBER_PAIR = {
+    "type": "array",
+    "items": {"type": "number", "minimum": 0},
+    "minItems": 2,
+    "maxItems": 2,
+}
+
+
+@checker({"anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": 1}, _NUMBER_PAIR]})
 def _zoom_range(value: Any, path: str) -> list[float]:
     """Keras: a float z means [1 - z, 1 + z]; or [lower, upper]. Resolved to the pair."""
     value = fraction(value, path)
@@ -84,6 +103,7 @@ def _zoom_range(value: Any, path: str) -> list[float]:
     return pair
 
 
+@checker(nullable(_NUMBER_PAIR))
 def _brightness_range(value: Any, path: str) -> list[float] | None:
     if value is None:
         return None

@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import SpecError
-from cnnkit.options import Option, did_you_mean, fraction, join_path, resolve_options
+from cnnkit.options import (
+    Option,
+    Schema,
+    checker,
+    did_you_mean,
+    fraction,
+    join_path,
+    options_schema,
+    resolve_options,
+)
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -121,6 +130,29 @@ _HINT = (
 )
 
 
+def _initializer_schema() -> Schema:
+    """A name, or {name: {options}} ({constant: 0.5} as shorthand)."""
+    with_options = {
+        name: {**options_schema(options), "type": ["object", "null", "number"]}
+        if name == "constant"
+        else options_schema(options)
+        for name, options in INITIALIZER_OPTIONS.items()
+    }
+    return {
+        "anyOf": [
+            {"type": "string", "enum": list(INITIALIZER_NAMES)},
+            {
+                "type": "object",
+                "properties": with_options,
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
+            },
+        ]
+    }
+
+
+@checker(_initializer_schema)
 def check_initializer(value: Any, path: str) -> str | dict[str, dict[str, float]]:
     """Option checker: a name stays a name; a mapping resolves to {name: {every option}}."""
     hint = _HINT.format(names=", ".join(INITIALIZER_NAMES))

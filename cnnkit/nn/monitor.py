@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import SpecError
-from cnnkit.options import Option, did_you_mean
+from cnnkit.options import Option, checker, did_you_mean
 
 # metric names that improve upwards when mode is auto (anything else must say min or max,
 # except losses, which improve downwards)
@@ -87,9 +87,14 @@ def resolve_monitor(
     return monitor
 
 
+@checker({"type": ["string", "null"], "description": "a metrics.csv column, e.g. val_loss"})
+def _monitor_name(value: Any, path: str) -> Any:
+    return value  # resolve_monitor checks it, once the metric columns are known
+
+
 def monitor_option() -> Option:
     """A monitor name, or null for the section's default (checked by resolve_monitor)."""
-    return Option(lambda value, path: value, default=None)
+    return Option(_monitor_name, default=None)
 
 
 class Monitor:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import SpecError
-from cnnkit.options import Option, did_you_mean, join_path, resolve_options
+from cnnkit.options import Option, checker, did_you_mean, join_path, resolve_options
 
 DEFAULT_FACTOR = 0.01  # Keras' L1() and L2() default
 NAMES = ("l1", "l2", "l1_l2")
@@ -24,6 +24,28 @@ _HINT = (
 )
 
 
+_FACTORS = {
+    "type": "object",
+    "properties": {"l1": {"type": "number", "minimum": 0}, "l2": {"type": "number", "minimum": 0}},
+    "additionalProperties": False,
+}
+
+
+@checker(
+    {
+        "anyOf": [
+            {"type": "null"},
+            {"type": "string", "enum": list(NAMES)},
+            {**_FACTORS, "minProperties": 1},
+            {
+                "type": "object",
+                "properties": {"l1_l2": {**_FACTORS, "type": ["object", "null"]}},
+                "required": ["l1_l2"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+)
 def check_regularizer(value: Any, path: str) -> dict[str, float] | None:
     """Option checker: null or a resolved {l1: factor, l2: factor}."""
     if value is None:

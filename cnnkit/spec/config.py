@@ -32,12 +32,15 @@ from cnnkit.nn.monitor import resolve_monitor
 from cnnkit.nn.registry import LOSSES, OPTIMIZERS
 from cnnkit.nn.schedules import SCHEDULES
 from cnnkit.options import (
+    Checker,
     ErrorList,
     Option,
+    checker,
     compose_yaml,
     did_you_mean,
     join_path,
     load_yaml,
+    nullable,
     require_mapping,
     resolve_options,
 )
@@ -59,6 +62,7 @@ from cnnkit.spec.sections import (
 )
 
 
+@checker({"type": "string", "pattern": "^[^./][^/]*$"})
 def _name(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
         raise SpecError(
@@ -67,6 +71,7 @@ def _name(value: Any, path: str) -> str:
     return value
 
 
+@checker({"type": ["string", "null"]})
 def _path_or_null(value: Any, path: str) -> str | None:
     if value is None:
         return None
@@ -78,12 +83,14 @@ def _path_or_null(value: Any, path: str) -> str | None:
 CLASS_MODES = ("categorical", "sparse", "binary")
 
 
+@checker(nullable({"type": "string", "enum": list(CLASS_MODES)}))
 def _class_mode(value: Any, path: str) -> str | None:
     if value is None:
         return None
     return Option("str", choices=CLASS_MODES).check(value, path)
 
 
+@checker({"type": ["string", "null"], "minLength": 1})
 def _weights_path(value: Any, path: str) -> str | None:
     if value is None:
         return None
@@ -95,6 +102,15 @@ def _weights_path(value: Any, path: str) -> str | None:
     return value
 
 
+@checker(
+    {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 1},
+        "minItems": 3,
+        "maxItems": 3,
+        "description": "[height, width, channels]",
+    }
+)
 def _input_shape(value: Any, path: str) -> list[int]:
     ok = (
         isinstance(value, list)
@@ -118,10 +134,24 @@ def _input_shape(value: Any, path: str) -> list[int]:
     return list(value)
 
 
+@checker(lambda: nullable(Option("int_or_pair", minimum=1).json_schema()))
 def _pair_or_null(value: Any, path: str) -> list[int] | None:
     return None if value is None else Option("int_or_pair", minimum=1).check(value, path)
 
 
+@checker(
+    nullable(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                {"type": "array", "items": {"type": "string", "minLength": 1}},
+            ],
+            "minItems": 2,
+            "uniqueItems": True,
+            "description": "class indices [3, 8], or class names [cat, dog]",
+        }
+    )
+)
 def _class_subset(value: Any, path: str) -> list[int] | list[str] | None:
     """data.classes: [3, 8] keeps those classes of the source, relabelled 0, 1, ... in order;
     [cat, dog] does the same by class name (Keras' flow_from_directory(classes=[...]))."""
@@ -183,7 +213,8 @@ DATA_OPTIONS = {
 MODEL_OPTIONS = {
     "input_shape": Option(_input_shape, default=None),
     "weights": Option(_weights_path, default=None),
-    "layers": Option(lambda v, p: v, doc="a list of layers"),
+    # build_layers checks the list; cnnkit.spec.schema describes it from the layer table
+    "layers": Option(Checker(lambda value, path: value, dict), doc="a list of layers"),
 }
 
 TRAIN_OPTIONS = {

@@ -11,7 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from cnnkit.cli.app import app
+from cnnkit.errors import SpecError
 from cnnkit.nn.layers import ALL_LAYERS
+from cnnkit.options import Option, checker, options_schema
 from cnnkit.spec.config import load_spec
 from cnnkit.spec.schema import SCHEMA_FILE, build_schema, schema_text
 
@@ -69,6 +71,34 @@ def test_every_layer_and_option_is_in_the_schema():
         options = schema["$defs"][cls.keras_name]
         options = options.get("anyOf", [options])[-1]
         assert set(options["properties"]) == set(cls.OPTIONS)
+
+
+def test_an_option_kind_checks_and_describes_itself():
+    """A checker without a schema cannot be an option: the schema could not describe it."""
+    with pytest.raises(TypeError, match="@checker"):
+        Option(lambda value, path: value)
+    with pytest.raises(TypeError, match="int_or_pair"):
+        Option("pair")
+
+    @checker({"type": "integer", "multipleOf": 2})
+    def even(value, path):
+        if value % 2:
+            raise SpecError(f"{value} is odd", where=path)
+        return value
+
+    option = Option(even, default=2, doc="an even count")
+    assert option.check(4, "n") == 4 and even(6, "n") == 6
+    with pytest.raises(SpecError, match="odd"):
+        option.check(3, "n")
+    assert option.json_schema() == {
+        "type": "integer",
+        "multipleOf": 2,
+        "description": "an even count",
+        "default": 2,
+    }
+    table = {"n": option, "m": Option("int", minimum=1)}
+    assert options_schema(table)["required"] == ["m"]
+    assert options_schema(table)["properties"]["m"]["anyOf"][0] == {"type": "integer", "minimum": 1}
 
 
 def test_schema_command(tmp_path):

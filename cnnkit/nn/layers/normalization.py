@@ -11,7 +11,7 @@ from cnnkit.kernels.nojit import lazy
 from cnnkit.nn.initializers import check_initializer, initialize
 from cnnkit.nn.layers.base import Layer, Shape
 from cnnkit.nn.regularizers import check_regularizer
-from cnnkit.options import Option
+from cnnkit.options import Option, checker
 
 # numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
 backward_input, backward_sums, batch_moments, normalize = lazy(
@@ -19,6 +19,7 @@ backward_input, backward_sums, batch_moments, normalize = lazy(
 )
 
 
+@checker({"const": -1})
 def _axis(value: Any, path: str) -> int:
     if value != -1 or isinstance(value, bool):
         raise SpecError(

@@ -6,7 +6,7 @@ import numpy as np
 
 from cnnkit.kernels.nojit import conv_output_size, lazy
 from cnnkit.nn.layers.base import Layer, Shape
-from cnnkit.options import Option
+from cnnkit.options import Option, checker, nullable
 
 # numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
 avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward = lazy(
@@ -18,6 +18,7 @@ avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward = l
 )
 
 
+@checker(lambda: nullable(Option("int_or_pair", minimum=1).json_schema()))
 def _strides_or_null(value, path):
     return None if value is None else Option("int_or_pair", minimum=1).check(value, path)
 

@@ -145,3 +145,16 @@ def avgpool2d_backward(dout, x_shape, pool, stride, pad):
 def relu_backward(dy, y):
     """relu's input gradient from its output: dy where the output is positive, else 0."""
     return np.where(y > 0, dy, np.zeros_like(dy))
+
+
+# -- comparing a kernel with its reference ---------------------------------------------------
+
+DTYPES = [np.float64, np.float32]
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+ATOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def close(actual, expected, dtype):
+    """A kernel's output has the input's dtype and matches the reference within its tolerance."""
+    assert actual.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype])

@@ -18,8 +18,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cnnkit.kernels.nojit import FILL_MODES  # noqa: F401 (the kernel's mode codes: the index)
-
 _SNAP = 1e-6
 
 

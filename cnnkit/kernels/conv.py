@@ -15,8 +15,6 @@ import numba
 import numpy as np
 from numba import prange
 
-from cnnkit.kernels.nojit import conv_output_size  # noqa: F401 (re-exported; plain Python)
-
 # Number of batch chunks for the weight-gradient reduction. Fixed (not the thread count), so
 # the float summation order, and hence the result, does not depend on the machine.
 _WGRAD_CHUNKS = 16
@@ -27,84 +25,7 @@ _WGRAD_CHUNKS = 16
 _GEMM_MIN_CHANNELS = 8
 
 
-# --------------------------------------------------------------------------- GEMM building blocks
-# Numba enables LLVM's loop vectorizer but not its SLP vectorizer, and without fastmath a float
-# reduction is never vectorized. So the inner loop runs over the contiguous output columns
-# (vectorized), and the loop around it is unrolled by hand (2 output rows x 4 reduction steps)
-# so each vector load/store of the output rows feeds 8 multiply-adds instead of 1 (~2.5x).
-# Each output element still receives its terms one at a time in increasing k/m order
-# (`c + t0 + t1 + ...` evaluates left to right), so results do not depend on the unrolling.
-
-
-@numba.njit(cache=True)
-def _gemm_nn(a, b, c):
-    """c += a @ b for 2D a (M, K), b (K, N), c (M, N); rows of b and c contiguous."""
-    m, kk = a.shape
-    n = b.shape[1]
-    k4 = kk - kk % 4
-    m2 = m - m % 2
-    for r in range(0, m2, 2):
-        a0 = a[r]
-        a1 = a[r + 1]
-        c0 = c[r]
-        c1 = c[r + 1]
-        for k in range(0, k4, 4):
-            x0, x1, x2, x3 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-            y0, y1, y2, y3 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            for f in range(n):
-                v0, v1, v2, v3 = b0[f], b1[f], b2[f], b3[f]
-                c0[f] = c0[f] + x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3
-                c1[f] = c1[f] + y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3
-        for k in range(k4, kk):
-            x0 = a0[k]
-            y0 = a1[k]
-            b0 = b[k]
-            for f in range(n):
-                c0[f] = c0[f] + x0 * b0[f]
-                c1[f] = c1[f] + y0 * b0[f]
-    for r in range(m2, m):
-        a0 = a[r]
-        c0 = c[r]
-        for k in range(kk):
-            x0 = a0[k]
-            b0 = b[k]
-            for f in range(n):
-                c0[f] = c0[f] + x0 * b0[f]
-
-
-@numba.njit(cache=True)
-def _gemm_tn(a, b, c):
-    """c += a.T @ b for 2D a (M, K), b (M, N), c (K, N); rows of b and c contiguous."""
-    m, kk = a.shape
-    n = b.shape[1]
-    m4 = m - m % 4
-    k2 = kk - kk % 2
-    for k in range(0, k2, 2):
-        c0 = c[k]
-        c1 = c[k + 1]
-        for r in range(0, m4, 4):
-            x0, x1, x2, x3 = a[r, k], a[r + 1, k], a[r + 2, k], a[r + 3, k]
-            y0, y1, y2, y3 = a[r, k + 1], a[r + 1, k + 1], a[r + 2, k + 1], a[r + 3, k + 1]
-            b0, b1, b2, b3 = b[r], b[r + 1], b[r + 2], b[r + 3]
-            for f in range(n):
-                v0, v1, v2, v3 = b0[f], b1[f], b2[f], b3[f]
-                c0[f] = c0[f] + x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3
-                c1[f] = c1[f] + y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3
-        for r in range(m4, m):
-            x0 = a[r, k]
-            y0 = a[r, k + 1]
-            b0 = b[r]
-            for f in range(n):
-                c0[f] = c0[f] + x0 * b0[f]
-                c1[f] = c1[f] + y0 * b0[f]
-    for k in range(k2, kk):
-        c0 = c[k]
-        for r in range(m):
-            x0 = a[r, k]
-            b0 = b[r]
-            for f in range(n):
-                c0[f] = c0[f] + x0 * b0[f]
+# --------------------------------------------------------------------------- building blocks
 
 
 @numba.njit(cache=True)
@@ -310,8 +231,8 @@ def _wgrad_row_direct(x, g, n, oh, kh, kw, sh, sw, dh, dw, pt, pl, pw):
 # The GEMMs go to BLAS (np.dot inside Numba calls the sgemm/dgemm of scipy's OpenBLAS, which
 # cnnkit.threads limits to one thread): each Numba thread takes a contiguous range of the batch
 # and multiplies im2col blocks of a few output rows (a block's columns stay in L2) by the
-# kernel. Measured on the two_conv/lenet layers (2 cores): 1.2-1.4x the register-blocked Numba
-# GEMM above, which stays for the layers with few input channels. BLAS results are
+# kernel. Measured on the two_conv/lenet layers (2 cores): 1.2-1.4x a register-blocked Numba
+# GEMM (layers with few input channels take the direct loops instead). BLAS results are
 # deterministic for given shapes, and every image's result is independent of the chunking.
 
 # Bytes of im2col columns per GEMM block (forward and input gradient; the weight gradient

@@ -13,13 +13,6 @@ from __future__ import annotations
 
 import numba
 
-from .conv import conv_output_size as _conv_output_size
-
-
-def pool_output_size(size: int, pool: int, stride: int, padding: str) -> tuple[int, int]:
-    """Keras/TF (out, pad_before) for one pooling axis: conv_output_size with dilation 1."""
-    return _conv_output_size(size, pool, stride, 1, padding)
-
 
 @numba.njit(cache=True)
 def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, out, argmax):

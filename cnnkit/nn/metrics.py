@@ -50,9 +50,6 @@ METRIC_ALIASES = {
     "sparse_top_k_categorical_accuracy": "top_k_accuracy",
     "f1_score": "f1",
 }
-# computable from running counts at every step (the progress bar); auc needs the whole epoch
-STREAMING = ("accuracy", "top_k_accuracy", "precision", "recall", "f1")
-STREAMING += ("precision_macro", "recall_macro", "f1_macro")
 # precision / recall / f1: the positive class's (binary tasks) or the macro averages
 CLASS_METRICS = ("precision", "recall", "f1")
 
@@ -296,17 +293,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 # -- the evaluation report -----------------------------------------------------------------
-
-
-def correct_count(logits: np.ndarray, labels: np.ndarray) -> int:
-    return int((as_class_logits(logits).argmax(axis=1) == labels).sum())
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows are true classes, columns predicted classes (as scikit-learn and Keras reports)."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
-    return matrix
 
 
 def _per_class(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -125,8 +125,6 @@ class Sequential:
             dtype = store[name].dtype if name in store else np.float32
             store[name] = np.array(array, dtype=dtype)
 
-    load_weights = load_params
-
     # -- computation ---------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Outputs of the last layer before its fused head activation (logits).

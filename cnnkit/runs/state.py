@@ -21,7 +21,6 @@ from typing import Any
 from cnnkit.io import write_json
 
 STATE_FILE = "run.json"
-STATES = ("running", "finished", "interrupted", "failed")
 
 
 def now() -> str:

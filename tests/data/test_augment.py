@@ -26,7 +26,8 @@ from cnnkit.data.augment import (
 )
 from cnnkit.data.batches import Split, batches, make_splits, prefetch, scale
 from cnnkit.errors import SpecError
-from cnnkit.kernels.affine import FILL_MODES, augment_batch
+from cnnkit.kernels.affine import augment_batch
+from cnnkit.kernels.nojit import FILL_MODES
 from cnnkit.runs.rundir import load_checkpoint
 from cnnkit.seeding import random_stream
 from cnnkit.spec.build import build_loss

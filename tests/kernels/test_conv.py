@@ -1,77 +1,14 @@
-"""Kernels in cnnkit.kernels against the slow references in tests/reference.py."""
+"""Convolution kernels (cnnkit.kernels.conv) against the slow references in tests/reference.py."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
 
-from cnnkit.kernels.conv import (  # noqa: E402
-    conv2d_backward_input,
-    conv2d_backward_weights,
-    conv2d_forward,
-    conv_output_size,
-)
-from cnnkit.kernels.pool import (  # noqa: E402
-    avgpool2d_backward,
-    avgpool2d_forward,
-    maxpool2d_backward,
-    maxpool2d_forward,
-    pool_output_size,
-)
+from cnnkit.kernels.conv import conv2d_backward_input, conv2d_backward_weights, conv2d_forward
+from cnnkit.kernels.nojit import conv_output_size
 from tests import reference as ref
-
-RTOL = {np.float64: 1e-10, np.float32: 1e-4}
-ATOL = {np.float64: 1e-12, np.float32: 1e-5}
-DTYPES = [np.float64, np.float32]
-
-
-def close(actual, expected, dtype):
-    assert actual.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype])
-
-
-# ----------------------------------------------------------------------------- output sizes
-
-
-@pytest.mark.parametrize(
-    "size, kernel, stride, dilation, padding, expected",
-    [
-        (28, 3, 1, 1, "valid", (26, 0)),
-        (28, 5, 1, 1, "valid", (24, 0)),
-        (12, 5, 1, 1, "valid", (8, 0)),
-        (7, 3, 2, 1, "valid", (3, 0)),
-        (8, 3, 1, 2, "valid", (4, 0)),  # effective kernel 5
-        (28, 3, 1, 1, "same", (28, 1)),
-        (28, 3, 2, 1, "same", (14, 0)),  # total pad 1 -> all of it bottom/right
-        (5, 2, 2, 1, "same", (3, 0)),  # total pad 1
-        (7, 3, 2, 1, "same", (4, 1)),  # total pad 2
-        (6, 3, 2, 1, "same", (3, 0)),  # total pad 1
-        (7, 3, 1, 2, "same", (7, 2)),  # effective kernel 5, total pad 4
-        (4, 1, 3, 1, "same", (2, 0)),  # kernel smaller than stride: total pad max(.., 0) = 0
-        (26, 2, 2, 1, "valid", (13, 0)),
-        (27, 2, 2, 1, "valid", (13, 0)),
-    ],
-)
-def test_conv_output_size(size, kernel, stride, dilation, padding, expected):
-    assert conv_output_size(size, kernel, stride, dilation, padding) == expected
-
-
-def test_conv_output_size_errors():
-    with pytest.raises(ValueError):
-        conv_output_size(2, 3, 1, 1, "valid")
-    with pytest.raises(ValueError):
-        conv_output_size(5, 3, 1, 1, "full")
-
-
-def test_pool_output_size():
-    assert pool_output_size(26, 2, 2, "valid") == (13, 0)
-    assert pool_output_size(5, 2, 2, "same") == (3, 0)
-    assert pool_output_size(7, 3, 2, "same") == (4, 1)
-
-
-# ----------------------------------------------------------------------------- convolution
+from tests.reference import DTYPES, close
 
 
 def conv_geometry(h, w, kh, kw, stride, dilation, padding):
@@ -230,127 +167,11 @@ def test_conv2d_gradients_finite_difference(padding, stride, dilation):
     np.testing.assert_allclose(db, fd(b, lambda: loss(x, wt, b)), **fd_tol)
 
 
-# ----------------------------------------------------------------------------- pooling
-
-# (batch, H, W, C, PH, PW): non-square inputs and windows.
-POOL_SHAPES = [(1, 7, 5, 1, 2, 2), (3, 7, 5, 3, 3, 3), (3, 6, 9, 3, 3, 2), (1, 4, 4, 1, 2, 3)]
-POOL_CASES = [
-    (shape, padding, stride)
-    for shape in POOL_SHAPES
-    for padding in ("valid", "same")
-    for stride in ((1, 1), (2, 2), (3, 3), (2, 1))
-]
-
-
-def pool_geometry(h, w, ph, pw, stride, padding):
-    oh, pt = pool_output_size(h, ph, stride[0], padding)
-    ow, pl = pool_output_size(w, pw, stride[1], padding)
-    return (oh, ow), (pt, pl)
-
-
-def run_maxpool(x, pool, stride, pad, out_hw, dout):
-    n, _, _, c = x.shape
-    out = np.full((n, *out_hw, c), np.nan, dtype=x.dtype)
-    argmax = np.full((n, *out_hw, c), -7, dtype=np.int64)
-    maxpool2d_forward(x, *pool, *stride, *pad, out, argmax)
-    dx = np.full(x.shape, np.nan, dtype=x.dtype)
-    maxpool2d_backward(dout, argmax, dx)
-    return out, argmax, dx
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, padding, stride", POOL_CASES)
-@pytest.mark.parametrize("ties", [False, True])
-def test_maxpool_against_reference(shape, padding, stride, ties, dtype):
-    n, h, w, c, ph, pw = shape
-    rng = np.random.default_rng(1)
-    if ties:
-        # Few distinct values: most windows hold repeated maxima.
-        x = rng.integers(0, 3, size=(n, h, w, c)).astype(dtype)
-    else:
-        x = rng.standard_normal((n, h, w, c)).astype(dtype)
-    out_hw, pad = pool_geometry(h, w, ph, pw, stride, padding)
-    dout = rng.standard_normal((n, *out_hw, c)).astype(dtype)
-
-    out, argmax, dx = run_maxpool(x, (ph, pw), stride, pad, out_hw, dout)
-    out_ref, argmax_ref = ref.maxpool2d_forward(x, (ph, pw), stride, pad, out_hw)
-    np.testing.assert_array_equal(out, out_ref)
-    np.testing.assert_array_equal(argmax, argmax_ref)
-    close(dx, ref.maxpool2d_backward(dout, x, (ph, pw), stride, pad), dtype)
-
-
-def test_maxpool_ties_first_wins_and_one_per_window():
-    """Constant input: every window's gradient goes to its first (top-left in-range) position."""
-    x = np.full((2, 5, 7, 3), 0.5)
-    for stride in ((1, 1), (2, 2), (2, 3)):  # stride 1 < pool 2: overlapping windows
-        out_hw, pad = pool_geometry(5, 7, 2, 2, stride, "same")
-        dout = np.ones((2, *out_hw, 3))
-        _, argmax, dx = run_maxpool(x, (2, 2), stride, pad, out_hw, dout)
-        expected = np.zeros_like(x)
-        for oh, ow in itertools.product(range(out_hw[0]), range(out_hw[1])):
-            ih, iw = max(oh * stride[0] - pad[0], 0), max(ow * stride[1] - pad[1], 0)
-            assert (argmax[:, oh, ow, :] == ih * 7 + iw).all()
-            expected[:, ih, iw, :] += 1
-        np.testing.assert_array_equal(dx, expected)
-        # One unit of gradient per window, no more, no less.
-        assert dx.sum() == dout.sum()
-
-
-def test_maxpool_overlap_accumulates():
-    """Pool 3 stride 1: a single dominant pixel wins every window covering it."""
-    x = np.zeros((1, 5, 5, 1))
-    x[0, 2, 2, 0] = 9.0
-    out_hw, pad = pool_geometry(5, 5, 3, 3, (1, 1), "valid")
-    dout = np.ones((1, *out_hw, 1))
-    _, _, dx = run_maxpool(x, (3, 3), (1, 1), pad, out_hw, dout)
-    assert dx[0, 2, 2, 0] == 9.0  # all 3x3 windows contain (2, 2)
-    assert dx.sum() == 9.0
-
-
-def test_maxpool_padding_never_wins():
-    """All-negative input with 'same' padding: padded zeros must not be the maximum."""
-    x = -np.arange(1, 1 + 5 * 5, dtype=float).reshape(1, 5, 5, 1)
-    out_hw, pad = pool_geometry(5, 5, 2, 2, (2, 2), "same")
-    out, argmax, _ = run_maxpool(x, (2, 2), (2, 2), pad, out_hw, np.ones((1, *out_hw, 1)))
-    assert (out < 0).all()
-    assert (argmax >= 0).all() and (argmax < 25).all()
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, padding, stride", POOL_CASES)
-def test_avgpool_against_reference(shape, padding, stride, dtype):
-    n, h, w, c, ph, pw = shape
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((n, h, w, c)).astype(dtype)
-    out_hw, pad = pool_geometry(h, w, ph, pw, stride, padding)
-    dout = rng.standard_normal((n, *out_hw, c)).astype(dtype)
-
-    out = np.full((n, *out_hw, c), np.nan, dtype=dtype)
-    avgpool2d_forward(x, ph, pw, *stride, *pad, out)
-    close(out, ref.avgpool2d_forward(x, (ph, pw), stride, pad, out_hw), dtype)
-
-    dx = np.full(x.shape, np.nan, dtype=dtype)
-    avgpool2d_backward(dout, ph, pw, *stride, *pad, dx)
-    close(dx, ref.avgpool2d_backward(dout, x.shape, (ph, pw), stride, pad), dtype)
-
-
-def test_avgpool_same_excludes_padding():
-    x = np.ones((1, 5, 5, 2))
-    out_hw, pad = pool_geometry(5, 5, 2, 2, (2, 2), "same")
-    out = np.empty((1, *out_hw, 2))
-    avgpool2d_forward(x, 2, 2, 2, 2, *pad, out)
-    np.testing.assert_array_equal(out, 1.0)  # would be < 1 at the border if padding counted
-
-
-# ----------------------------------------------------------------------------- determinism
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_kernels_bitwise_deterministic(dtype):
+def test_conv_kernels_bitwise_deterministic(dtype):
     """Repeated calls give identical bytes (batch 40 > chunk count; both conv code paths)."""
     rng = np.random.default_rng(3)
     n = 40
-    pdout = rng.standard_normal((n, 6, 6, 12)).astype(dtype)
     conv_inputs = []
     for c in (3, 12):  # direct loops (C < 8) and im2col + GEMM
         x = rng.standard_normal((n, 12, 11, c)).astype(dtype)
@@ -370,32 +191,9 @@ def test_kernels_bitwise_deterministic(dtype):
             db = np.empty_like(b)
             conv2d_backward_weights(x, dout, 1, 1, 1, 1, 1, 1, dw, db)
             res += [out, dx, dw, db]
-        x = conv_inputs[1][0]
-        mp = np.empty((n, 6, 6, 12), dtype=dtype)
-        am = np.empty((n, 6, 6, 12), dtype=np.int64)
-        maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, mp, am)
-        mdx = np.empty_like(x)
-        maxpool2d_backward(pdout, am, mdx)
-        ap = np.empty_like(mp)
-        avgpool2d_forward(x, 2, 2, 2, 2, 0, 0, ap)
-        adx = np.empty_like(x)
-        avgpool2d_backward(pdout, 2, 2, 2, 2, 0, 0, adx)
-        return res + [mp, am, mdx, ap, adx]
+        return res
 
     first = run_all()
     for _ in range(3):
         for a, b_ in zip(first, run_all(), strict=True):
             assert a.tobytes() == b_.tobytes()
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_backward_into_against_reference(dtype):
-    from cnnkit.kernels.activations import relu_backward_into
-
-    rng = np.random.default_rng(3)
-    y = np.maximum(rng.standard_normal((3, 5, 4, 7)), 0).astype(dtype)  # a relu output
-    y[0, 0, 0, :3] = 0.0  # exact zeros: the kink, where the gradient is 0 (as TF)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    out = np.full(y.shape, np.nan, dtype=dtype)
-    relu_backward_into(dy.reshape(-1), y.reshape(-1), out.reshape(-1))
-    np.testing.assert_array_equal(out, ref.relu_backward(dy, y))

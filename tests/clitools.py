@@ -15,7 +15,8 @@ from pathlib import Path
 from cnnkit.cli import app as cli
 from cnnkit.cli import display
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, datasets/, cnnkit/
+MNIST = ROOT / "datasets" / "mnist"
 
 
 def tiny_pool_spec(name: str, epochs: int, train_samples: int, every_steps: int) -> str:
@@ -109,3 +110,13 @@ def flat(text: str) -> str:
     for ch in "│╭╮╰╯─":
         text = text.replace(ch, " ")
     return " ".join(text.split())
+
+
+WIDTH = 80  # the small terminal that output must fit (issue 12, line 10)
+
+
+def assert_fits(text: str, cut: bool = False) -> None:
+    """No line of text is wider than WIDTH, and (unless cut) none was cut with an ellipsis."""
+    too_wide = [line for line in text.splitlines() if len(line.rstrip()) > WIDTH]
+    assert not too_wide, too_wide
+    assert cut or "…" not in text, text  # nothing cut with an ellipsis

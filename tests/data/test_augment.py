@@ -365,6 +365,7 @@ def without_seconds(lines: list[str]) -> list[list[str]]:
     return [[row.split(",")[i] for i in keep] for row in lines]
 
 
+@pytest.mark.e2e
 def test_training_with_augmentation_is_deterministic_and_validation_is_not_augmented(
     tmp_path: Path,
 ):
@@ -383,6 +384,7 @@ def test_training_with_augmentation_is_deterministic_and_validation_is_not_augme
     assert not (first.run_dir / NORMALIZATION_FILE).exists()
 
 
+@pytest.mark.e2e
 def test_featurewise_statistics_are_saved_and_used_by_evaluate_and_predict(tmp_path: Path):
     s = spec("{featurewise_center: true, featurewise_std_normalization: true}")
     run = api.train(s, out=tmp_path).run_dir

@@ -17,10 +17,7 @@ from cnnkit.data.check import check_folder
 from cnnkit.errors import DataError
 from tests.clitools import run_subprocess
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def write_image(path: Path, value: int, size=(8, 6), mode: str = "RGB") -> None:
@@ -45,6 +42,7 @@ def finding(report: dict, kind: str, key: str = "findings") -> dict:
     return found
 
 
+@pytest.mark.e2e
 def test_clean_folder_exits_0_through_the_cli(tmp_path: Path):
     make_clean(tmp_path / "d")
     result = run_subprocess("data", "check", str(tmp_path / "d"), timeout=60)
@@ -390,6 +388,7 @@ def _longest_list(value) -> int:
     return 0
 
 
+@pytest.mark.e2e
 def test_600_images_of_many_sizes_fit_one_screen_and_json_stays_short(tmp_path: Path):
     make_mixed_sizes(tmp_path / "d")
     result = run_subprocess("data", "check", str(tmp_path / "d"), columns=80, timeout=120)

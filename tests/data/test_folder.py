@@ -20,9 +20,7 @@ from tests.clitools import run_subprocess
 FORMATS = ("png", "jpg", "bmp", "gif", "tif", "webp")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def write_image(path: Path, value: int, mode: str = "RGB", size=(12, 10)) -> None:
@@ -134,6 +132,7 @@ def test_found_lines_with_validation_split_say_what_is_held_out(tmp_path: Path):
     assert np.bincount(dataset.y_train).tolist() == [8, 16]
 
 
+@pytest.mark.e2e
 def test_train_in_a_pipe_prints_found_lines_and_one_decoding_line(tmp_path: Path):
     make_split_folder(tmp_path / "d", splits=("train", "val"))
     spec = tmp_path / "spec.yaml"
@@ -253,6 +252,7 @@ def test_cache_is_used_and_invalidated_by_a_changed_file(tmp_path: Path, monkeyp
     assert api.load_dataset(spec).x_train[0, 0, 0, 0] == 99
 
 
+@pytest.mark.e2e
 def test_train_and_predict_with_class_names(tmp_path: Path):
     make_split_folder(tmp_path / "d")
     spec = spec_for(tmp_path / "d")

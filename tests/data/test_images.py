@@ -99,6 +99,7 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return [r["file"] for r in rows], names, probs
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", list(CHANNELS))
 def test_predict_gives_evaluates_probabilities_bit_for_bit(runs, mode, monkeypatch):
     work, done = runs
@@ -124,6 +125,7 @@ def test_predict_gives_evaluates_probabilities_bit_for_bit(runs, mode, monkeypat
         assert np.array_equal(images.decode_image(Path(f), options), cached.x_test[row]), f
 
 
+@pytest.mark.e2e
 def test_old_bilinear_path_would_differ(runs):
     """The test above is not vacuous: bilinear (what predict used) gives other arrays."""
     work, _ = runs
@@ -143,8 +145,7 @@ def test_rgba_keeps_alpha_and_other_modes_flatten_onto_white(tmp_path: Path):
     assert (rgb == 255).all() and gray.shape == (4, 4, 1) and (gray == 255).all()
 
 
-def test_the_folder_cache_key_holds_the_decoder(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+def test_the_folder_cache_key_holds_the_decoder(tmp_path: Path, monkeypatch, private_cache):
     make_folder(tmp_path / "data")
     spec = parse_spec(spec_text(tmp_path / "data", "rgb"))
     api.load_dataset(spec)
@@ -173,6 +174,7 @@ def with_broken(runs, tmp_path) -> tuple[Path, Path]:
     return target, done["rgb"]
 
 
+@pytest.mark.e2e
 def test_one_unreadable_file_is_listed_and_exits_1(with_broken, monkeypatch, capsys):
     target, run = with_broken
     code, _, _ = run_cli(
@@ -201,6 +203,7 @@ def test_one_unreadable_file_is_listed_and_exits_1(with_broken, monkeypatch, cap
     assert all(len(r["top"]) == 2 and r["error"] is None for r in results if r not in broken)
 
 
+@pytest.mark.e2e
 def test_a_folder_of_only_unreadable_files_exits_2(with_broken, tmp_path, monkeypatch, capsys):
     _, run = with_broken
     bad = tmp_path / "bad"
@@ -217,6 +220,7 @@ def test_a_folder_of_only_unreadable_files_exits_2(with_broken, tmp_path, monkey
 # -- 80 columns ------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_predict_at_80_columns_tells_rows_apart(runs, tmp_path):
     work, done = runs
     source = next((work / "data" / "test" / "dark").glob("*.jpg"))

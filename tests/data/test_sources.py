@@ -14,6 +14,7 @@ from cnnkit.data.arrays import read_cifar10_batch
 from cnnkit.data.batches import make_splits, stratified_subset
 from cnnkit.errors import DataError, SpecError
 from cnnkit.spec.config import parse_spec
+from tests.specs import conv_spec_text
 
 HEAD = "  layers: [Flatten: {{}}, Dense: {{units: {units}, activation: softmax}}]\n"
 
@@ -169,3 +170,30 @@ def test_validation_split_of_class_sorted_arrays_is_said(tmp_path: Path):
     order = rng.permutation(len(arrays["y"]))
     np.savez(path, **{**arrays, "x": arrays["x"][order], "y": arrays["y"][order]})
     assert _subset(path, seed=1, extra=", validation_split: 0.2").notes == []
+
+
+# -- the synthetic source ----------------------------------------------------------------
+
+
+def test_synthetic_source_needs_shape_and_classes():
+    with pytest.raises(SpecError, match="needs num_classes"):
+        parse_spec(conv_spec_text("{source: synthetic}"))
+    no_shape = "data: {source: synthetic, num_classes: 3}\nmodel: {layers: [Flatten: {}]}"
+    with pytest.raises(SpecError, match="needs model.input_shape"):
+        parse_spec(no_shape)
+
+
+def test_synthetic_source_is_seeded_and_shaped():
+    spec = parse_spec(
+        conv_spec_text("{source: synthetic, num_classes: 7, max_train_samples: 50}", 7)
+    )
+    first, second = api.load_dataset(spec), api.load_dataset(spec)
+    assert first.x_train.shape == (50, 28, 28, 1) and first.x_train.dtype == np.uint8
+    assert first.y_train.max() < 7 and first.class_names == [str(i) for i in range(7)]
+    assert np.array_equal(first.x_train, second.x_train)
+
+
+def test_num_classes_is_not_an_mnist_option():
+    with pytest.raises(SpecError) as info:
+        parse_spec(conv_spec_text("{source: mnist, num_classes: 3}"))
+    assert "data.num_classes" in info.value.where

@@ -535,6 +535,7 @@ train: {epochs: 2, batch_size: 32}
 """
 
 
+@pytest.mark.e2e
 def test_binary_run_writes_metrics_and_evaluation(tmp_path):
     from cnnkit import api
 

@@ -119,6 +119,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # -- figures -------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_curves_png_after_every_epoch(runs):
     sensible(png(runs["finished"] / "curves.png"))
     # stopped in epoch 2: the PNG of epoch 1 is there (written at every epoch end)
@@ -126,6 +127,7 @@ def test_curves_png_after_every_epoch(runs):
     assert len(read_csv(runs["interrupted"] / "metrics.csv")) == 1
 
 
+@pytest.mark.e2e
 def test_curves_change_when_the_data_changes(runs, tmp_path):
     rows = read_csv(runs["finished"] / "metrics.csv")
     history = [{k: float(v) for k, v in row.items()} for row in rows]
@@ -157,6 +159,7 @@ def test_confusion_png_changes_with_the_matrix(tmp_path):
 # -- evaluate's error analysis ---------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_evaluate_writes_error_analysis(runs):
     run = runs["finished"]
     report = json.loads((run / "evaluation.json").read_text())
@@ -197,6 +200,7 @@ def test_evaluate_writes_error_analysis(runs):
     )
 
 
+@pytest.mark.e2e
 def test_report_md_has_the_final_metrics(runs):
     run = runs["finished"]
     text = (run / "report.md").read_text()
@@ -220,6 +224,7 @@ def test_report_md_has_the_final_metrics(runs):
 # -- run state, runs, compare --------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_run_json_states(runs):
     finished = read_state(runs["finished"])
     assert finished["state"] == "finished" and finished["epochs_done"] == 2
@@ -230,12 +235,14 @@ def test_run_json_states(runs):
     assert failed["state"] == "failed" and "RuntimeError: boom" in failed["error"]
 
 
+@pytest.mark.e2e
 def test_a_killed_run_reads_as_interrupted(runs, tmp_path):
     state = json.loads((runs["finished"] / "run.json").read_text())
     (tmp_path / "run.json").write_text(json.dumps({**state, "state": "running", "pid": 2**22 + 7}))
     assert read_state(tmp_path)["state"] == "interrupted"
 
 
+@pytest.mark.e2e
 def test_list_runs_newest_first(runs):
     infos = api.list_runs(runs["root"])
     assert [i["name"] for i in infos] == ["crashed", "stopped", "tiny"]
@@ -254,6 +261,7 @@ def test_list_runs_newest_first(runs):
     assert by_name["crashed"]["state"] == "failed"
 
 
+@pytest.mark.e2e
 def test_compare_marks_the_better_value(runs):
     result = api.compare_runs(runs["finished"], runs["interrupted"])
     diff = {d["key"]: (d["a"], d["b"]) for d in result["spec_diff"]}
@@ -300,6 +308,7 @@ def read_events(folder: Path) -> list:
     return events
 
 
+@pytest.mark.e2e
 def test_tensorboard_event_files(runs):
     pytest.importorskip("tensorboardX")
     events = read_events(runs["finished"] / "tensorboard")
@@ -366,6 +375,7 @@ def no_control_characters(text: str) -> None:
     assert not bad, sorted(bad)
 
 
+@pytest.mark.e2e
 def test_non_terminal_output_is_plain_lines(runs, tmp_path):
     (tmp_path / "tiny.yaml").write_text(tiny_text("piped"))
     result = cnnkit("train", "tiny.yaml", "--out", str(tmp_path / "p"), cwd=tmp_path)
@@ -392,6 +402,7 @@ def invoke(*args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.e2e
 def test_quiet_prints_only_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(tiny_text("hush"))
@@ -400,6 +411,7 @@ def test_quiet_prints_only_the_run_directory(tmp_path, monkeypatch):
     assert (tmp_path / "q" / "hush" / "curves.png").is_file()
 
 
+@pytest.mark.e2e
 def test_json_options_print_only_json(runs, tmp_path):
     listed = json.loads(invoke("runs", str(runs["root"]), "--json"))
     assert {r["name"]: r["state"] for r in listed}["stopped"] == "interrupted"
@@ -471,6 +483,7 @@ def split_run(tmp_path: Path, name: str, data: str, source: str = "synthetic", e
     return api.train(spec, out=tmp_path / "runs", on_note=notes.append).run_dir, notes, file
 
 
+@pytest.mark.e2e
 def test_evaluate_each_split_into_its_own_files(tmp_path: Path):
     from cnnkit.data.augment import Preprocessor
     from cnnkit.data.batches import make_splits
@@ -535,6 +548,7 @@ def test_evaluate_each_split_into_its_own_files(tmp_path: Path):
     assert list_runs(tmp_path / "runs")[0]["test_accuracy"] == pytest.approx(test["accuracy"])
 
 
+@pytest.mark.e2e
 def test_selection_on_the_test_split_is_called_optimistic(tmp_path: Path):
     run, notes, file = split_run(tmp_path, "ontest", f"{SYNTHETIC}, validation: test")
     said = [n for n in notes if "optimistic" in n]
@@ -568,6 +582,7 @@ def test_configs_mnist_selects_on_a_validation_split():
     ]
 
 
+@pytest.mark.e2e
 def test_evaluate_refuses_a_split_the_data_does_not_have(tmp_path: Path, monkeypatch, capsys):
     from cnnkit.errors import DataError
     from tests.clitools import flat, run_cli

@@ -52,6 +52,7 @@ def test_init_command_default_path(tmp_path, monkeypatch):
     assert load_spec(tmp_path / "binary.yaml").loss.name == "binary_crossentropy"
 
 
+@pytest.mark.e2e
 def test_mnist_template_trains_as_written(tmp_path, monkeypatch):
     """In-process: the template as written, on 256 images for one epoch (--set)."""
     monkeypatch.chdir(tmp_path)

@@ -350,6 +350,7 @@ train: {{epochs: 6, batch_size: 64}}
 """
 
 
+@pytest.mark.e2e
 def test_training_with_a_schedule_and_early_stopping(tmp_path):
     spec = parse_spec(TINY.format(mnist=ROOT / "datasets" / "mnist"))
     notes: list[str] = []

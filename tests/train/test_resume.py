@@ -130,6 +130,7 @@ def runs(work: Path) -> dict[str, tuple[Path, int, str]]:
     return out
 
 
+@pytest.mark.e2e
 def test_simultaneous_runs_get_their_own_directories(runs):
     dirs = {run.resolve() for run, _, _ in runs.values()}
     assert len(dirs) == len(runs)
@@ -151,6 +152,7 @@ def check_interrupted(
     assert state["state"] == "interrupted" and state["epochs_done"] == (step - 1) // STEPS
 
 
+@pytest.mark.e2e
 def test_second_ctrl_c_quits_at_once_without_saving(runs):
     run, code, output = runs["twice7"]
     assert code == 130, output
@@ -162,6 +164,7 @@ def test_second_ctrl_c_quits_at_once_without_saving(runs):
     assert len(metrics_rows(run)) == 1
 
 
+@pytest.mark.e2e
 def test_interrupted_anywhere_and_resumed_is_bitwise_the_uninterrupted_run(
     runs, work, monkeypatch, capsys
 ):
@@ -190,6 +193,7 @@ def test_interrupted_anywhere_and_resumed_is_bitwise_the_uninterrupted_run(
     assert (run / "curves.png").is_file() and (run / "report.md").is_file()
 
 
+@pytest.mark.e2e
 def test_resume_refuses_changes_with_a_diff(runs, work, monkeypatch, capsys):
     run = runs["reference"][0]
     edited = work / "edited.yaml"
@@ -211,6 +215,7 @@ def test_resume_refuses_changes_with_a_diff(runs, work, monkeypatch, capsys):
     assert (run / "checkpoints" / "last.json").read_bytes() == before
 
 
+@pytest.mark.e2e
 def test_resume_with_more_epochs_extends_the_run(runs, work, monkeypatch, capsys):
     run = work / "extended"
     shutil.copytree(runs["reference"][0], run)
@@ -227,6 +232,7 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs."""
 
 
+@pytest.mark.e2e
 def test_save_every_steps_checkpoints_mid_epoch_and_resumes_exactly(
     runs, work, monkeypatch, capsys
 ):
@@ -261,6 +267,7 @@ def test_save_every_steps_checkpoints_mid_epoch_and_resumes_exactly(
     assert_same_run(runs["reference"][0], run)
 
 
+@pytest.mark.e2e
 def test_new_checkpoint_replaces_the_old_only_once_verified(runs, work, monkeypatch, capsys):
     """A write that comes back short (what a full disk can do) is caught by reading the file
     back; the previous checkpoint set stays as it was, byte for byte."""
@@ -286,6 +293,7 @@ def test_new_checkpoint_replaces_the_old_only_once_verified(runs, work, monkeypa
         assert after[name] == before[name], name  # (best.npz: epoch 3 was rightly saved)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("error", "message"),
     [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")],
@@ -314,6 +322,7 @@ def test_full_disk_or_unwritable_run_dir_keeps_the_previous_checkpoint(
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(
     runs, work, monkeypatch, capsys
 ):
@@ -343,6 +352,7 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
 
 
+@pytest.mark.e2e
 def test_real_divergence_names_missing_rescale(work, monkeypatch, capsys):
     spec = work / "diverge.yaml"
     spec.write_text(
@@ -377,6 +387,7 @@ def test_create_run_dir_claims_atomically(tmp_path):
     assert len(set(made)) == 8 and all((d / "checkpoints").is_dir() for d in made)
 
 
+@pytest.mark.e2e
 def test_reproduce_matches_bit_for_bit(runs, monkeypatch, capsys):
     reference = runs["reference"][0]
     code, out, err = run_cli("reproduce", str(reference), monkeypatch=monkeypatch, capsys=capsys)
@@ -385,6 +396,7 @@ def test_reproduce_matches_bit_for_bit(runs, monkeypatch, capsys):
     assert "Reproduced bit for bit" in text and "final weights identical" in text
 
 
+@pytest.mark.e2e
 def test_reproduce_reports_a_difference(runs, work, monkeypatch, capsys):
     run = work / "tampered"
     shutil.copytree(runs["reference"][0], run)

@@ -68,7 +68,7 @@ def wait_for(lines: queue.Queue, pattern: str, timeout: float) -> tuple[str, lis
     raise AssertionError(f"no line matching {pattern!r} in {seen}")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cold_cache_says_compiling_before_the_first_step_and_epoch_1_excludes_it(tmp_path):
     spec = tmp_path / "pool.yaml"
     spec.write_text(POOL_SPEC)
@@ -102,6 +102,7 @@ def test_cold_cache_says_compiling_before_the_first_step_and_epoch_1_excludes_it
     assert "kernels" not in out.lower(), out
 
 
+@pytest.mark.e2e
 def test_ctrl_c_while_compiling_exits_at_once_and_writes_nothing(tmp_path):
     spec = tmp_path / "conv.yaml"
     spec.write_text(CONV_SPEC)

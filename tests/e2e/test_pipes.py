@@ -58,20 +58,6 @@ def test_stdout_closed_before_the_first_line_still_stops_as_interrupted(tmp_path
     assert last["epoch"] == 1 and not last["epoch_complete"], last
 
 
-def test_ctrl_c_outside_training_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
-    """Typer turns a KeyboardInterrupt (loading data, evaluate, predict) into a bare exit 130;
-    the user is told that nothing was in progress to save."""
-    from cnnkit import api
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(api, "evaluate", interrupted)
-    code, _, err = run_cli("evaluate", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
-    assert code == 130
-    assert "Interrupted (no training step in progress; nothing to save)." in flat(err), err
-
-
 def test_json_into_a_closed_pipe_exits_141_quietly(tmp_path):
     """`cnnkit schema | true`: print() meets the closed pipe; Typer alone would exit 1."""
     code, err = close_stdout_and_wait(start_subprocess("schema", cwd=tmp_path), timeout=60)

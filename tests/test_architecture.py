@@ -1,8 +1,10 @@
-"""The package's layers import in one direction only (../shared/DESIGN.md, docs/architecture.md).
+"""The shape of the package as a whole (../shared/DESIGN.md, docs/architecture.md).
 
-Every `import` in cnnkit/ counts: module level, inside functions, under TYPE_CHECKING. A module
-may import from its own layer or the layers above it in LAYERS, never below; and the module
-graph has no cycle at all, so no import has to hide inside a function to dodge one.
+Its layers import in one direction only: every `import` in cnnkit/ counts (module level, inside
+functions, under TYPE_CHECKING); a module may import from its own layer or the layers above it
+in LAYERS, never below; and the module graph has no cycle at all, so no import has to hide
+inside a function to dodge one. Compiled code lives in cnnkit.kernels only. No function outside
+the kernels is longer than a screen. The tests mirror the package, file for module.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cnnkit"
+TESTS = Path(__file__).resolve().parent
+PACKAGE = TESTS.parent / "cnnkit"
 
 # top first: each may import only from its own line and the lines above it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -163,3 +166,104 @@ def test_compiled_code_lives_in_kernels_only():
         assert not _jit_decorated(module), f"{module} compiles {_jit_decorated(module)}"
         if module.startswith(("cnnkit.nn", "cnnkit.data", "cnnkit.spec", "cnnkit.runs")):
             assert "numba" not in _third_party(module), f"{module} imports numba"
+
+
+# -- no function longer than a screen -------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+
+# Being shortened right now by other parts of issue 13; this list is emptied when they land.
+LONG_FUNCTIONS_BEING_SHORTENED = {
+    ("cnnkit.train.trainer", "fit"),
+    ("cnnkit.bench", "run_bench"),
+    ("cnnkit.spec.config", "validate"),
+    ("cnnkit.bench_torch", "TorchRunner.__init__"),
+}
+
+
+def function_lengths(module: str) -> dict[str, int]:
+    """Lines of every function and method in module, nested ones included, by qualified name."""
+    lengths: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = prefix + child.name
+                lengths[name] = child.end_lineno - child.lineno + 1
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(MODULES[module].read_text()), "")
+    return lengths
+
+
+def test_no_function_outside_the_kernels_is_longer_than_a_screen():
+    """Kernels are exempt: a Numba kernel is one loop nest, and splitting it costs calls in
+    the hottest code."""
+    too_long = {
+        f"{module}.{name}": lines
+        for module in MODULES
+        if not module.startswith("cnnkit.kernels")
+        for name, lines in function_lengths(module).items()
+        if lines > MAX_FUNCTION_LINES and (module, name) not in LONG_FUNCTIONS_BEING_SHORTENED
+    }
+    assert not too_long, f"longer than {MAX_FUNCTION_LINES} lines: {too_long}"
+
+
+def test_the_functions_being_shortened_still_exist():
+    """An entry of LONG_FUNCTIONS_BEING_SHORTENED that names nothing is a stale exception."""
+    for module, name in LONG_FUNCTIONS_BEING_SHORTENED:
+        assert name in function_lengths(module), (module, name)
+
+
+# -- the tests mirror the package -----------------------------------------------------------
+
+# tests of the package as a whole, not of one module: this file
+WHOLE_PACKAGE_TESTS = {"test_architecture.py"}
+
+# Being renamed right now by other parts of issue 13; this list is emptied when they land.
+NOT_YET_MIRRORED = {
+    "nn/test_gradients.py",  # every layer's gradients: the layer contract test (line 4)
+    "spec/test_validation.py",  # spec.config's validate: the typed spec (line 3)
+}
+
+
+def mirrored_module(test_file: Path) -> Path | None:
+    """The module or package that tests/<path>/test_<name>.py tests: cnnkit/<path>/<name>.py or
+    cnnkit/<path>/<name>/; None if neither exists."""
+    relative = test_file.relative_to(TESTS)
+    name = relative.name.removeprefix("test_").removesuffix(".py")
+    for candidate in (relative.parent / f"{name}.py", relative.parent / name / "__init__.py"):
+        if (PACKAGE / candidate).is_file():
+            return PACKAGE / candidate
+    return None
+
+
+def test_every_test_file_mirrors_a_module_or_is_end_to_end():
+    """tests/<subpackage>/test_<module>.py tests cnnkit/<subpackage>/<module>.py (a top-level
+    module: tests/test_<module>.py); a test of the CLI in a real process, or of training end to
+    end, is tests/e2e/test_<topic>.py."""
+    strays = []
+    for test_file in sorted(TESTS.rglob("test_*.py")):
+        relative = test_file.relative_to(TESTS).as_posix()
+        if relative.startswith("e2e/") or relative in WHOLE_PACKAGE_TESTS:
+            continue
+        if relative not in NOT_YET_MIRRORED and mirrored_module(test_file) is None:
+            strays.append(relative)
+    assert not strays, f"test files that mirror no module of cnnkit/ (nor are e2e/): {strays}"
+
+
+def test_the_files_not_yet_mirrored_still_exist():
+    """An entry of NOT_YET_MIRRORED that names no file is a stale exception."""
+    for relative in NOT_YET_MIRRORED:
+        assert (TESTS / relative).is_file(), relative
+
+
+def test_every_test_folder_is_a_package():
+    """tests/<subpackage>/__init__.py: test files of one name in two folders (tests/e2e/ and
+    tests/data/test_check.py) are then two modules, not one name imported twice."""
+    for folder in sorted({p.parent for p in TESTS.rglob("test_*.py")}):
+        assert (folder / "__init__.py").is_file(), folder

@@ -119,17 +119,7 @@ def train(
 
     Example: cnnkit train configs/mnist.yaml --set train.epochs=3
     """
-    options = [
-        option_override(key, value, flag)
-        for key, value, flag in (
-            ("train.epochs", epochs, "--epochs"),
-            ("train.batch_size", batch_size, "--batch-size"),
-            ("seed", seed, "--seed"),
-            ("model.weights", str(weights) if weights else None, "--weights"),
-        )
-        if value is not None
-    ]
-    overrides = [*(set_ or []), *options]
+    overrides = _train_overrides(set_, epochs, batch_size, seed, weights)
     notes = display.error_console if quiet else display.console
     note = lambda text: display.print_line(notes, f"[yellow]Note:[/yellow] {text}")  # noqa: E731
     show_run_dir = (
@@ -173,6 +163,27 @@ def train(
         print(result.run_dir)
         return
     display.print_trained(result.run_dir, result.spec)
+
+
+def _train_overrides(
+    set_: list[str] | None,
+    epochs: int | None,
+    batch_size: int | None,
+    seed: int | None,
+    weights: Path | None,
+) -> list[str]:
+    """What train overrides: every --set, then --epochs, --batch-size, --seed and --weights."""
+    options = [
+        option_override(key, value, flag)
+        for key, value, flag in (
+            ("train.epochs", epochs, "--epochs"),
+            ("train.batch_size", batch_size, "--batch-size"),
+            ("seed", seed, "--seed"),
+            ("model.weights", str(weights) if weights else None, "--weights"),
+        )
+        if value is not None
+    ]
+    return [*(set_ or []), *options]
 
 
 @app.command()

@@ -117,6 +117,57 @@ def check_folder(root: Path, target_size: list[int] | None = None) -> dict[str, 
             "class sub-folders directly.",
         )
     report = _Report()
+    layout, split_dirs, here = _check_layout(report, root)
+    items, hidden, other, counts = _list_files(root, split_dirs, here)
+
+    # reading: threads (file reads and hashing release the GIL)
+    with ThreadPoolExecutor(max_workers=min(8, max(2, os.cpu_count() or 1))) as pool:
+        infos = list(pool.map(lambda pair: _inspect(*pair), items))
+
+    _empty_classes(report, counts)
+    _tiny(report, counts)
+    _imbalance(report, counts)
+    bad = [i for i in infos if i.error is not None]
+    if bad:
+        report.add(
+            "unreadable",
+            f"{len(bad)} unreadable image file{'s' * (len(bad) != 1)}",
+            files=[{"file": i.file, "error": i.error} for i in bad],
+        )
+    good = [i for i in infos if i.error is None]
+    sizes, modes = _mixed_images(report, good, target_size)
+    _duplicates(report, [(i.digest, i.split, i.cls, i.file) for i in good])
+    if hidden or other:
+        report.add(
+            "ignored",
+            f"{len(hidden) + len(other)} hidden or non-image files ignored "
+            f"({len(hidden)} hidden, {len(other)} other)",
+            count=len(hidden) + len(other),
+            hidden=len(hidden),
+            other=len(other),
+            examples=(hidden + other)[:IGNORED_EXAMPLES],
+        )
+    report.data = {
+        "source": "folder",
+        "path": str(root),
+        "layout": layout,
+        "classes": sorted({c for names in here.values() for c in names}),
+        "splits": {
+            s: {"folder": _rel(split_dirs[s], root), **_split_counts(counts[s])} for s in counts
+        },
+        "images": len(infos),
+        "sizes": sizes,
+        "target_size": target_size,
+        "modes": [{"mode": m, "channels": c, "count": d["count"]} for (m, c), d in modes.items()],
+        "ignored": len(hidden) + len(other),
+        "file_checks": True,
+    }
+    return _finish(report)
+
+
+def _check_layout(report: _Report, root: Path) -> tuple[str, dict[str, Path], dict[str, list[str]]]:
+    """The folder's layout ("splits" or "flat"), its split folders ("all": root when flat) and
+    the class folders of each split; a missing train/ and differing class folders are findings."""
     split_dirs = _split_dirs(root)
     layout = "splits" if split_dirs else "flat"
     if not split_dirs:
@@ -151,8 +202,14 @@ def check_folder(root: Path, target_size: list[int] | None = None) -> dict[str, 
             reference=reference_split,
             splits=differ,
         )
+    return layout, split_dirs, here
 
-    # every file of every class folder (extra classes included), and stray files in splits
+
+def _list_files(
+    root: Path, split_dirs: dict[str, Path], here: dict[str, list[str]]
+) -> tuple[list[tuple[FileInfo, Path]], list[str], list[str], dict[str, dict[str, int]]]:
+    """Every file of every class folder (extra classes included), and stray files in splits:
+    (the images to read, hidden files, other files, images per class folder of each split)."""
     items: list[tuple[FileInfo, Path]] = []
     hidden: list[str] = []
     other: list[str] = []
@@ -177,11 +234,10 @@ def check_folder(root: Path, target_size: list[int] | None = None) -> dict[str, 
                     items.append((FileInfo(_rel(path, root), split, name), path))
                     n += 1
             counts[split][name] = n
+    return items, hidden, other, counts
 
-    # reading: threads (file reads and hashing release the GIL)
-    with ThreadPoolExecutor(max_workers=min(8, max(2, os.cpu_count() or 1))) as pool:
-        infos = list(pool.map(lambda pair: _inspect(*pair), items))
 
+def _empty_classes(report: _Report, counts: dict[str, dict[str, int]]) -> None:
     empty = [
         {"split": s, "class": c} for s, per in counts.items() for c, n in per.items() if n == 0
     ]
@@ -192,16 +248,12 @@ def check_folder(root: Path, target_size: list[int] | None = None) -> dict[str, 
             + ", ".join(_split_path(e["split"], e["class"]) for e in empty),
             empty=empty,
         )
-    _tiny(report, counts)
-    _imbalance(report, counts)
-    bad = [i for i in infos if i.error is not None]
-    if bad:
-        report.add(
-            "unreadable",
-            f"{len(bad)} unreadable image file{'s' * (len(bad) != 1)}",
-            files=[{"file": i.file, "error": i.error} for i in bad],
-        )
-    good = [i for i in infos if i.error is None]
+
+
+def _mixed_images(
+    report: _Report, good: list[FileInfo], target_size: list[int] | None
+) -> tuple[dict[str, Any], dict[Any, dict[str, Any]]]:
+    """The sizes and modes of the readable images; more than one of either is a finding."""
     sizes = size_summary(good)
     modes = _distribution(good, lambda i: (i.mode, i.channels))
     if sizes["distinct"] > 1:
@@ -222,33 +274,7 @@ def check_folder(root: Path, target_size: list[int] | None = None) -> dict[str, 
             f"{len(modes)} image modes: {listed}; training converts every image to color_mode",
             modes=[{"mode": m, "channels": c, **d} for (m, c), d in modes.items()],
         )
-    _duplicates(report, [(i.digest, i.split, i.cls, i.file) for i in good])
-    if hidden or other:
-        report.add(
-            "ignored",
-            f"{len(hidden) + len(other)} hidden or non-image files ignored "
-            f"({len(hidden)} hidden, {len(other)} other)",
-            count=len(hidden) + len(other),
-            hidden=len(hidden),
-            other=len(other),
-            examples=(hidden + other)[:IGNORED_EXAMPLES],
-        )
-    report.data = {
-        "source": "folder",
-        "path": str(root),
-        "layout": layout,
-        "classes": sorted({c for names in here.values() for c in names}),
-        "splits": {
-            s: {"folder": _rel(split_dirs[s], root), **_split_counts(counts[s])} for s in counts
-        },
-        "images": len(infos),
-        "sizes": sizes,
-        "target_size": target_size,
-        "modes": [{"mode": m, "channels": c, "count": d["count"]} for (m, c), d in modes.items()],
-        "ignored": len(hidden) + len(other),
-        "file_checks": True,
-    }
-    return _finish(report)
+    return sizes, modes
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -1,5 +1,6 @@
 """The library API (cnnkit.api) in-process: what `check` finds on disk without reading an image,
-class names that select and order a folder's classes, and model.weights (fine-tuning)."""
+class names that select and order a folder's classes, the split that selects the model, and
+model.weights (fine-tuning)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,20 @@ def test_disk_problems_are_listed_beside_the_specs_other_errors(
     assert sum("data.classes[1]" in w for w in where) == 1, where
     (misspelt,) = [e for e in errors if "data.classes[1]" in e.where]
     assert "kat" in misspelt.message and "cat" in (misspelt.hint or ""), misspelt
+
+
+def test_configs_mnist_selects_on_a_validation_split():
+    from cnnkit.spec.config import load_spec
+
+    spec = load_spec(ROOT / "configs" / "mnist.yaml")
+    assert spec.data.validation == "split" and not api.validation_is_test(spec)
+    assert not [
+        n for n in api.check(ROOT / "configs" / "mnist.yaml").spec.notes if "optimistic" in n
+    ]
+    # the tutorial replicas keep validation: test, and check says what that means
+    assert [
+        n for n in api.check(ROOT / "configs" / "mnist_basic.yaml").spec.notes if "optimistic" in n
+    ]
 
 
 # -- model.weights: initial weights from a run or a checkpoint ----------------------------

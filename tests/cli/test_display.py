@@ -1,5 +1,6 @@
-"""The rendering of results (cnnkit.cli.display) at 80 columns: the widest bench table (--vs
-torch) keeps every figure whole; counts in messages agree with their nouns. The same in a real
+"""The rendering of results (cnnkit.cli.display): at 80 columns the widest bench table (--vs
+torch) and the runs table keep every figure whole; counts in messages agree with their nouns;
+outside a terminal training prints plain lines. The same in a real
 process: tests/e2e/test_small_terminals.py."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from cnnkit import api
 from cnnkit.cli import display
+from cnnkit.cli.display import PlainReporter
 from cnnkit.spec.build import build_model
 from cnnkit.spec.config import load_spec
 from tests.clitools import ROOT, WIDTH, assert_fits
@@ -76,3 +78,48 @@ def test_counts_in_messages_agree_with_their_nouns():
     assert _conversion_note("RGBA", 1).startswith("converted from RGBA (4 channels) to grayscale")
     assert display.plural(1, "batch") == "1 batch" and display.plural(2, "batch") == "2 batches"
     assert display.plural(1, "round") == "1 round" and display.plural(1_000, "key") == "1,000 keys"
+
+
+def test_plain_reporter_lines():
+    out = io.StringIO()
+    reporter = PlainReporter(every_steps=2, file=out)
+    reporter.epoch_begin(1, 3, 5)
+    for step in range(1, 6):
+        reporter.step(step, 0.5, {"accuracy": 0.75}, 100.0)
+    row = {"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "images_per_s": 100.0}
+    reporter.epoch_end({**row, "seconds": 1.0, "lr": 0.001})
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "epoch 1/3 step 2/5  loss 0.5000  accuracy 0.7500  100 img/s",
+        "epoch 1/3 step 4/5  loss 0.5000  accuracy 0.7500  100 img/s",
+        "Epoch 1/3  loss 0.5000  accuracy 0.7500  val_loss 0.6000  100 img/s  1.0s",
+    ]
+
+
+def test_runs_table_in_80_columns_never_cuts_figures_or_state(monkeypatch):
+    from rich.console import Console
+
+    from cnnkit.cli import display
+
+    rows = [
+        {
+            "name": f"a_rather_long_experiment_name-{i}",
+            "started": "2026-11-22T03:09:00",
+            "dataset": "fashion_mnist",
+            "epochs_done": 12,
+            "epochs_planned": 12,
+            "best_val_accuracy": 0.9288,
+            "best_epoch": 12,
+            "test_accuracy": 0.9911,
+            "images_per_s": 12345.0,
+            "state": state,
+        }
+        for i, state in enumerate(("interrupted", "finished"))
+    ]
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    monkeypatch.setattr(display, "console", console)
+    console.print(display.runs_table(rows, "runs"))
+    text = console.file.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for figure in ("12/12", "0.9288 (12)", "0.9911", "12,345", "interrupted", "finished"):
+        assert figure in text, (figure, text)

@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 
 from cnnkit import api
 from cnnkit.cli.app import app
-from cnnkit.cli.display import PlainReporter
 from cnnkit.errors import SpecError
 from cnnkit.runs.plots import plot_confusion, plot_curves
 from cnnkit.runs.state import read_state
@@ -354,22 +353,6 @@ def test_logging_keys_are_validated():
 # -- terminal output -----------------------------------------------------------------------
 
 
-def test_plain_reporter_lines():
-    out = io.StringIO()
-    reporter = PlainReporter(every_steps=2, file=out)
-    reporter.epoch_begin(1, 3, 5)
-    for step in range(1, 6):
-        reporter.step(step, 0.5, {"accuracy": 0.75}, 100.0)
-    row = {"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "images_per_s": 100.0}
-    reporter.epoch_end({**row, "seconds": 1.0, "lr": 0.001})
-    lines = out.getvalue().splitlines()
-    assert lines == [
-        "epoch 1/3 step 2/5  loss 0.5000  accuracy 0.7500  100 img/s",
-        "epoch 1/3 step 4/5  loss 0.5000  accuracy 0.7500  100 img/s",
-        "Epoch 1/3  loss 0.5000  accuracy 0.7500  val_loss 0.6000  100 img/s  1.0s",
-    ]
-
-
 def no_control_characters(text: str) -> None:
     bad = {c for c in text if (ord(c) < 32 and c not in "\n\t") or c == "\x7f"}
     assert not bad, sorted(bad)
@@ -425,35 +408,6 @@ def test_json_options_print_only_json(runs, tmp_path):
     assert compared["spec_diff"]
     evaluated = json.loads(invoke("evaluate", str(runs["finished"]), "--json"))
     assert evaluated["most_confused"] and evaluated["misclassified"] > 0
-
-
-def test_runs_table_in_80_columns_never_cuts_figures_or_state(monkeypatch):
-    from rich.console import Console
-
-    from cnnkit.cli import display
-
-    rows = [
-        {
-            "name": f"a_rather_long_experiment_name-{i}",
-            "started": "2026-11-22T03:09:00",
-            "dataset": "fashion_mnist",
-            "epochs_done": 12,
-            "epochs_planned": 12,
-            "best_val_accuracy": 0.9288,
-            "best_epoch": 12,
-            "test_accuracy": 0.9911,
-            "images_per_s": 12345.0,
-            "state": state,
-        }
-        for i, state in enumerate(("interrupted", "finished"))
-    ]
-    console = Console(width=80, file=io.StringIO(), color_system=None)
-    monkeypatch.setattr(display, "console", console)
-    console.print(display.runs_table(rows, "runs"))
-    text = console.file.getvalue()
-    assert max(len(line) for line in text.splitlines()) <= 80
-    for figure in ("12/12", "0.9288 (12)", "0.9911", "12,345", "interrupted", "finished"):
-        assert figure in text, (figure, text)
 
 
 # -- which split evaluate used (issue 12) ----------------------------------------------------
@@ -566,20 +520,6 @@ def test_selection_on_the_test_split_is_called_optimistic(tmp_path: Path):
     same = api.evaluate(run, split="validation", checkpoint="last")
     assert same["notes"] == ["the validation split is the test split here (data.validation: test)"]
     assert same["loss"] == last["loss"]
-
-
-def test_configs_mnist_selects_on_a_validation_split():
-    from cnnkit.spec.config import load_spec
-
-    spec = load_spec(ROOT / "configs" / "mnist.yaml")
-    assert spec.data.validation == "split" and not api.validation_is_test(spec)
-    assert not [
-        n for n in api.check(ROOT / "configs" / "mnist.yaml").spec.notes if "optimistic" in n
-    ]
-    # the tutorial replicas keep validation: test, and check says what that means
-    assert [
-        n for n in api.check(ROOT / "configs" / "mnist_basic.yaml").spec.notes if "optimistic" in n
-    ]
 
 
 @pytest.mark.e2e

@@ -27,16 +27,14 @@ sys.path.insert(0, str(ROOT))  # run without installing
 
 from dataclasses import replace  # noqa: E402
 
-from cnnkit import training  # noqa: E402
+import cnnkit.train.trainer as training  # noqa: E402
 from cnnkit.api import load_dataset  # noqa: E402
 from cnnkit.data.augment import Augmenter, Preprocessor, resolve_augmentation  # noqa: E402
-from cnnkit.data.batches import Split, make_splits  # noqa: E402
-from cnnkit.seeding import random_stream  # noqa: E402
-from cnnkit.spec.build import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
+from cnnkit.data.batches import Split, Splits, make_splits  # noqa: E402
+from cnnkit.spec.build import build_loss, build_model, build_optimizer  # noqa: E402
 from cnnkit.spec.config import load_spec  # noqa: E402
 from cnnkit.spec.sections import AugmentationSection  # noqa: E402
 from cnnkit.threads import configure_threads  # noqa: E402
-from cnnkit.train.trainer import SilentReporter  # noqa: E402
 
 FULL = {
     "rotation_range": 15,
@@ -67,7 +65,7 @@ def kernel_throughput(shape: tuple[int, ...], repeats: int) -> float:
 
 
 def train_throughput(spec, split: Split, augmented: bool, prefetched: bool = True) -> float:
-    """Images/s of one pass over `split` (fresh model, the real _train_epoch)."""
+    """Images/s of one pass over `split` (fresh model, the Trainer's own epoch, no callbacks)."""
     augmentation = resolve_augmentation(FULL if augmented else None)
     spec = replace(spec, augmentation=AugmentationSection.of(augmentation))
     model = build_model(spec).build(spec.seed)
@@ -78,19 +76,11 @@ def train_throughput(spec, split: Split, augmented: bool, prefetched: bool = Tru
     if not prefetched:
         training.prefetch = lambda items, depth=2: items
     try:
+        splits = Splits(split, None, None, [])
+        trainer = training.Trainer(model, loss_fn, optimizer, splits, spec, Path("."), [], pre)
         t0 = time.perf_counter()
-        training._train_epoch(
-            model,
-            loss_fn,
-            optimizer,
-            model.named_params(),
-            split,
-            spec,
-            random_stream(spec.seed, "shuffle"),
-            training.EpochTotals(build_metrics(spec)),
-            SilentReporter(),
-            pre.training(random_stream(spec.seed, "augment")),
-        )
+        trainer._begin_epoch(1)
+        trainer._train_epoch()
         return len(split) / (time.perf_counter() - t0)
     finally:
         training.prefetch = original

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,6 @@ from cnnkit.io import atomic_write_text, write_json
 from cnnkit.nn.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.nn.metrics import per_class_report
 from cnnkit.nn.model import Sequential, SummaryRow
-from cnnkit.runs.lifecycle import track_run_state
 from cnnkit.runs.report import write_report
 from cnnkit.runs.rundir import (
     create_run_dir,
@@ -44,14 +44,14 @@ from cnnkit.spec.build import build_loss, build_metrics, build_model, build_opti
 from cnnkit.spec.config import Spec, SpecOverrides, load_spec
 from cnnkit.spec.overrides import as_overrides
 from cnnkit.threads import configure_threads
+from cnnkit.train.callbacks import Callback, training_callbacks
 from cnnkit.train.resume import load_resume_state, refuse_changes
-from cnnkit.train.tracking import RunTracker
 from cnnkit.train.trainer import (
     Reporter,
-    SilentReporter,
+    Trainer,
     evaluate_split,
-    fit,
     predict_probabilities,
+    steps_per_epoch,
 )
 
 
@@ -217,13 +217,16 @@ def train(
     on_note=None,
     threads: int | None = None,
     progress: LoadProgress | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Load data, build the model from the seed, train, and write the run directory.
 
     SIGINT/SIGTERM during training: the step finishes, last.npz is saved with its resume
     state and cnnkit.interrupts.Interrupted is raised (see `resume`).
     threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one).
-    progress: what loading an image folder reports (load_dataset)."""
+    progress: what loading an image folder reports (load_dataset).
+    callbacks: more cnnkit.train.callbacks.Callback, called before the run's own (so a stop
+    one asks for at a step is saved at that step)."""
     setup = _setup(spec, threads, progress)
     if spec.model.weights:
         load_initial_weights(setup.model, spec)
@@ -249,7 +252,7 @@ def train(
         from cnnkit.spec.callbacks import optimistic_test_notes
 
         notes += optimistic_test_notes(spec)
-    for note in notes if on_note else ():
+    for note in [*notes, *spec.notes] if on_note else ():
         on_note(note)
     atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
     setup.preprocessor.save(run_dir)  # normalization.json: featurewise statistics, if any
@@ -257,7 +260,7 @@ def train(
     table = summary_table(info.title, info.rows, info.totals)
     summary_text = render_text(table)
     atomic_write_text(run_dir / "summary.txt", summary_text)
-    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text)
+    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text, callbacks)
     return TrainResult(run_dir, history, spec)
 
 
@@ -291,39 +294,37 @@ def _tracked_fit(
     reporter: Reporter | None,
     on_note,
     summary_text: str = "",
+    extra: Sequence[Callback] = (),
     resume=None,
 ) -> list[dict[str, Any]]:
-    """fit() with curves.png, run.json and TensorBoard kept current at every epoch end (the
-    RunTracker), the run's state recorded however it ends (track_run_state), and SIGINT /
-    SIGTERM turned into a clean stop after the current step (catch_signals)."""
-    done = resume.history if resume is not None else []
+    """The Trainer with the run's callbacks (curves.png, run.json and TensorBoard kept
+    current, the run's ending recorded however it comes), SIGINT / SIGTERM turned into a
+    clean stop after the current step (catch_signals)."""
     if resume is not None:  # a new run was marked running when its directory was made
-        mark_running(run_dir, spec.train.epochs, epochs_done=len(done))
-    tracker = RunTracker(
-        run_dir,
-        spec,
-        reporter or SilentReporter(),
-        setup.splits.train.x[:32],
-        summary_text,
-        history=done,
+        mark_running(run_dir, spec.train.epochs, epochs_done=len(resume.history))
+    tensorboard = None
+    if spec.logging.tensorboard:
+        from cnnkit.train.callbacks.tensorboard import TensorBoard
+
+        tensorboard = TensorBoard(run_dir, spec, summary_text, setup.splits.train.x[:32])
+    steps = steps_per_epoch(spec, setup.splits.train)
+    callbacks = training_callbacks(
+        spec, setup.optimizer.learning_rate, steps, reporter, extra, resume, tensorboard
     )
-    with track_run_state(run_dir), catch_signals() as stop:
-        try:
-            return fit(
-                setup.model,
-                setup.loss_fn,
-                setup.optimizer,
-                setup.splits,
-                spec,
-                run_dir,
-                tracker,
-                on_note,
-                setup.preprocessor,
-                resume=resume,
-                stop=stop,
-            )
-        finally:
-            tracker.close()
+    with catch_signals() as stop:
+        trainer = Trainer(
+            setup.model,
+            setup.loss_fn,
+            setup.optimizer,
+            setup.splits,
+            spec,
+            run_dir,
+            callbacks,
+            setup.preprocessor,
+            stop,
+            on_note,
+        )
+        return trainer.fit()
 
 
 def resume(
@@ -335,13 +336,14 @@ def resume(
     on_note=None,
     threads: int | None = None,
     progress: LoadProgress | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Continue the run in run_dir from its last checkpoint, mid-epoch included, with the
     spec in its config.yaml: the result is bit for bit the uninterrupted run's.
 
     epochs: train to this many epochs in all (extends a finished run). spec_file/overrides
     (an edited spec, --set-style dotted keys): refused with a diff if they change anything
-    but train.epochs and train.save_every_steps."""
+    but train.epochs and train.save_every_steps. callbacks: as train's."""
     run_dir = Path(run_dir)
     spec = load_run_spec(run_dir)
     overrides = as_overrides(overrides)
@@ -390,7 +392,7 @@ def resume(
     config = run_dir / "config.yaml"
     if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
         atomic_write_text(config, spec.to_yaml())
-    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, resume=state)
+    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, extra=callbacks, resume=state)
     return TrainResult(run_dir, history, spec)
 
 
@@ -462,7 +464,7 @@ def _sidecar(path: Path) -> dict[str, Any]:
 def _full_history(run_dir: Path) -> list[dict[str, Any]]:
     """The run's finished epochs at full precision (last.json's resume state), else the
     values of metrics.csv."""
-    from cnnkit.train.resume import decode_float
+    from cnnkit.train.callbacks.base import decode_float
 
     info = _sidecar(run_dir / "checkpoints" / "last").get("resume")
     if info and info.get("history"):

@@ -20,9 +20,10 @@ from cnnkit.errors import CnnkitError
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.model import Sequential
 from cnnkit.nn.optimizers import Optimizer
-from cnnkit.spec.build import build_loss, build_model, build_optimizer
+from cnnkit.spec.build import build_loss, build_metrics, build_model, build_optimizer
 from cnnkit.spec.config import Spec
 from cnnkit.threads import configure_threads
+from cnnkit.train.step import TrainStep
 
 
 @dataclass
@@ -62,20 +63,18 @@ def _synthetic_batch(model: Sequential, loss_fn: Loss, batch: int, seed: int):
 
 
 class _CnnkitRunner:
-    """One training step and one inference pass of cnnkit's model on a fixed batch."""
+    """One training step (training's own: cnnkit.train.step) and one inference pass of
+    cnnkit's model on a fixed batch."""
 
     def __init__(self, spec: Spec, batch: int):
         self.model = build_model(spec).build(spec.seed)
         self.loss_fn = build_loss(spec)
         self.optimizer: Optimizer = build_optimizer(spec)
-        self.params = self.model.named_params()
+        self.step = TrainStep(self.model, self.loss_fn, self.optimizer, build_metrics(spec))
         self.x, self.y = _synthetic_batch(self.model, self.loss_fn, batch, spec.seed)
 
     def train_step(self) -> None:
-        logits = self.model.forward(self.x, training=True)
-        _, dlogits = self.loss_fn(logits, self.y)
-        self.model.backward(dlogits)
-        self.optimizer.step(self.params, self.model.named_grads())
+        self.step(self.x, self.y)
 
     def infer(self) -> np.ndarray:
         return self.model.forward(self.x, training=False)
@@ -95,7 +94,7 @@ class _CnnkitRunner:
                 t = time.perf_counter()
                 grad = layers[i].backward(grad)
                 bwd[i] += time.perf_counter() - t
-            self.optimizer.step(self.params, self.model.named_grads())
+            self.optimizer.step(self.step.params, self.model.named_grads())
         return [(f / steps, b / steps) for f, b in zip(fwd, bwd, strict=True)]
 
 
@@ -151,42 +150,18 @@ def run_bench(
     guard = None
     if theirs is not None:
         guard = theirs.check_against(ours)  # before any training step changes the weights
+    runners = [r for r in (ours, theirs) if r is not None]
     for _ in range(warmup):
-        ours.train_step()
-        ours.infer()
-        if theirs is not None:
-            theirs.train_step()
-            theirs.infer()
+        for runner in runners:
+            runner.train_step()
+            runner.infer()
     tracemalloc.start()
     ours.train_step()
     step_alloc = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    detail = []
-    for r in range(rounds):
-        progress(f"round {r + 1} of {rounds}")
-        row = {"train": batch * steps / _timed(ours.train_step, steps)}
-        if theirs is not None:
-            row["torch_train"] = batch * steps / _timed(theirs.train_step, steps)
-        row["infer"] = batch * steps / _timed(ours.infer, steps)
-        if theirs is not None:
-            row["torch_infer"] = batch * steps / _timed(theirs.infer, steps)
-            row["train_ratio"] = row["train"] / row["torch_train"]
-            row["infer_ratio"] = row["infer"] / row["torch_infer"]
-        detail.append(row)
+    detail = [_round(ours, theirs, batch, steps, r, rounds, progress) for r in range(rounds)]
     progress("per-layer times")
-    names = _layer_names(ours.model)
-    layer_rows = [
-        {
-            "name": names[i],
-            "type": layer.keras_name,
-            "forward_ms": 1000 * f,
-            "backward_ms": 1000 * b,
-        }
-        for i, (layer, (f, b)) in enumerate(
-            zip(ours.model.layers, ours.layer_times(max(steps // 2, 3)), strict=True)
-        )
-    ]
-    layer_rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+    layer_rows = _layer_rows(ours, max(steps // 2, 3))
 
     def median(key: str) -> float:
         return statistics.median(row[key] for row in detail)
@@ -218,3 +193,29 @@ def run_bench(
         }
     result.peak_memory_mb = _peak_memory_mb()
     return result
+
+
+def _round(ours, theirs, batch: int, steps: int, r: int, rounds: int, progress) -> dict:
+    """Images/s of one round: cnnkit then PyTorch, training then inference."""
+    progress(f"round {r + 1} of {rounds}")
+    row = {"train": batch * steps / _timed(ours.train_step, steps)}
+    if theirs is not None:
+        row["torch_train"] = batch * steps / _timed(theirs.train_step, steps)
+    row["infer"] = batch * steps / _timed(ours.infer, steps)
+    if theirs is not None:
+        row["torch_infer"] = batch * steps / _timed(theirs.infer, steps)
+        row["train_ratio"] = row["train"] / row["torch_train"]
+        row["infer_ratio"] = row["infer"] / row["torch_infer"]
+    return row
+
+
+def _layer_rows(ours: _CnnkitRunner, steps: int) -> list[dict[str, Any]]:
+    """Forward and backward milliseconds per layer, slowest first."""
+    names = _layer_names(ours.model)
+    times = ours.layer_times(steps)
+    rows = [
+        {"name": name, "type": layer.keras_name, "forward_ms": 1000 * f, "backward_ms": 1000 * b}
+        for name, layer, (f, b) in zip(names, ours.model.layers, times, strict=True)
+    ]
+    rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+    return rows

@@ -6,10 +6,6 @@ writes last.npz and its resume state, and raises `Interrupted`. A second signal 
 (os._exit: no cleanup code runs, no file is written or renamed), except during the few
 milliseconds in which a checkpoint's finished files are renamed into place (`critical()`):
 then it waits for the renames, so the set on disk is never half old, half new.
-
-Tests interrupt a real process at a chosen step with CNNKIT_INTERRUPT_AT_STEP=k (the k-th
-optimizer step of the run: the process sends itself the signal right after that step),
-CNNKIT_INTERRUPT_SIGNAL=INT|TERM (default INT) and CNNKIT_INTERRUPT_TWICE=1 (two signals).
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -145,17 +140,3 @@ def catch_signals() -> Iterator[StopFlag]:
         _training = None
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-def maybe_self_interrupt(iterations: int) -> None:
-    """Test hook: send this process the signal after optimizer step CNNKIT_INTERRUPT_AT_STEP."""
-    at = os.environ.get("CNNKIT_INTERRUPT_AT_STEP")
-    if not at or int(at) != iterations:
-        return
-    signum = (
-        signal.SIGTERM if os.environ.get("CNNKIT_INTERRUPT_SIGNAL") == "TERM" else signal.SIGINT
-    )
-    times = 2 if os.environ.get("CNNKIT_INTERRUPT_TWICE") else 1
-    for _ in range(times):
-        os.kill(os.getpid(), signum)
-        time.sleep(0.05)  # the Python-level handler runs before the next signal is sent

@@ -11,14 +11,17 @@ rest, in last.json's "resume" entry (JSON) and last.state.npz (arrays):
   thread runs ahead, so its live state would be too far on), and the dropout stream;
 - the interrupted epoch's running totals (loss sum, images seen, the metrics' confusion
   matrix, top-k hits and auc scores), so its metrics.csv row is the uninterrupted run's;
-- the finished epochs' rows at full precision, and the callbacks' counters (best checkpoint,
-  early stopping and its kept best weights).
+- the finished epochs' rows at full precision, and each callback's state under its name
+  (cnnkit.train.callbacks: best checkpoint, early stopping and its kept best weights,
+  reduce-on-plateau's counters).
+
+The trainer and the callbacks write that state (BackupAndRestore) and read it back through
+their state_dict() / load_state_dict(); this module reads and checks the checkpoint set.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,26 +32,15 @@ from cnnkit.errors import CheckpointError, SpecError
 from cnnkit.io import read_npz
 from cnnkit.runs.rundir import load_checkpoint, load_optimizer_state
 from cnnkit.spec.config import Spec
+from cnnkit.train.callbacks.base import decode_float
 
 # spec keys a resume may change: they alter neither the model, the data nor the optimizer
 RESUMABLE_CHANGES = ("name", "train.epochs", "train.save_every_steps")
 
 
-def encode_float(value: Any) -> Any:
-    """JSON keeps NaN and infinities as strings ("nan", "inf", "-inf"): a row's undefined auc,
-    a monitor's initial best."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def decode_float(value: Any) -> Any:
-    return float(value) if value in ("nan", "inf", "-inf") else value
-
-
 @dataclass
 class ResumeState:
-    """A last checkpoint, read back: everything `fit` needs to continue."""
+    """A last checkpoint, read back: everything the Trainer needs to continue."""
 
     weights: dict[str, np.ndarray]
     optimizer_arrays: dict[str, np.ndarray]
@@ -77,87 +69,21 @@ class ResumeState:
     def history(self) -> list[dict[str, Any]]:
         return [{k: decode_float(v) for k, v in row.items()} for row in self.info["history"]]
 
-    def restore_rngs(self, shuffle, augment, dropout) -> None:
-        rng = self.info["rng"]
-        shuffle.bit_generator.state = rng["shuffle"]
-        augment.bit_generator.state = rng["augment"]
-        if dropout is not None and rng.get("dropout") is not None:
-            dropout.bit_generator.state = rng["dropout"]
-
-    def restore_totals(self, totals) -> None:
-        saved = self.info["totals"]
-        totals.loss_sum = float(saved["loss_sum"])
-        totals.seen = int(saved["seen"])
-        metric_arrays = {
-            k.removeprefix("metrics."): v
-            for k, v in self.arrays.items()
-            if k.startswith("metrics.")
-        }
-        totals.metrics.load_state(metric_arrays, saved["metrics"])
-
-    def restore_callbacks(self, best_checkpoint, early_stopping) -> None:
-        saved = self.info["best_checkpoint"]
-        best_checkpoint.watch.best = float(decode_float(saved["best"]))
-        best_checkpoint.best_epoch = saved["best_epoch"]
-        saved = self.info.get("early_stopping")
-        if early_stopping is None or saved is None:
-            return
-        early_stopping.watch.best = float(decode_float(saved["best"]))
-        early_stopping.best_epoch = saved["best_epoch"]
-        early_stopping.wait = int(saved["wait"])
-        early_stopping.stopped_epoch = saved["stopped_epoch"]
-        prefix = "early_stopping.best_weights."
-        kept = {k.removeprefix(prefix): v for k, v in self.arrays.items() if k.startswith(prefix)}
-        early_stopping.best_weights = kept or None
+    def restore(self, trainer) -> None:
+        """Put the optimizer, the trainer (position, random streams, totals, history) and
+        every callback back as they were saved (the model already holds the weights)."""
+        trainer.optimizer.load_state_dict(self.optimizer_arrays, self.optimizer_meta)
+        trainer.load_state_dict(self.info, self.arrays)
+        trainer.callbacks.load_state_dict(self.info, self.arrays)
 
 
-def capture(
-    *,
-    epoch: int,
-    step: int,
-    steps: int,
-    complete: bool,
-    stopped_early: bool,
-    shuffle_state: dict,
-    augment_state: dict,
-    dropout_rng,
-    totals,
-    history: list[dict[str, Any]],
-    best_checkpoint,
-    early_stopping,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(last.json "resume" entry, last.state.npz arrays) for the position given."""
-    metric_arrays, metric_scalars = totals.metrics.state()
-    arrays = {f"metrics.{k}": v for k, v in metric_arrays.items()}
-    info: dict[str, Any] = {
-        "epoch": epoch,
-        "step": step,
-        "steps_per_epoch": steps,
-        "epoch_complete": complete,
-        "stopped_early": stopped_early,
-        "rng": {
-            "shuffle": shuffle_state,
-            "augment": augment_state,
-            "dropout": None if dropout_rng is None else dropout_rng.bit_generator.state,
-        },
-        "totals": {"loss_sum": totals.loss_sum, "seen": totals.seen, "metrics": metric_scalars},
-        "history": [{k: encode_float(v) for k, v in row.items()} for row in history],
-        "best_checkpoint": {
-            "best": encode_float(best_checkpoint.watch.best),
-            "best_epoch": best_checkpoint.best_epoch,
-        },
-        "early_stopping": None,
-    }
-    if early_stopping is not None:
-        info["early_stopping"] = {
-            "best": encode_float(early_stopping.watch.best),
-            "best_epoch": early_stopping.best_epoch,
-            "wait": early_stopping.wait,
-            "stopped_epoch": early_stopping.stopped_epoch,
-        }
-        for key, array in (early_stopping.best_weights or {}).items():
-            arrays[f"early_stopping.best_weights.{key}"] = array
-    return info, arrays
+def _read_older_layout(info: dict[str, Any], optimizer_meta: dict[str, Any]) -> None:
+    """Checkpoints of cnnkit before the callbacks owned their state kept reduce_on_plateau's
+    counters in the optimizer's state (last.optimizer.json): they become the callback's."""
+    saved = optimizer_meta.get("schedule")
+    if saved is not None and saved.get("name") == "reduce_on_plateau":
+        info.setdefault("reduce_on_plateau", {k: v for k, v in saved.items() if k != "name"})
+        optimizer_meta["schedule"] = None
 
 
 def load_resume_state(run_dir: Path, spec: Spec) -> ResumeState:
@@ -184,6 +110,7 @@ def load_resume_state(run_dir: Path, spec: Spec) -> ResumeState:
             where=str(last.with_suffix(".npz")),
         )
     optimizer_arrays, optimizer_meta = load_optimizer_state(last)
+    _read_older_layout(info, optimizer_meta)
     state_file = last.with_suffix(".state.npz")
     arrays = read_npz(state_file, "resume state") if state_file.is_file() else {}
     _check_hashes(last, meta)

@@ -1,61 +1,45 @@
-"""The training loop: forward, loss, backward, optimizer step, metrics, checkpoints per epoch."""
+"""The training loop: epochs of steps, with callbacks (cnnkit.train.callbacks) doing the rest.
+
+Per step: TrainStep (cnnkit.train.step), then on_train_batch_end; a signal (cnnkit.interrupts)
+stops the epoch after the step in progress, and Interrupted is raised once the callbacks saw it
+(on_exception: BackupAndRestore saves last.npz). Per epoch: validation, the row appended to the
+history, on_epoch_end (metrics.csv, best.npz, schedules, early stopping, last.npz, curves and
+run.json, the display), then the callbacks' notes.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, Splits, batches, prefetch
-from cnnkit.errors import DivergenceError
-from cnnkit.interrupts import Interrupted, StopFlag, maybe_self_interrupt
+from cnnkit.interrupts import Interrupted, StopFlag
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.metrics import MetricSet
 from cnnkit.nn.model import Sequential
 from cnnkit.nn.optimizers import Optimizer
-from cnnkit.nn.schedules import make_schedule
-from cnnkit.runs.rundir import metrics_columns, save_checkpoint, write_metrics_csv
 from cnnkit.seeding import random_stream
 from cnnkit.spec.build import build_metrics
 from cnnkit.spec.config import Spec
-from cnnkit.train.callbacks import make_callbacks
-from cnnkit.train.resume import ResumeState, capture
+from cnnkit.train.callbacks.base import Callback, CallbackList, decode_float, encode_float
+from cnnkit.train.callbacks.progress import Reporter, SilentReporter
+from cnnkit.train.step import TrainStep
 
-
-class Reporter(Protocol):
-    """What the loop tells the outside world (the Rich display, or nothing in tests).
-
-    Optionally also kernels(phase, seconds), before the first step (cnnkit.api): "loading"
-    (0), then "compiling" (the estimate) only when Numba compiles, then "compiled" or
-    "loaded" (the time taken)."""
-
-    def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step(
-        self, step: int, loss: float, metrics: dict[str, float], images_per_s: float
-    ) -> None: ...
-    def epoch_end(self, row: dict[str, Any]) -> None: ...
-
-
-class SilentReporter:
-    def kernels(self, phase: str, seconds: float) -> None:
-        pass
-
-    def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
-        pass
-
-    def step(self, step: int, loss: float, metrics: dict[str, float], images_per_s: float) -> None:
-        pass
-
-    def epoch_end(self, row: dict[str, Any]) -> None:
-        pass
+__all__ = [
+    "Reporter",
+    "SilentReporter",
+    "Trainer",
+    "evaluate_split",
+    "predict_probabilities",
+    "steps_per_epoch",
+]
 
 
 @dataclass
@@ -141,210 +125,209 @@ class EpochTotals:
         self.metrics.reset()
         self.loss_sum, self.seen = 0.0, 0
 
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
 
-def fit(
-    model: Sequential,
-    loss_fn: Loss,
-    optimizer: Optimizer,
-    splits: Splits,
-    spec: Spec,
-    run_dir: Path,
-    reporter: Reporter,
-    on_note: Callable[[str], None] | None = None,
-    preprocessor: Preprocessor | None = None,
-    resume: ResumeState | None = None,
-    stop: StopFlag | None = None,
-) -> list[dict[str, Any]]:
-    """Train for spec.train.epochs, or until early stopping.
 
-    After every epoch: metrics.csv (lr: the learning rate of the epoch's last step), best.npz
-    when the checkpoint monitor improves, then last.npz with the optimizer state and the
-    resume state beside it (cnnkit.train.resume); also every train.save_every_steps optimizer steps.
-    Epoch-end order: best checkpoint, early stopping, schedule (an lr it lowers applies from
-    the next epoch); restore_best_weights acts when training ends, before the last save.
-    preprocessor: what turns uint8 batches into model inputs (augmentation for training
-    batches only); None: made from the spec, featurewise statistics from splits.train.
-    resume: a last checkpoint to continue from (the model already holds its weights).
-    stop: raised by a signal (cnnkit.interrupts): the step in progress finishes, last.npz is
-    saved, and Interrupted is raised. A NaN or infinite loss or gradient raises
-    DivergenceError before the bad step is applied; nothing is saved after it."""
-    note = on_note or (lambda text: None)
-    stop = stop or StopFlag()
-    epochs = spec.train.epochs
-    steps = -(-len(splits.train) // spec.train.batch_size)
-    schedule = make_schedule(spec.schedule, optimizer.learning_rate, steps, epochs)
-    optimizer.schedule = schedule
-    best_checkpoint, early_stopping = make_callbacks(spec.callbacks)
-    shuffle_rng = random_stream(spec.seed, "shuffle")
-    augment_rng = random_stream(spec.seed, "augment")
-    dropout_rng = getattr(model, "dropout_rng", None)
-    if preprocessor is None:
-        preprocessor = Preprocessor.from_spec(spec, splits.train)
-    params = model.named_params()  # arrays updated in place by the optimizer
-    totals = EpochTotals(build_metrics(spec))
-    val_metrics = build_metrics(spec)
-    columns = metrics_columns(totals.metrics.names)
-    history: list[dict[str, Any]] = []
-    first_epoch, first_step = 1, 0
-    if resume is None:
-        for text in spec.notes:
-            note(text)
-    else:
-        optimizer.load_state_dict(resume.optimizer_arrays, resume.optimizer_meta)
-        resume.restore_rngs(shuffle_rng, augment_rng, dropout_rng)
-        resume.restore_callbacks(best_checkpoint, early_stopping)
-        first_epoch, first_step = resume.next_position()
-        history = [row for row in resume.history if row["epoch"] < first_epoch]
-        if first_step:
-            resume.restore_totals(totals)
-    checkpoints = run_dir / "checkpoints"
-    every = spec.train.save_every_steps
-    stopped_at = [0]  # the step after which a signal stopped the epoch
+def steps_per_epoch(spec: Spec, train: Split) -> int:
+    return -(-len(train) // spec.train.batch_size)  # the last batch may be short
 
-    def save_last(epoch, step, complete, shuffle_state, augment_state, meta, stopped=False):
-        info, arrays = capture(
-            epoch=epoch,
-            step=step,
-            steps=steps,
-            complete=complete,
-            stopped_early=stopped,
-            shuffle_state=shuffle_state,
-            augment_state=augment_state,
-            dropout_rng=dropout_rng,
-            totals=totals,
-            history=history,
-            best_checkpoint=best_checkpoint,
-            early_stopping=early_stopping,
-        )
-        last_meta = {
-            "spec_hash": spec.hash(),
-            "class_names": splits.class_names,
-            **meta,
-            "kind": "last",
-            "step": step,
-            "steps_per_epoch": steps,
-            "callbacks": {
-                "checkpoint": {"best_epoch": best_checkpoint.best_epoch},
-                "early_stopping": None if early_stopping is None else early_stopping.state(),
-            },
-            "resume": info,
-        }
-        save_checkpoint(
-            checkpoints / "last", model.named_weights(), last_meta, optimizer.state_dict(), arrays
-        )
 
-    for epoch in range(first_epoch, epochs + 1):
-        start_step = first_step if epoch == first_epoch else 0
-        if start_step == 0:
-            totals.reset()
-            if schedule is not None:
-                schedule.on_epoch_begin(epoch, optimizer)
-        shuffle_state = shuffle_rng.bit_generator.state  # the epoch's permutation comes from it
-        reporter.epoch_begin(epoch, epochs, steps)
-        start = time.perf_counter()
+class Trainer:
+    """Trains a built model on splits.train for spec.train.epochs (or until a callback sets
+    stop_training), evaluating splits.validation after each epoch. stop: raised by a signal."""
 
-        def after_step(step: int, augment_state: dict, epoch=epoch, shuffle_state=shuffle_state):
-            maybe_self_interrupt(optimizer.iterations)
-            due = every and optimizer.iterations % every == 0 and step < steps
-            stopped_at[0] = step
-            if stop.requested or due:
-                partial = {"loss": totals.loss_sum / max(totals.seen, 1)}
-                partial.update(totals.metrics.running())
-                meta = {"epoch": epoch, "epoch_complete": False, "metrics": partial}
-                save_last(epoch, step, False, shuffle_state, augment_state, meta)
-            return stop.requested
+    def __init__(
+        self,
+        model: Sequential,
+        loss_fn: Loss,
+        optimizer: Optimizer,
+        splits: Splits,
+        spec: Spec,
+        run_dir: Path,
+        callbacks: Sequence[Callback],
+        preprocessor: Preprocessor,
+        stop: StopFlag | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.splits, self.spec, self.preprocessor = splits, spec, preprocessor
+        self.run_dir, self.checkpoints = Path(run_dir), Path(run_dir) / "checkpoints"
+        self.class_names = splits.class_names
+        self.stop = stop or StopFlag()
+        self._on_note = on_note or (lambda text: None)
+        self._notes: list[str] = []
+        self.epochs = spec.train.epochs
+        self.steps = steps_per_epoch(spec, splits.train)
+        self.shuffle_rng = random_stream(spec.seed, "shuffle")
+        self.augment_rng = random_stream(spec.seed, "augment")
+        self.dropout_rng = getattr(model, "dropout_rng", None)
+        self.totals = EpochTotals(build_metrics(spec))
+        self.val_metrics = build_metrics(spec)
+        self.train_step = TrainStep(model, loss_fn, optimizer, self.totals.metrics)
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.step = 1, 0  # where training is: the epoch, its steps done
+        self.epoch_complete = False  # its validation and callbacks done
+        self.stop_training = False  # set by a callback (early stopping): no further epoch
+        self.restored_best_weights_from_epoch: int | None = None
+        self.callbacks = CallbackList(callbacks, self)
 
+    def fit(self) -> list[dict[str, Any]]:
+        """The history: one row per epoch (resumed ones included)."""
         try:
-            row = _train_epoch(
-                model,
-                loss_fn,
-                optimizer,
-                params,
-                splits.train,
-                spec,
-                shuffle_rng,
-                totals,
-                reporter,
-                preprocessor.training(augment_rng),
-                start_step=start_step,
-                augment_rng=augment_rng,
-                after_step=after_step,
-                epoch=epoch,
-            )
-        except DivergenceError as error:
-            last = checkpoints / "last.json"
-            if last.is_file():
-                saved = json.loads(last.read_text())
-                error.hint += (
-                    f" The bad step was not applied and nothing was saved after it: "
-                    f"{checkpoints / 'last.npz'} keeps the last good weights (epoch "
-                    f"{saved.get('epoch')}, step {saved.get('step')}), metrics.csv the "
-                    "finished epochs."
-                )
-            else:
-                error.hint += " No checkpoint had been saved yet."
+            self.callbacks.on_train_begin()
+            self._flush_notes()
+            for epoch in range(self.epoch, self.epochs + 1):
+                self._begin_epoch(epoch)
+                logs = self._train_epoch()
+                if logs is None:  # a signal: the step in progress was finished
+                    raise Interrupted(self.stop.signum, self.run_dir, epoch, self.step, self.steps)
+                row = self._end_epoch(logs)
+                self.epoch_complete = True  # what its callbacks save: a finished epoch
+                self.callbacks.on_epoch_end(epoch, row)
+                self._flush_notes()
+                if self.stop_training:
+                    break
+                if self.stop.requested and epoch < self.epochs:  # came during validation
+                    raise Interrupted(self.stop.signum, self.run_dir, epoch + 1, 0, self.steps)
+        except BaseException as error:
+            self.callbacks.on_exception(error)
             raise
-        if row is None:  # stopped by a signal; last.npz saved by after_step
-            write_metrics_csv(run_dir / "metrics.csv", history, columns)
-            raise Interrupted(stop.signum, run_dir, epoch, stopped_at[0], steps)
-        row = {"epoch": epoch, **row}
-        if splits.validation is not None:
+        self.callbacks.on_train_end()
+        return self.history
+
+    def note(self, text: str) -> None:
+        """A message for the user, shown after the epoch's row (callbacks' notes)."""
+        self._notes.append(text)
+
+    def _flush_notes(self) -> None:
+        for text in self._notes:
+            self._on_note(text)
+        self._notes.clear()
+
+    def _begin_epoch(self, epoch: int) -> None:
+        if self.epoch_complete:  # else: the first epoch, or the rest of a resumed one
+            self.step = 0
+        self.epoch, self.epoch_complete = epoch, False
+        if self.step == 0:
+            self.totals.reset()
+        self.restored_best_weights_from_epoch = None
+        self.epoch_shuffle_state = self.shuffle_rng.bit_generator.state  # draws the order
+        self.augment_state = self.augment_rng.bit_generator.state  # after the last batch
+        self.callbacks.on_epoch_begin(epoch)
+        self.epoch_start = time.perf_counter()
+
+    def _train_epoch(self) -> dict[str, Any] | None:
+        """The epoch's steps from self.step on; its training logs, None if a signal stopped
+        it. Batches are prepared one ahead in a background thread (prefetch)."""
+        start, seen_before, totals = time.perf_counter(), self.totals.seen, self.totals
+        batch_size = self.spec.train.batch_size
+        order = self.shuffle_rng if self.spec.train.shuffle else None
+        prepare = self.preprocessor.training(self.augment_rng)
+        source = batches(
+            self.splits.train, batch_size, prepare, order, start=self.step * batch_size
+        )
+        # overflow is caught by TerminateOnNaN with a clear message, not as numpy warnings
+        with (
+            closing(prefetch(_with_rng_state(source, self.augment_rng))) as stream,
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+        ):
+            for xb, yb, augment_state in stream:
+                self.step += 1
+                loss = self.train_step(xb, yb, self.callbacks.on_before_optimizer_step)
+                self.augment_state = augment_state  # the stream's state after this batch
+                totals.loss_sum += loss * len(yb)
+                totals.seen += len(yb)
+                speed = (totals.seen - seen_before) / max(time.perf_counter() - start, 1e-9)
+                logs = {"loss": totals.mean_loss(), **totals.metrics.running()}
+                self.callbacks.on_train_batch_end(self.step, {**logs, "images_per_s": speed})
+                if self.stop.requested:
+                    return None
+        speed = (totals.seen - seen_before) / max(time.perf_counter() - start, 1e-9)
+        return {"loss": totals.mean_loss(), **totals.metrics.result(), "images_per_s": speed}
+
+    def _end_epoch(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's metrics.csv row, appended to the history: training logs, validation,
+        seconds, and lr (the learning rate of the epoch's last step)."""
+        row = {"epoch": self.epoch, **logs}
+        if self.splits.validation is not None:
             result = evaluate_split(
-                model,
-                loss_fn,
-                splits.validation,
-                preprocessor,  # normalised, never augmented
-                spec.train.eval_batch_size,
-                val_metrics,
+                self.model,
+                self.loss_fn,
+                self.splits.validation,
+                self.preprocessor,  # normalised, never augmented
+                self.spec.train.eval_batch_size,
+                self.val_metrics,
             )
             row["val_loss"] = result.loss
             row.update({f"val_{name}": value for name, value in result.metrics.items()})
-        row["seconds"] = time.perf_counter() - start
-        row["lr"] = optimizer.lr  # the learning rate of this epoch's last step
-        history.append(row)
-        write_metrics_csv(run_dir / "metrics.csv", history, columns)
+        row["seconds"] = time.perf_counter() - self.epoch_start
+        row["lr"] = self.optimizer.lr
+        self.history.append(row)
+        return row
 
-        is_best = best_checkpoint.on_epoch_end(epoch, row)
-        stop_early = early_stopping is not None and early_stopping.on_epoch_end(
-            epoch, row, lambda: model.named_weights()
-        )
-        lr_message = schedule.on_epoch_end(epoch, row, optimizer) if schedule else None
-
-        meta = {
+    def checkpoint_meta(self, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+        """What best.json and last.json say about an epoch's end."""
+        return {
             "epoch": epoch,
             "metrics": {k: v for k, v in row.items() if k != "epoch"},
-            "spec_hash": spec.hash(),
-            "class_names": splits.class_names,
+            "spec_hash": self.spec.hash(),
+            "class_names": self.class_names,
         }
-        if is_best:
-            save_checkpoint(checkpoints / "best", model.named_weights(), {**meta, "kind": "best"})
-        restored = None
-        if early_stopping is not None and (stop_early or epoch == epochs):
-            restored = early_stopping.restore(model.named_weights())
-        save_last(
-            epoch,
-            steps,
-            True,
-            shuffle_rng.bit_generator.state,
-            augment_rng.bit_generator.state,
-            {**meta, "epoch_complete": True, "restored_best_weights_from_epoch": restored},
-            stopped=bool(stop_early),
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON, arrays) of where training is: position, random streams, the epoch's running
+        totals, the finished epochs. A finished epoch saves the streams as they are; a partial
+        one the shuffle stream of the epoch's start and the augmentation stream's state right
+        after its last trained batch (the prefetch thread has run ahead)."""
+        done = self.epoch_complete
+        shuffle = self.shuffle_rng.bit_generator.state if done else self.epoch_shuffle_state
+        augment = self.augment_rng.bit_generator.state if done else self.augment_state
+        metric_arrays, metric_scalars = self.totals.metrics.state()
+        info = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps_per_epoch": self.steps,
+            "epoch_complete": done,
+            "stopped_early": self.stop_training,
+            "rng": {
+                "shuffle": shuffle,
+                "augment": augment,
+                "dropout": None
+                if self.dropout_rng is None
+                else self.dropout_rng.bit_generator.state,
+            },
+            "totals": {
+                "loss_sum": self.totals.loss_sum,
+                "seen": self.totals.seen,
+                "metrics": metric_scalars,
+            },
+            "history": [{k: encode_float(v) for k, v in row.items()} for row in self.history],
+        }
+        return info, {f"metrics.{k}": v for k, v in metric_arrays.items()}
+
+    def load_state_dict(self, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        rng = info["rng"]
+        self.shuffle_rng.bit_generator.state = rng["shuffle"]
+        self.augment_rng.bit_generator.state = rng["augment"]
+        if self.dropout_rng is not None and rng.get("dropout") is not None:
+            self.dropout_rng.bit_generator.state = rng["dropout"]
+        complete = bool(info["epoch_complete"])
+        self.epoch, self.step = (
+            (info["epoch"] + 1, 0) if complete else (info["epoch"], info["step"])
         )
-        reporter.epoch_end(row)
-        if lr_message:
-            note(lr_message)
-        if stop_early:
-            note(early_stopping.reason)
-        if restored is not None and restored != epoch:
-            note(
-                f"Restored the weights of epoch {restored}, the best "
-                f"{early_stopping.watch.monitor} (restore_best_weights); last.npz holds them."
-            )
-        if stop_early:
-            break
-        if stop.requested and epoch < epochs:  # the signal came during validation
-            raise Interrupted(stop.signum, run_dir, epoch + 1, 0, steps)
-    return history
+        self.history = [
+            {k: decode_float(v) for k, v in row.items()}
+            for row in info["history"]
+            if row["epoch"] < self.epoch
+        ]
+        if self.step:
+            saved = info["totals"]
+            self.totals.loss_sum, self.totals.seen = float(saved["loss_sum"]), int(saved["seen"])
+            metric_arrays = {
+                k.removeprefix("metrics."): v for k, v in arrays.items() if k.startswith("metrics.")
+            }
+            self.totals.metrics.load_state(metric_arrays, saved["metrics"])
 
 
 def _with_rng_state(items: Iterator, rng: np.random.Generator | None) -> Iterator:
@@ -352,105 +335,3 @@ def _with_rng_state(items: Iterator, rng: np.random.Generator | None) -> Iterato
     checkpoint taken after training that batch must save (the prefetch thread runs ahead)."""
     for xb, yb in items:
         yield xb, yb, (None if rng is None else rng.bit_generator.state)
-
-
-def _check_finite(
-    loss: float,
-    grads: dict[str, np.ndarray],
-    epoch: int,
-    step: int,
-    steps: int,
-    optimizer: Optimizer,
-    spec: Spec,
-) -> None:
-    """DivergenceError, before the optimizer applies a NaN or infinite loss or gradient."""
-    what = None
-    if not math.isfinite(loss):
-        what = f"the loss is {loss}"
-    else:
-        for key, grad in grads.items():
-            total = float(np.sum(grad, dtype=np.float64))
-            if not math.isfinite(total):
-                what = f"the gradient of {key} contains {'NaN' if math.isnan(total) else 'inf'}"
-                break
-    if what is None:
-        return
-    rescale = spec.data.rescale
-    causes = [
-        f"the learning rate is too high (this step's: {optimizer.lr:g}; try 10x lower, or "
-        "optimizer.clipnorm: 1.0)",
-    ]
-    if not callable(rescale) and rescale is not None and float(rescale) >= 0.5:
-        causes.insert(
-            0,
-            f"the pixels are not rescaled (data.rescale is {rescale:g}, so inputs reach 255; "
-            "the usual value is 1/255 = 0.00392156862745098)",
-        )
-    else:
-        causes.append("inputs not rescaled to [0, 1] (data.rescale; Keras' rescale=1./255)")
-    raise DivergenceError(
-        f"training diverged at epoch {epoch}, step {step}/{steps}: {what}",
-        where=str(spec.file) if spec.file else spec.name,
-        hint="Likely causes: " + "; ".join(causes) + ".",
-    )
-
-
-def _train_epoch(
-    model: Sequential,
-    loss_fn: Loss,
-    optimizer: Optimizer,
-    params: dict[str, np.ndarray],
-    split: Split,
-    spec: Spec,
-    shuffle_rng: np.random.Generator,
-    totals: EpochTotals,
-    reporter: Reporter,
-    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-    start_step: int = 0,
-    augment_rng: np.random.Generator | None = None,
-    after_step: Callable[[int, dict | None], bool] | None = None,
-    epoch: int = 1,
-) -> dict[str, Any] | None:
-    """One pass over the training split (from batch start_step on, when resuming): loss
-    (regularization included) and metrics, accumulated in `totals`. None when after_step
-    (called after every optimizer step) asked to stop.
-
-    prepare: uint8 batch -> model input (augmentation, rescale, normalisation); default: the
-    spec's rescale only. Batches are prepared one ahead in a background thread (prefetch)."""
-    start = time.perf_counter()
-    rng = shuffle_rng if spec.train.shuffle else None
-    prepare = prepare or spec.data.rescale
-    batch_size = spec.train.batch_size
-    steps = -(-len(split) // batch_size)
-    source = batches(split, batch_size, prepare, rng, start=start_step * batch_size)
-    seen_before = totals.seen
-    # overflow is caught by _check_finite with a clear message, not as numpy warnings
-    with (
-        closing(prefetch(_with_rng_state(source, augment_rng))) as stream,
-        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-    ):
-        for step, (xb, yb, augment_state) in enumerate(stream, start=start_step + 1):
-            logits = model.forward(xb, training=True)
-            loss, dlogits = loss_fn(logits, yb)
-            model.backward(dlogits)
-            grads = model.named_grads()
-            _check_finite(loss, grads, epoch, step, steps, optimizer, spec)
-            optimizer.step(params, grads)
-            loss += model.regularization_loss()  # as Keras reports it: data loss + penalties
-            totals.loss_sum += loss * len(yb)
-            totals.metrics.update(logits, yb)
-            totals.seen += len(yb)
-            elapsed = time.perf_counter() - start
-            reporter.step(
-                step,
-                totals.loss_sum / totals.seen,
-                totals.metrics.running(),
-                (totals.seen - seen_before) / max(elapsed, 1e-9),
-            )
-            if after_step is not None and after_step(step, augment_state):
-                return None
-    return {
-        "loss": totals.loss_sum / max(totals.seen, 1),
-        **totals.metrics.result(),
-        "images_per_s": (totals.seen - seen_before) / max(time.perf_counter() - start, 1e-9),
-    }

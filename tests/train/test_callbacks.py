@@ -25,7 +25,7 @@ from cnnkit.nn.schedules import (
 )
 from cnnkit.runs.rundir import load_checkpoint, load_optimizer_state
 from cnnkit.spec.config import parse_spec
-from cnnkit.train.callbacks import BestCheckpoint, EarlyStopping
+from cnnkit.train.callbacks import EarlyStopping, ModelCheckpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,7 +192,7 @@ def test_early_stopping_scripted_with_restore_best_weights():
     stopped = None
     for epoch, value in values.items():
         # weights stand-in: the epoch number
-        if stopper.on_epoch_end(epoch, {"val_loss": value}, lambda e=epoch: {"w": np.array([e])}):
+        if stopper.should_stop(epoch, {"val_loss": value}, lambda e=epoch: {"w": np.array([e])}):
             stopped = epoch
             break
     # e1 warm-up; e2 best 1.0 (wait 0); e3 0.995 + 0.01 is not < 1.0 (wait 1);
@@ -209,15 +209,15 @@ def test_early_stopping_patience_zero_and_never_after_the_first_epoch():
     # accuracy (max), patience 0: epoch 1 is NaN (no improvement, but epoch 1 never stops);
     # epoch 2 improves; epoch 3 does not: stop
     stopper = EarlyStopping("accuracy")
-    results = [stopper.on_epoch_end(e, {"accuracy": v}) for e, v in ((1, math.nan), (2, 0.5))]
+    results = [stopper.should_stop(e, {"accuracy": v}) for e, v in ((1, math.nan), (2, 0.5))]
     assert results == [False, False]
-    assert stopper.on_epoch_end(3, {"accuracy": 0.5}) is True
+    assert stopper.should_stop(3, {"accuracy": 0.5}) is True
     assert stopper.restore({"w": np.zeros(1)}) is None  # restore_best_weights is off
 
 
 def test_best_checkpoint_strict_improvement():
-    best = BestCheckpoint("val_loss")
-    assert [best.on_epoch_end(e, {"val_loss": v}) for e, v in enumerate([1, 1.2, 0.8, 0.8], 1)] == [
+    best = ModelCheckpoint("val_loss")
+    assert [best.improved(e, {"val_loss": v}) for e, v in enumerate([1, 1.2, 0.8, 0.8], 1)] == [
         True,
         False,
         True,

@@ -3,24 +3,30 @@ like the uninterrupted run; checkpoints are replaced only when the new one is wh
 stops training with exit 3; reproduce re-runs a saved spec and compares.
 
 The interrupted runs are real subprocesses that send themselves SIGINT/SIGTERM after a chosen
-optimizer step (CNNKIT_INTERRUPT_AT_STEP); everything else runs in-process through
-cnnkit.cli.app.main (a subprocess costs about a second of imports)."""
+optimizer step (tests/drivers/signal_at_step.py: the CLI with a callback given to the api);
+everything else runs in-process through cnnkit.cli.app.main (a subprocess costs about a second
+of imports)."""
 
 from __future__ import annotations
 
 import csv
 import errno
+import functools
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.clitools import flat, run_cli
-from tests.clitools import start_subprocess as subprocess_cli
+from cnnkit.train.callbacks import Callback
+from tests.clitools import flat, run_cli, subprocess_env
+from tests.drivers.signal_at_step import SignalAtStep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +59,20 @@ schedule: {{name: cosine_decay}}
 callbacks: {{early_stopping: {{patience: 5, restore_best_weights: true}}}}
 """
 STEPS = 5  # per epoch
+
+
+def interrupted_cli(step: int, signame: str, times: int, *args: str, cwd: Path):
+    """`cnnkit ARGS...` in a subprocess that sends itself SIG<signame> `times` times after
+    optimizer step `step` (stdout and stderr piped)."""
+    driver = [sys.executable, "-m", "tests.drivers.signal_at_step", str(step), signame, str(times)]
+    return subprocess.Popen(
+        [*driver, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(200),
+    )
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:
@@ -89,29 +109,12 @@ def runs(work: Path) -> dict[str, tuple[Path, int, str]]:
     """Started at once with the same name: two real subprocesses, one interrupted by SIGINT
     after step 3 (mid-epoch 1), one quit by a double Ctrl-C after step 7, and the
     uninterrupted reference run, in this process. Each must get its own run directory."""
-    env = {"CNNKIT_INTERRUPT_SIGNAL": "INT", "CNNKIT_INTERRUPT_TWICE": ""}
     procs = {
-        "int3": subprocess_cli(
-            "train",
-            "tiny.yaml",
-            "--out",
-            "runs",
-            cwd=work,
-            env={**env, "CNNKIT_INTERRUPT_AT_STEP": "3"},
-        ),
-        "twice7": subprocess_cli(
-            "train",
-            "tiny.yaml",
-            "--out",
-            "runs",
-            cwd=work,
-            env={**env, "CNNKIT_INTERRUPT_AT_STEP": "7", "CNNKIT_INTERRUPT_TWICE": "1"},
-        ),
+        "int3": interrupted_cli(3, "INT", 1, "train", "tiny.yaml", "--out", "runs", cwd=work),
+        "twice7": interrupted_cli(7, "INT", 2, "train", "tiny.yaml", "--out", "runs", cwd=work),
     }
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        for key in ("CNNKIT_INTERRUPT_AT_STEP", "CNNKIT_INTERRUPT_SIGNAL"):
-            mp.delenv(key, raising=False)
         from cnnkit import api
         from cnnkit.spec.config import load_spec
 
@@ -174,15 +177,17 @@ def test_interrupted_anywhere_and_resumed_is_bitwise_the_uninterrupted_run(
     reference = runs["reference"][0]
     run, code, output = runs["int3"]
     check_interrupted(run, run.relative_to(work), 3, code, 130, output)  # --out runs: relative
-    env = {"CNNKIT_INTERRUPT_AT_STEP": "5", "CNNKIT_INTERRUPT_SIGNAL": "TERM"}
-    proc = subprocess_cli("train", "--resume", str(run), cwd=work, env=env)
+    proc = interrupted_cli(5, "TERM", 1, "train", "--resume", str(run), cwd=work)
     stdout, stderr = proc.communicate(timeout=300)
     check_interrupted(run, run, 5, proc.returncode, 143, stdout + stderr)
-    monkeypatch.setenv("CNNKIT_INTERRUPT_AT_STEP", "8")
-    monkeypatch.setenv("CNNKIT_INTERRUPT_SIGNAL", "INT")
+    from cnnkit import api
+
+    real_resume = api.resume
+    at_step_8 = functools.partial(real_resume, callbacks=[SignalAtStep(8, signal.SIGINT)])
+    monkeypatch.setattr(api, "resume", at_step_8)
     code, out, err = run_cli("train", "--resume", str(run), monkeypatch=monkeypatch, capsys=capsys)
     check_interrupted(run, run, 8, code, 130, out + err)
-    monkeypatch.delenv("CNNKIT_INTERRUPT_AT_STEP")
+    monkeypatch.setattr(api, "resume", real_resume)
     code, out, err = run_cli("train", "--resume", str(run), monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0, out + err
     assert "Resuming" in out
@@ -236,7 +241,7 @@ class Killed(BaseException):
 def test_save_every_steps_checkpoints_mid_epoch_and_resumes_exactly(
     runs, work, monkeypatch, capsys
 ):
-    import cnnkit.train.trainer as training
+    import cnnkit.train.callbacks.backup_and_restore as training
 
     spec = work / "every.yaml"
     spec.write_text(
@@ -409,3 +414,82 @@ def test_reproduce_reports_a_difference(runs, work, monkeypatch, capsys):
     )
     assert code == 1
     assert "Not reproduced" in flat(out) and "val_loss" in out
+
+
+# a model that trains in a moment: 64 images, batch 8, 8 steps an epoch
+SMALL = """\
+name: small
+seed: 5
+data: {source: synthetic, num_classes: 3, max_train_samples: 64, max_test_samples: 16}
+model:
+  input_shape: [8, 8, 1]
+  layers:
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}
+optimizer: {name: sgd, learning_rate: 0.1}
+train: {epochs: 4, batch_size: 8}
+"""
+
+
+class StepCounter(Callback):
+    """A caller's callback with state of its own: the batches it has seen, over resumes."""
+
+    name = "step_counter"
+
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_end(self, step, logs):
+        self.batches += 1
+
+    def state_dict(self):
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state):
+        self.batches = state["batches"]
+
+
+def test_resume_restores_a_callers_callback_by_its_name(tmp_path):
+    from cnnkit import api
+    from cnnkit.interrupts import Interrupted
+    from cnnkit.spec.config import parse_spec
+
+    spec = parse_spec(SMALL)
+    first = StepCounter()
+    with pytest.raises(Interrupted) as stopped:
+        api.train(spec, out=tmp_path, callbacks=[first, SignalAtStep(11, signal.SIGINT)])
+    assert (stopped.value.epoch, stopped.value.step, first.batches) == (2, 3, 11)
+    again = StepCounter()
+    result = api.resume(stopped.value.run_dir, callbacks=[again])
+    assert len(result.history) == 4
+    assert again.batches == 4 * 8  # 11 before, 21 after: it went on counting
+
+
+def test_a_checkpoint_of_the_previous_layout_still_resumes_exactly(tmp_path):
+    """Before the callbacks owned their state, reduce_on_plateau's counters were saved with
+    the optimizer's state (last.json's "optimizer" entry) and the resume state had
+    "early_stopping": null without early stopping. Such a checkpoint, after epoch 2, resumes
+    bit for bit: epoch 3 lowers the learning rate only if epoch 2's wait was kept."""
+    from cnnkit import api
+    from cnnkit.spec.config import parse_spec
+
+    text = SMALL + "schedule: {name: reduce_on_plateau, patience: 2, min_delta: 10.0}\n"
+    reference = api.train(parse_spec(text), out=tmp_path / "reference").run_dir
+    part = api.train(parse_spec(text, overrides={"train.epochs": 2}), out=tmp_path / "old")
+    last = part.run_dir / "checkpoints" / "last.json"
+    meta = json.loads(last.read_text())
+    plateau = meta["resume"].pop("reduce_on_plateau")
+    assert plateau["wait"] == 1
+    meta["optimizer"]["schedule"] = {"name": "reduce_on_plateau", **plateau}
+    meta["resume"]["early_stopping"] = None
+    meta["callbacks"] = {
+        "checkpoint": {"best_epoch": meta["resume"]["best_checkpoint"]["best_epoch"]}
+    }
+    last.write_text(json.dumps(meta))
+    result = api.resume(part.run_dir, epochs=4)
+    assert [row["lr"] for row in result.history] == [0.1, 0.1, 0.1, 0.1 * 0.1]
+    assert metrics_rows(part.run_dir) == metrics_rows(reference)
+    for name in ("last.npz", "last.optimizer.npz", "best.npz"):
+        a = arrays(reference / "checkpoints" / name)
+        b = arrays(part.run_dir / "checkpoints" / name)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name

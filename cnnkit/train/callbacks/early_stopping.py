@@ -1,10 +1,9 @@
-"""Epoch-end callbacks with Keras 3's semantics: early stopping and the best-checkpoint choice.
+"""Keras 3 EarlyStopping (keras/src/callbacks/early_stopping.py), with 1-based epochs.
 
-Both watch a *monitor*: a column of the epoch's metrics row (loss, accuracy, a chosen metric,
-or their val_ counterparts). `resolve_monitor` checks at spec time that the column will exist;
-`direction` says whether it improves downwards (losses) or upwards (accuracy-like metrics).
-The training loop (cnnkit.train.trainer) calls `on_epoch_end` once per epoch, 1-based.
-"""
+From epoch start_from_epoch + 1 on, `wait` counts epochs since the monitor last improved by
+more than min_delta; training stops at the end of the epoch where wait reaches patience (never
+after the first epoch). With restore_best_weights the weights of the best monitored epoch are
+kept and put back when training ends, stopped or not, before last.npz is saved."""
 
 from __future__ import annotations
 
@@ -14,38 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.nn.monitor import Monitor, finite_or_none
+from cnnkit.nn.monitor import Monitor
+from cnnkit.train.callbacks.base import Callback
 
-# -- the spec sections --------------------------------------------------------------------
-
-
-# -- the callbacks ------------------------------------------------------------------------
+_WEIGHTS = "best_weights."
 
 
-class BestCheckpoint:
-    """Decides which epoch best.npz holds: Keras' ModelCheckpoint(save_best_only=True) rule,
-    a strict improvement of the monitor (no min_delta). Default monitor val_accuracy."""
-
-    def __init__(self, monitor: str = "val_accuracy", mode: str = "auto"):
-        self.watch = Monitor(monitor, mode)
-        self.best_epoch: int | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> bool:
-        """True when this epoch's weights become best.npz."""
-        current = self.watch.value(logs)
-        if self.watch.improves(current, self.watch.best):
-            self.watch.best, self.best_epoch = current, epoch
-            return True
-        return False
-
-
-class EarlyStopping:
-    """Keras 3 EarlyStopping (keras/src/callbacks/early_stopping.py), with 1-based epochs.
-
-    From epoch start_from_epoch + 1 on, `wait` counts epochs since the monitor last improved
-    by more than min_delta; training stops at the end of the epoch where wait reaches
-    patience (never after the first epoch). With restore_best_weights the weights of the best
-    monitored epoch are kept and `restore` puts them back when training ends, stopped or not."""
+class EarlyStopping(Callback):
+    name = "early_stopping"
 
     def __init__(
         self,
@@ -66,7 +41,7 @@ class EarlyStopping:
         self.stopped_epoch: int | None = None
         self.reason = ""
 
-    def on_epoch_end(
+    def should_stop(
         self,
         epoch: int,
         logs: dict[str, Any],
@@ -106,25 +81,41 @@ class EarlyStopping:
             np.copyto(weights[key], array)
         return self.best_epoch
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "monitor": self.watch.monitor,
-            "best": finite_or_none(self.watch.best),
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        trainer = self.trainer
+        stop = self.should_stop(epoch, logs, trainer.model.named_weights)
+        if stop:
+            trainer.stop_training = True
+            trainer.note(self.reason)
+        if not (stop or epoch == trainer.epochs):
+            return
+        restored = self.restore(trainer.model.named_weights())
+        trainer.restored_best_weights_from_epoch = restored
+        if restored is not None and restored != epoch:
+            trainer.note(
+                f"Restored the weights of epoch {restored}, the best "
+                f"{self.watch.monitor} (restore_best_weights); last.npz holds them."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "best": self.watch.best,
             "best_epoch": self.best_epoch,
             "wait": self.wait,
             "stopped_epoch": self.stopped_epoch,
         }
+        for key, array in (self.best_weights or {}).items():
+            state[_WEIGHTS + key] = array
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.watch.best = float(state["best"])
+        self.best_epoch = state["best_epoch"]
+        self.wait = int(state["wait"])
+        self.stopped_epoch = state["stopped_epoch"]
+        kept = {k.removeprefix(_WEIGHTS): v for k, v in state.items() if k.startswith(_WEIGHTS)}
+        self.best_weights = kept or None
 
 
 def _copy(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.array(array, copy=True) for key, array in weights.items()}
-
-
-def make_callbacks(section: Any) -> tuple[BestCheckpoint, EarlyStopping | None]:
-    """The callbacks of a resolved `callbacks:` section (checkpoint is always there)."""
-    checkpoint = BestCheckpoint(**section.checkpoint.to_dict())
-    early = section.early_stopping
-    return checkpoint, (EarlyStopping(**early.to_dict()) if early else None)
-
-
-# -- what the run chose on its validation data ----------------------------------------------

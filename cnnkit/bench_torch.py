@@ -1,7 +1,8 @@
 """The PyTorch twin of a cnnkit model, for `cnnkit bench --vs torch` (PyTorch is never a
 dependency: this module is imported only when asked for).
 
-The twin uses PyTorch's own fast layout (NCHW) and layers, with cnnkit's weights copied in
+The twin uses PyTorch's own fast layout (NCHW) and layers, each cnnkit layer's defined by
+its `torch_twin` method (with the layer, in cnnkit.nn.layers), with cnnkit's weights copied in
 (conv kernels (kh, kw, c, f) -> (f, c, kh, kw); the Dense after a Flatten has its rows permuted
 from cnnkit's (H, W, C) order to PyTorch's (C, H, W)), so both compute the same function.
 `check_against` is the correctness guard: cnnkit and PyTorch, both in float32, are judged against
@@ -60,6 +61,54 @@ def _unsupported(what: str) -> CnnkitError:
     )
 
 
+class TwinBuilder:
+    """What a layer's `torch_twin` appends to (cnnkit.nn.layers.base.Layer.torch_twin): the
+    torch modules in order, and which cnnkit weight goes into which torch tensor, how."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.nn = torch.nn
+        self.modules: list[Any] = []
+        self.copies: list[tuple[str, Any, Any]] = []  # (cnnkit key, torch tensor, to_torch)
+        self.has_dropout = False
+        self.flat_from: tuple[int, ...] | None = None  # (H, W, C) of the last Flatten's input
+
+    def add(self, *modules) -> None:
+        self.modules.extend(modules)
+
+    def copy(self, layer, name: str, tensor, to_torch=lambda a: a) -> None:
+        """cnnkit's `name` weight of `layer`, turned by to_torch into `tensor`'s layout."""
+        self.copies.append((f"layers.{layer.index}.{name}", tensor, to_torch))
+
+    def function(self, fn):
+        """A module applying fn to its input (a layer with no torch module of its own)."""
+        return _function_module(self.nn.Module, fn)
+
+    def activation(self, layer) -> None:
+        """The activation of a layer with an `activation` option (none for a logits head)."""
+        name = layer.options.get("activation") or "linear"
+        if layer.returns_logits or name == "linear":
+            return
+        if name == "leaky_relu":
+            self.add(self.nn.LeakyReLU(0.2))
+        elif _ACTIVATIONS.get(name):
+            self.add(getattr(self.nn, _ACTIVATIONS[name])())
+        else:
+            raise self.unsupported(f"the {name} activation")
+
+    @staticmethod
+    def unsupported(what: str) -> CnnkitError:
+        return _unsupported(what)
+
+
+def _function_module(module_class, fn):
+    class Function(module_class):
+        def forward(self, x):
+            return fn(x)
+
+    return Function()
+
+
 class TorchRunner:
     def __init__(self, spec, model, loss_fn, batch: int, threads: int, x, y):
         torch = _import_torch()
@@ -67,78 +116,17 @@ class TorchRunner:
         self.version = torch.__version__
         torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
-        nn = torch.nn
-        modules: list[Any] = []
-        self.copies: list[tuple[str, Any, Any]] = []  # (cnnkit key, torch tensor, to_torch)
-        self.has_dropout = False
-        flat_from: tuple[int, ...] | None = None  # (H, W, C) of the last Flatten's input
+        twin = TwinBuilder(torch)
         for layer in model.layers:
-            kind = layer.keras_name
-            key = f"layers.{layer.index}."
-            opts = layer.options
             # not modelled by the twin, which is the guard's reference: refuse rather than
             # blame cnnkit's (correct) penalty gradients
-            regularizers = [o for o in layer.REGULARIZED.values() if opts.get(o)]
-            if regularizers:
-                raise _unsupported(f"{regularizers[0]} (layer {layer.index}, {kind})")
-            if kind == "Conv2D":
-                kh, kw, c, f = layer.param_shapes()["kernel"]
-                h, w, _ = layer.input_shape
-                oh, ow, _ = layer.output_shape
-                (sh, sw), (dh, dw) = opts["strides"], opts["dilation_rate"]
-                pad_b = max((oh - 1) * sh + (kh - 1) * dh + 1 - h, 0) - layer.pad_top
-                pad_r = max((ow - 1) * sw + (kw - 1) * dw + 1 - w, 0) - layer.pad_left
-                if opts["padding"] == "valid":
-                    pad_b = pad_r = 0
-                padding = (layer.pad_top, layer.pad_left)
-                if (pad_b, pad_r) != padding:
-                    modules.append(nn.ZeroPad2d((layer.pad_left, pad_r, layer.pad_top, pad_b)))
-                    padding = (0, 0)
-                conv = nn.Conv2d(c, f, (kh, kw), (sh, sw), padding, (dh, dw), bias=opts["use_bias"])
-                modules.append(conv)
-                self.copies.append((key + "kernel", conv.weight, lambda a: a.transpose(3, 2, 0, 1)))
-                if opts["use_bias"]:
-                    self.copies.append((key + "bias", conv.bias, lambda a: a))
-                self._activation(modules, layer)
-            elif kind == "Dense":
-                n_in, units = layer.param_shapes()["kernel"]
-                lin = nn.Linear(n_in, units, bias=opts["use_bias"])
-                modules.append(lin)
-                if flat_from is not None:
-                    fh, fw, fc = flat_from
-
-                    def to_torch(a, fh=fh, fw=fw, fc=fc):
-                        return a.reshape(fh, fw, fc, -1).transpose(2, 0, 1, 3).reshape(a.shape).T
-
-                    flat_from = None
-                else:
-
-                    def to_torch(a):
-                        return a.T
-
-                self.copies.append((key + "kernel", lin.weight, to_torch))
-                if opts["use_bias"]:
-                    self.copies.append((key + "bias", lin.bias, lambda a: a))
-                self._activation(modules, layer)
-            elif kind in ("MaxPooling2D", "AveragePooling2D"):
-                if opts["padding"] != "valid":
-                    raise _unsupported(f"{kind} with padding: same")
-                pool = nn.MaxPool2d if kind == "MaxPooling2D" else nn.AvgPool2d
-                modules.append(pool(tuple(opts["pool_size"]), tuple(layer.strides)))
-            elif kind == "Flatten":
-                if len(layer.input_shape) == 3:
-                    flat_from = tuple(layer.input_shape)
-                modules.append(nn.Flatten())
-            elif kind == "Dropout":
-                self.has_dropout = True
-                modules.append(nn.Dropout(opts["rate"]))
-            elif kind == "Activation":
-                self._activation(modules, layer)
-            elif kind == "GlobalAveragePooling2D" and not opts["keepdims"]:
-                modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-            else:
-                raise _unsupported(f"a {kind} layer")
-        self.net = nn.Sequential(*modules)
+            regularized = [w.name for w in layer.weights.values() if w.regularizer]
+            if regularized:
+                what = f"{regularized[0]}_regularizer (layer {layer.index}, {layer.keras_name})"
+                raise _unsupported(what)
+            layer.torch_twin(twin)
+        self.net = torch.nn.Sequential(*twin.modules)
+        self.copies, self.has_dropout = twin.copies, twin.has_dropout
         self.copy_weights(model)
         self.loss = self._loss(spec, loss_fn)
         self.optimizer = self._optimizer(spec)
@@ -146,17 +134,6 @@ class TorchRunner:
         self.y = torch.from_numpy(np.asarray(y))
         if self.binary:
             self.y = self.y.float().reshape(-1, 1)
-
-    def _activation(self, modules, layer) -> None:
-        name = layer.options.get("activation") or "linear"
-        if layer.returns_logits or name == "linear":
-            return
-        if name == "leaky_relu":
-            modules.append(self.torch.nn.LeakyReLU(0.2))
-        elif _ACTIVATIONS.get(name):
-            modules.append(getattr(self.torch.nn, _ACTIVATIONS[name])())
-        else:
-            raise _unsupported(f"the {name} activation")
 
     def _loss(self, spec, loss_fn):
         name = spec.loss.name

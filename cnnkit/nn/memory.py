@@ -1,8 +1,8 @@
 """Memory plan of a model for a batch, from the spec alone (no arrays are allocated).
 
-What the arrays of a forward or training step need, layer by layer, as cnnkit's layers keep
-them (tests/test_memory.py checks every layer's figure against the arrays a real step
-leaves on it):
+What the arrays of a forward or training step need, layer by layer, as each layer declares
+them (Layer.saved_arrays; tests/nn/layers/test_base.py and tests/cli/test_check.py check the
+declarations against the arrays a real step leaves on the layers):
 
 - forward: the arrays a layer's forward pass allocates and keeps until the next batch (its
   output, and e.g. MaxPooling2D's argmax, BatchNormalization's normalised input);
@@ -11,8 +11,9 @@ leaves on it):
 
 Totals add the input batch, the weights, and the largest transient of the backward pass (a
 layer's output gradient, its activation's gradient and its input gradient, alive together).
-Python, numpy and Numba overheads and the dataset in memory come on top. Everything is
-float32 (4 bytes), argmax indices int64 (8 bytes).
+Python, numpy and Numba overheads and the dataset in memory come on top. Weights and
+activations are float32 (4 bytes); a layer may declare other arrays (MaxPooling2D's int64
+argmax).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnkit.nn.layers.base import ActivationMixin, Layer
+import numpy as np
 
-FLOAT = 4
-INDEX = 8  # int64 argmax
+from cnnkit.nn.layers.base import Layer
+
+FLOAT = 4  # float32 weights, gradients and optimizer state
 
 
 @dataclass
@@ -57,31 +59,12 @@ def _numel(shape) -> int:
     return math.prod(shape) if shape else 0
 
 
-def kept_elements(layer: Layer, training: bool, is_last: bool) -> tuple[int, int]:
-    """(float32 elements, int64 elements) per image that `layer` keeps after its forward."""
-    out = _numel(layer.output_shape)
-    name = layer.keras_name
-    if isinstance(layer, ActivationMixin):
-        activation = layer._activation_name()
-        new_activation = activation != "linear" and not (is_last and "activation" in layer.options)
-        own_z = name in ("Conv2D", "Dense")  # Activation/LeakyReLU keep their input as z
-        if name == "Conv2D" and activation == "relu" and new_activation:
-            new_activation = False  # relu fused into the conv kernel: one array for both
-        return out * (int(own_z) + int(new_activation)), 0
-    if name == "MaxPooling2D":
-        return out, out
-    if name == "GlobalMaxPooling2D":
-        return out, out
-    if name == "BatchNormalization":
-        return 2 * out, 0  # normalised input and output
-    if name == "Flatten":
-        return 0, 0  # a view
-    if name in ("Dropout", "SpatialDropout2D"):
-        if not training or layer.options["rate"] == 0.0:
-            return 0, 0  # returns its input
-        mask = out if name == "Dropout" else layer.input_shape[-1]
-        return out + mask, 0
-    return out, 0  # AveragePooling2D, GlobalAveragePooling2D and anything new: its output
+def kept_bytes(layer: Layer, training: bool, is_last: bool) -> int:
+    """Bytes per image that `layer` keeps after its forward, as it declares them."""
+    return sum(
+        _numel(a.shape) * np.dtype(a.dtype).itemsize
+        for a in layer.saved_arrays(training, last=is_last)
+    )
 
 
 def optimizer_slots(name: str, options: Mapping[str, Any]) -> int:
@@ -107,8 +90,6 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
     backward_peak = 0
     for i, layer in enumerate(layers):
         is_last = i == len(layers) - 1
-        f_float, f_index = kept_elements(layer, training=False, is_last=is_last)
-        t_float, t_index = kept_elements(layer, training=True, is_last=is_last)
         trainable = sum(_numel(s) for s in layer.param_shapes().values())
         fixed = sum(_numel(s) for s in layer.state_shapes().values())
         weights += (trainable + fixed) * FLOAT
@@ -116,8 +97,8 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
         state += trainable * slots * FLOAT
         rows.append(
             LayerMemory(
-                forward=batch * (f_float * FLOAT + f_index * INDEX),
-                training=batch * (t_float * FLOAT + t_index * INDEX)
+                forward=batch * kept_bytes(layer, training=False, is_last=is_last),
+                training=batch * kept_bytes(layer, training=True, is_last=is_last)
                 + trainable * (1 + slots) * FLOAT,
             )
         )

@@ -10,8 +10,9 @@ import numpy as np
 
 from cnnkit.errors import CheckpointError
 from cnnkit.nn.build import build_layers
-from cnnkit.nn.layers.base import ActivationMixin, Layer, format_shape
+from cnnkit.nn.layers.base import ActivationMixin, Layer, Weight, format_shape
 from cnnkit.nn.layers.core import Dropout
+from cnnkit.nn.regularizers import penalty, penalty_grad
 from cnnkit.seeding import random_stream
 
 
@@ -43,8 +44,7 @@ class Sequential:
         # linear with from_logits); the layer hands logits on and the loss applies the head
         # (Loss.class_probabilities), fused with itself for numerical stability.
         last = layers[-1]
-        # only a layer whose `activation` option check_head saw (not e.g. LeakyReLU)
-        if isinstance(last, ActivationMixin) and "activation" in last.options:
+        if isinstance(last, ActivationMixin) and last.fuses_head():
             last.returns_logits = True
         return model
 
@@ -54,7 +54,7 @@ class Sequential:
         init_rng = random_stream(seed, "init")
         self.dropout_rng = random_stream(seed, "dropout")
         for layer in self.layers:
-            layer.build(init_rng, np.dtype(dtype))
+            layer.create_weights(init_rng, np.dtype(dtype))
             if isinstance(layer, Dropout):
                 layer.rng = self.dropout_rng
         return self
@@ -88,9 +88,15 @@ class Sequential:
         return {**self.named_params(), **self.named_state()}
 
     def regularization_loss(self) -> float:
-        """Sum of every layer's weight penalties (kernel_regularizer, ...): the training loop
-        adds it to the data loss; backward already adds the penalties' gradients."""
-        return float(sum(layer.regularization_loss() for layer in self.layers))
+        """Sum of the penalties of every weight declared with a regularizer (Keras' formulas,
+        cnnkit.nn.regularizers): the training loop adds it to the data loss; backward adds
+        their gradients."""
+        return float(
+            sum(
+                sum(penalty(w.regularizer, layer.params[w.name]) for w in _regularized(layer))
+                for layer in self.layers
+            )
+        )
 
     def load_params(self, arrays: dict[str, np.ndarray], source: str) -> None:
         """Copy checkpoint arrays (named_weights: parameters and state) into the layers,
@@ -138,9 +144,16 @@ class Sequential:
         return x
 
     def backward(self, dlogits: np.ndarray) -> None:
+        """Every trainable weight's gradient of the loss plus regularization_loss: the layers'
+        backward give the data part, the declared regularizers' gradients are added here."""
         grad = dlogits
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
+        for layer in self.layers:
+            for weight in _regularized(layer):
+                extra = penalty_grad(weight.regularizer, layer.params[weight.name])
+                if extra is not None:
+                    layer.grads[weight.name] = layer.grads[weight.name] + extra
 
     # -- description ---------------------------------------------------------------------
     def summary_rows(self) -> list[SummaryRow]:
@@ -162,3 +175,7 @@ class Sequential:
                 )
             )
         return rows
+
+
+def _regularized(layer: Layer) -> list[Weight]:
+    return [w for w in layer.weights.values() if w.trainable and w.regularizer is not None]

@@ -1,23 +1,55 @@
 """The layer contract every layer family implements.
 
-A layer is created from its resolved spec options, infers its output shape from its input
-shape (raising SpecError before any array exists if the input is too small), allocates its
-parameters in `build`, and implements forward / backward on batches of NHWC arrays.
+A layer is created from its resolved spec options. Its life, in the order the model calls it:
+
+1. `compute_output_shape(input_shape)`: pure shape inference (no attribute set), raising
+   SpecError before any array exists if the input does not fit;
+2. `build(input_shape)`: what the layer derives from its input shape (paddings, strides) and
+   the declaration of each weight with `add_weight` (name, shape, initializer, regularizer,
+   trainable), as Keras' Layer.build; no array is allocated, so that `cnnkit summary` and the
+   memory plan work from the spec alone;
+3. `create_weights(rng, dtype)`: the arrays of the declared weights (Sequential.build);
+4. `forward` / `backward` on batches of NHWC arrays. backward stores the data gradient of each
+   trainable weight in `grads`; the model adds the declared regularizers' gradients once.
+
+A layer also declares what its forward keeps for backward (`saved_arrays`, read by the memory
+plan, cnnkit.nn.memory) and may define its PyTorch twin (`torch_twin`, for `bench --vs torch`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from cnnkit.errors import SpecError
 from cnnkit.nn.activations import ACTIVATIONS
 from cnnkit.nn.initializers import check_initializer, initialize
-from cnnkit.nn.regularizers import check_regularizer, penalty, penalty_grad
+from cnnkit.nn.regularizers import check_regularizer
 from cnnkit.options import Option
 
 Shape = tuple[int, ...]  # one sample's shape, without the batch axis
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One weight as its layer declares it (Layer.add_weight): what create_weights allocates,
+    a checkpoint holds (key layers.{index}.{name}), the summary counts, the model regularizes
+    and, when trainable, the optimizer updates."""
+
+    name: str
+    shape: Shape
+    initializer: Any  # a resolved initializer option: "glorot_uniform", {constant: {value: 1}}
+    regularizer: dict[str, float] | None = None  # a resolved regularizer option
+    trainable: bool = True  # False: state such as BatchNormalization's moving statistics
+
+
+class SavedArray(NamedTuple):
+    """An array forward keeps for backward, per image (no batch axis)."""
+
+    shape: Shape
+    dtype: type = np.float32
 
 
 class Layer:
@@ -25,14 +57,13 @@ class Layer:
     keras_name: ClassVar[str] = "Layer"  # Keras spelling, accepted in specs too
     aliases: ClassVar[tuple[str, ...]] = ()
     OPTIONS: ClassVar[dict[str, Option]] = {}
-    # parameter name -> the option holding its regularizer (kernel -> kernel_regularizer)
-    REGULARIZED: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: dict[str, Any], index: int, where: str = ""):
         self.options = options
         self.index = index  # position in the spec's layer list: names checkpoint keys
         self.where = where  # YAML path, for error messages
-        self.params: dict[str, np.ndarray] = {}
+        self.weights: dict[str, Weight] = {}  # declared by build, in declaration order
+        self.params: dict[str, np.ndarray] = {}  # the trainable weights' arrays
         self.grads: dict[str, np.ndarray] = {}
         # non-trainable arrays a checkpoint must hold (BatchNormalization's moving statistics)
         self.state: dict[str, np.ndarray] = {}
@@ -68,27 +99,55 @@ class Layer:
             array = spaces[name] = np.empty(shape, dtype)
         return array[: shape[0]]
 
-    # -- shapes (no arrays) -------------------------------------------------------------
+    # -- shapes and weight declarations (no arrays) -------------------------------------
     def infer_shape(self, input_shape: Shape) -> Shape:
-        """Remember and return the output shape; raise SpecError if the input does not fit."""
-        self.input_shape = tuple(input_shape)
-        self.output_shape = tuple(self.compute_output_shape(self.input_shape))
-        return self.output_shape
+        """Set the shapes and declare the weights (build); return the output shape. Raises
+        SpecError if the input does not fit."""
+        input_shape = tuple(input_shape)
+        output_shape = tuple(self.compute_output_shape(input_shape))
+        self.input_shape, self.output_shape = input_shape, output_shape
+        self.weights = {}
+        self.build(input_shape)
+        return output_shape
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
+        """The output shape for `input_shape`; sets nothing (SpecError if it does not fit)."""
         return input_shape
 
+    def build(self, input_shape: Shape) -> None:
+        """Declare the weights (add_weight) and keep what forward needs from the input shape.
+        Layers without weights need not define it."""
+
+    def add_weight(
+        self,
+        name: str,
+        shape: Shape,
+        initializer: Any,
+        regularizer: dict[str, float] | None = None,
+        trainable: bool = True,
+    ) -> None:
+        """Declare one weight (Keras' add_weight, without the array: create_weights makes it)."""
+        if regularizer is not None and not trainable:
+            raise ValueError(f"{self.keras_name}.{name}: only a trainable weight is regularized")
+        self.weights[name] = Weight(name, tuple(shape), initializer, regularizer, trainable)
+
     def param_shapes(self) -> dict[str, Shape]:
-        """Trainable parameter shapes, known once infer_shape has run."""
-        return {}
+        """Trainable weight shapes, known once infer_shape has run."""
+        return {w.name: w.shape for w in self.weights.values() if w.trainable}
 
     def state_shapes(self) -> dict[str, Shape]:
-        """Non-trainable array shapes (counted as Keras' non-trainable params)."""
-        return {}
+        """Non-trainable weight shapes (counted as Keras' non-trainable params)."""
+        return {w.name: w.shape for w in self.weights.values() if not w.trainable}
 
     def macs(self) -> int:
         """Multiply-accumulates per image in the forward pass."""
         return 0
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        """The arrays forward allocates and keeps until the next batch (for backward), per
+        image: what the memory plan counts. `last`: the model's output layer, which hands
+        logits to the loss (Sequential.from_spec). By default: the layer's output."""
+        return [SavedArray(self.output_shape)]
 
     def shape_error(self, message: str, hint: str | None = None) -> SpecError:
         return SpecError(
@@ -98,36 +157,32 @@ class Layer:
         )
 
     # -- arrays -------------------------------------------------------------------------
-    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
-        """Allocate parameters (after infer_shape). Layers without parameters do nothing."""
+    def create_weights(self, rng: np.random.Generator, dtype: np.dtype) -> None:
+        """Allocate every declared weight from its initializer, in declaration order (the
+        order of the draws from `rng`): trainable ones into params, the others into state."""
+        for weight in self.weights.values():
+            store = self.params if weight.trainable else self.state
+            store[weight.name] = initialize(weight.initializer, weight.shape, rng, dtype)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Given dLoss/dOutput, store parameter gradients in self.grads, return dLoss/dInput
-        (or None when needs_input_grad is False and the layer can skip computing it)."""
+        """Given dLoss/dOutput, store the trainable weights' gradients in self.grads (the
+        model adds the regularizers' own), return dLoss/dInput (or None when
+        needs_input_grad is False and the layer can skip computing it)."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         return dict(self.options)
 
-    # -- weight penalties ---------------------------------------------------------------
-    def regularization_loss(self) -> float:
-        """Sum of this layer's weight penalties (added to the loss by the training loop)."""
-        return sum(
-            penalty(self.options.get(option), self.params[name])
-            for name, option in self.REGULARIZED.items()
-            if name in self.params
-        )
-
-    def add_regularization_grads(self) -> None:
-        """Add each penalty's gradient to self.grads; backward calls it last."""
-        for name, option in self.REGULARIZED.items():
-            if name in self.params and name in self.grads:
-                grad = penalty_grad(self.options.get(option), self.params[name])
-                if grad is not None:
-                    self.grads[name] = self.grads[name] + grad
+    # -- the PyTorch twin (cnnkit bench --vs torch) -------------------------------------
+    def torch_twin(self, twin: Any) -> None:
+        """Append this layer's PyTorch equivalent to `twin` (cnnkit.bench_torch.TwinBuilder:
+        twin.nn is torch.nn; twin.add(module), twin.copy(layer, weight name, tensor,
+        to_torch), twin.activation(layer)). PyTorch works in NCHW. A layer without a twin
+        says so: the benchmark refuses the spec rather than compare different networks."""
+        raise twin.unsupported(f"a {self.keras_name} layer")
 
 
 class ActivationMixin:
@@ -139,6 +194,11 @@ class ActivationMixin:
     """
 
     returns_logits: bool = False
+
+    def fuses_head(self) -> bool:
+        """Whether, as the model's last layer, it hands logits to the loss: only a layer
+        whose `activation` option check_head saw (LeakyReLU has none)."""
+        return "activation" in self.options
 
     def _activation_name(self) -> str:
         return self.options.get("activation") or "linear"
@@ -161,10 +221,20 @@ class ActivationMixin:
         backward = ACTIVATIONS[self._activation_name()][1]
         return backward(self._z, self._a, dy, **self._activation_kwargs())
 
+    def activation_saved(self, last: bool) -> list[SavedArray]:
+        """The activation's output, when it makes one (not linear, not a logits head)."""
+        logits = self.returns_logits or (last and self.fuses_head())
+        if self._activation_name() == "linear" or logits:
+            return []
+        return [SavedArray(self.output_shape)]
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        return self.activation_saved(last)  # its input is z: the previous layer's output
+
 
 class KernelBiasMixin:
-    """Conv2D and Dense: an activation, a kernel and an optional bias, Keras' options for them,
-    and `build` from `param_shapes()` (which the layer defines)."""
+    """Conv2D and Dense: an activation, a kernel and an optional bias, and Keras' options for
+    them. The layer's build calls `add_kernel_and_bias` with the kernel's shape."""
 
     WEIGHT_OPTIONS: ClassVar[dict[str, Option]] = {
         "activation": Option("str", default="linear", choices=tuple(ACTIVATIONS)),
@@ -174,14 +244,16 @@ class KernelBiasMixin:
         "kernel_regularizer": Option(check_regularizer, default=None),
         "bias_regularizer": Option(check_regularizer, default=None),
     }
-    REGULARIZED: ClassVar[dict[str, str]] = {
-        "kernel": "kernel_regularizer",
-        "bias": "bias_regularizer",
-    }
 
-    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
-        for name, shape in self.param_shapes().items():
-            self.params[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
+    def add_kernel_and_bias(self, kernel_shape: Shape) -> None:
+        o = self.options
+        self.add_weight("kernel", kernel_shape, o["kernel_initializer"], o["kernel_regularizer"])
+        if o["use_bias"]:
+            self.add_weight("bias", kernel_shape[-1:], o["bias_initializer"], o["bias_regularizer"])
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        # z, the kernel's output, is the layer's own array; then the activation's
+        return [SavedArray(self.output_shape), *self.activation_saved(last)]
 
 
 def format_shape(shape: Shape | None) -> str:

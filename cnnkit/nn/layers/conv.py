@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnkit.kernels.nojit import conv_output_size, lazy
-from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, Shape
+from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, SavedArray, Shape
 from cnnkit.options import Option
 
 # numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
@@ -29,6 +29,10 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
     }
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return self._geometry(input_shape)[0]
+
+    def _geometry(self, input_shape: Shape) -> tuple[Shape, int, int]:
+        """(output shape, pad_top, pad_left) for this input shape."""
         if len(input_shape) != 3:
             raise self.shape_error(
                 "needs an image-shaped input (height, width, channels)",
@@ -44,21 +48,24 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
                 f"bigger than its {h}×{w} input",
                 hint="Use a smaller kernel_size, padding: same, or fewer pooling layers before it.",
             )
-        oh, self.pad_top = conv_output_size(h, kh, sh, dh, self.options["padding"])
-        ow, self.pad_left = conv_output_size(w, kw, sw, dw, self.options["padding"])
-        return (oh, ow, self.options["filters"])
+        oh, pad_top = conv_output_size(h, kh, sh, dh, self.options["padding"])
+        ow, pad_left = conv_output_size(w, kw, sw, dw, self.options["padding"])
+        return (oh, ow, self.options["filters"]), pad_top, pad_left
 
-    def param_shapes(self) -> dict[str, Shape]:
+    def build(self, input_shape: Shape) -> None:
+        _, self.pad_top, self.pad_left = self._geometry(input_shape)
         kh, kw = self.options["kernel_size"]
-        shapes = {"kernel": (kh, kw, self.input_shape[2], self.options["filters"])}
-        if self.options["use_bias"]:
-            shapes["bias"] = (self.options["filters"],)
-        return shapes
+        self.add_kernel_and_bias((kh, kw, input_shape[2], self.options["filters"]))
 
     def macs(self) -> int:
         kh, kw = self.options["kernel_size"]
         oh, ow, f = self.output_shape
         return oh * ow * f * kh * kw * self.input_shape[2]
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        if self._activation_name() == "relu":  # fused into the kernel: one array for both
+            return [SavedArray(self.output_shape)]
+        return super().saved_arrays(training, last)
 
     def _bias(self, dtype) -> np.ndarray:
         bias = self.params.get("bias")
@@ -101,9 +108,32 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
         self.grads["kernel"] = dw_out
         if "bias" in self.params:
             self.grads["bias"] = db_out
-        self.add_regularization_grads()
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", x.shape, x.dtype)
         conv2d_backward_input(dz, w, sh, sw, dh, dw, self.pad_top, self.pad_left, dx)
         return dx
+
+    def torch_twin(self, twin) -> None:
+        """nn.Conv2d with the kernel transposed to (filters, channels, kh, kw); an asymmetric
+        `same` padding (extra row or column at the bottom or right, as Keras and TensorFlow)
+        becomes an explicit nn.ZeroPad2d, which Conv2d's own padding cannot express."""
+        kh, kw, c, f = self.weights["kernel"].shape
+        h, w, _ = self.input_shape
+        oh, ow, _ = self.output_shape
+        (sh, sw), (dh, dw) = self.options["strides"], self.options["dilation_rate"]
+        pad_b = max((oh - 1) * sh + (kh - 1) * dh + 1 - h, 0) - self.pad_top
+        pad_r = max((ow - 1) * sw + (kw - 1) * dw + 1 - w, 0) - self.pad_left
+        if self.options["padding"] == "valid":
+            pad_b = pad_r = 0
+        padding = (self.pad_top, self.pad_left)
+        if (pad_b, pad_r) != padding:
+            twin.add(twin.nn.ZeroPad2d((self.pad_left, pad_r, self.pad_top, pad_b)))
+            padding = (0, 0)
+        use_bias = self.options["use_bias"]
+        conv = twin.nn.Conv2d(c, f, (kh, kw), (sh, sw), padding, (dh, dw), bias=use_bias)
+        twin.add(conv)
+        twin.copy(self, "kernel", conv.weight, lambda a: a.transpose(3, 2, 0, 1))
+        if use_bias:
+            twin.copy(self, "bias", conv.bias)
+        twin.activation(self)

@@ -1,11 +1,12 @@
-"""Dense, Flatten, Dropout and Activation: the layers that are not convolutions or pooling."""
+"""Dense, Flatten, Dropout, Activation and Rescaling: the layers that are not convolutions,
+pooling, normalization or padding."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from cnnkit.nn.activations import ACTIVATIONS
-from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, Shape
+from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, SavedArray, Shape
 from cnnkit.options import Option
 
 
@@ -24,11 +25,8 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
             )
         return (self.options["units"],)
 
-    def param_shapes(self) -> dict[str, Shape]:
-        shapes = {"kernel": (self.input_shape[0], self.options["units"])}
-        if self.options["use_bias"]:
-            shapes["bias"] = (self.options["units"],)
-        return shapes
+    def build(self, input_shape: Shape) -> None:
+        self.add_kernel_and_bias((input_shape[0], self.options["units"]))
 
     def macs(self) -> int:
         return self.input_shape[0] * self.options["units"]
@@ -48,9 +46,31 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
         self.grads["kernel"] = np.matmul(self._x.T, dz, out=dkernel)
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0)
-        self.add_regularization_grads()
         dx = self.workspace("dx", (dz.shape[0], kernel.shape[0]), np.result_type(dz, kernel))
         return np.matmul(dz, kernel.T, out=dx)
+
+    def torch_twin(self, twin) -> None:
+        """nn.Linear holds (out, in): the kernel transposed; after a Flatten of an image its
+        rows are also permuted from cnnkit's (H, W, C) order to PyTorch's (C, H, W)."""
+        n_in, units = self.weights["kernel"].shape
+        linear = twin.nn.Linear(n_in, units, bias=self.options["use_bias"])
+        twin.add(linear)
+        if twin.flat_from is not None:
+            fh, fw, fc = twin.flat_from
+            twin.flat_from = None
+
+            def to_torch(a):
+                return a.reshape(fh, fw, fc, -1).transpose(2, 0, 1, 3).reshape(a.shape).T
+
+        else:
+
+            def to_torch(a):
+                return a.T
+
+        twin.copy(self, "kernel", linear.weight, to_torch)
+        if self.options["use_bias"]:
+            twin.copy(self, "bias", linear.bias)
+        twin.activation(self)
 
 
 class Flatten(Layer):
@@ -68,6 +88,14 @@ class Flatten(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy.reshape(self._x_shape)
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        return []  # its output is a view of its input
+
+    def torch_twin(self, twin) -> None:
+        if len(self.input_shape) == 3:  # the next Dense's rows: (H, W, C) -> (C, H, W)
+            twin.flat_from = tuple(self.input_shape)
+        twin.add(twin.nn.Flatten())
 
 
 class Dropout(Layer):
@@ -91,6 +119,18 @@ class Dropout(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy if self._mask is None else dy * self._mask
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        if not training or self.options["rate"] == 0.0:
+            return []  # returns its input
+        return [SavedArray(self.output_shape), SavedArray(self._mask_shape())]
+
+    def _mask_shape(self) -> Shape:
+        return self.output_shape
+
+    def torch_twin(self, twin) -> None:
+        twin.has_dropout = True  # random masks: the guard compares outputs, not gradients
+        twin.add(twin.nn.Dropout(self.options["rate"]))
 
 
 class SpatialDropout2D(Dropout):
@@ -117,6 +157,11 @@ class SpatialDropout2D(Dropout):
         self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
         return x * self._mask
 
+    def _mask_shape(self) -> Shape:
+        return (1, 1, self.input_shape[-1])
+
+    torch_twin = Layer.torch_twin  # not Dropout's: none yet
+
 
 class Activation(ActivationMixin, Layer):
     type_name = "activation"
@@ -130,6 +175,9 @@ class Activation(ActivationMixin, Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return self.activate_backward(dy)
+
+    def torch_twin(self, twin) -> None:
+        twin.activation(self)
 
 
 class LeakyReLU(ActivationMixin, Layer):
@@ -152,3 +200,31 @@ class LeakyReLU(ActivationMixin, Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return self.activate_backward(dy)
+
+
+class Rescaling(Layer):
+    """Keras' Rescaling: y = x * scale + offset, elementwise, any input shape; no weights.
+    E.g. {scale: 1/255} maps pixels to [0, 1], {scale: 1/127.5, offset: -1} to [-1, 1]."""
+
+    type_name = "rescaling"
+    keras_name = "Rescaling"
+    OPTIONS = {
+        "scale": Option("float", doc="multiplies the input, e.g. 1/255"),
+        "offset": Option("float", default=0.0, doc="added after scaling, e.g. -1"),
+    }
+
+    def macs(self) -> int:
+        return int(np.prod(self.input_shape))  # one multiply-add per value
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        t = x.dtype.type  # float32 stays float32
+        return x * t(self.options["scale"]) + t(self.options["offset"])
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        if not self.needs_input_grad:  # the first layer, as it usually is
+            return None
+        return dy * dy.dtype.type(self.options["scale"])
+
+    def torch_twin(self, twin) -> None:
+        scale, offset = self.options["scale"], self.options["offset"]
+        twin.add(twin.function(lambda x: x * scale + offset))

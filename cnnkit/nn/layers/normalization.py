@@ -8,8 +8,8 @@ import numpy as np
 
 from cnnkit.errors import SpecError
 from cnnkit.kernels.nojit import lazy
-from cnnkit.nn.initializers import check_initializer, initialize
-from cnnkit.nn.layers.base import Layer, Shape
+from cnnkit.nn.initializers import check_initializer
+from cnnkit.nn.layers.base import Layer, SavedArray, Shape
 from cnnkit.nn.regularizers import check_regularizer
 from cnnkit.options import Option, checker
 
@@ -55,29 +55,21 @@ class BatchNormalization(Layer):
         "beta_regularizer": Option(check_regularizer, default=None),
         "gamma_regularizer": Option(check_regularizer, default=None),
     }
-    REGULARIZED = {"gamma": "gamma_regularizer", "beta": "beta_regularizer"}
 
-    def param_shapes(self) -> dict[str, Shape]:
-        c = self.input_shape[-1]
-        shapes = {}
-        if self.options["scale"]:
-            shapes["gamma"] = (c,)
-        if self.options["center"]:
-            shapes["beta"] = (c,)
-        return shapes
-
-    def state_shapes(self) -> dict[str, Shape]:
-        c = self.input_shape[-1]
-        return {"moving_mean": (c,), "moving_variance": (c,)}
+    def build(self, input_shape: Shape) -> None:
+        c, o = input_shape[-1], self.options
+        if o["scale"]:
+            self.add_weight("gamma", (c,), o["gamma_initializer"], o["gamma_regularizer"])
+        if o["center"]:
+            self.add_weight("beta", (c,), o["beta_initializer"], o["beta_regularizer"])
+        for name in ("moving_mean", "moving_variance"):
+            self.add_weight(name, (c,), o[f"{name}_initializer"], trainable=False)
 
     def macs(self) -> int:
         return int(np.prod(self.input_shape))  # one multiply-add per value (inference)
 
-    def build(self, rng: np.random.Generator, dtype: np.dtype) -> None:
-        for name, shape in self.param_shapes().items():
-            self.params[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
-        for name, shape in self.state_shapes().items():
-            self.state[name] = initialize(self.options[f"{name}_initializer"], shape, rng, dtype)
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        return [SavedArray(self.output_shape)] * 2  # the normalised input and the output
 
     def _affine(self, c: int, dtype) -> tuple[np.ndarray, np.ndarray]:
         gamma = self.params.get("gamma")
@@ -117,7 +109,6 @@ class BatchNormalization(Layer):
             self.grads["beta"] = sum_dy.astype(dy.dtype)
         if "gamma" in self.params:
             self.grads["gamma"] = sum_dy_xhat.astype(dy.dtype)
-        self.add_regularization_grads()
         if not self.needs_input_grad:
             return None
         gamma, _ = self._affine(dy.shape[-1], dy.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnkit.kernels.nojit import conv_output_size, lazy
-from cnnkit.nn.layers.base import Layer, Shape
+from cnnkit.nn.layers.base import Layer, SavedArray, Shape
 from cnnkit.options import Option, checker, nullable
 
 # numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
@@ -31,19 +31,32 @@ class _Pooling2D(Layer):
     }
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return self._geometry(input_shape)[0]
+
+    def _geometry(self, input_shape: Shape) -> tuple[Shape, list[int], int, int]:
+        """(output shape, strides, pad_top, pad_left) for this input shape."""
         if len(input_shape) != 3:
             raise self.shape_error("needs an image-shaped input (height, width, channels)")
         h, w, c = input_shape
         ph, pw = self.options["pool_size"]
-        self.strides = self.options["strides"] or [ph, pw]
+        strides = self.options["strides"] or [ph, pw]
         if self.options["padding"] == "valid" and (ph > h or pw > w):
             raise self.shape_error(
                 f"pool_size {ph}×{pw} is bigger than its {h}×{w} input",
                 hint="Use a smaller pool_size, padding: same, or remove a pooling layer.",
             )
-        oh, self.pad_top = conv_output_size(h, ph, self.strides[0], 1, self.options["padding"])
-        ow, self.pad_left = conv_output_size(w, pw, self.strides[1], 1, self.options["padding"])
-        return (oh, ow, c)
+        oh, pad_top = conv_output_size(h, ph, strides[0], 1, self.options["padding"])
+        ow, pad_left = conv_output_size(w, pw, strides[1], 1, self.options["padding"])
+        return (oh, ow, c), strides, pad_top, pad_left
+
+    def build(self, input_shape: Shape) -> None:
+        _, self.strides, self.pad_top, self.pad_left = self._geometry(input_shape)
+
+    def torch_twin(self, twin) -> None:
+        if self.options["padding"] != "valid":
+            raise twin.unsupported(f"{self.keras_name} with padding: same")
+        pool = getattr(twin.nn, self.torch_name)
+        twin.add(pool(tuple(self.options["pool_size"]), tuple(self.strides)))
 
     def get_config(self):
         config = dict(self.options)
@@ -54,6 +67,7 @@ class _Pooling2D(Layer):
 class MaxPooling2D(_Pooling2D):
     type_name = "max_pooling2d"
     keras_name = "MaxPooling2D"
+    torch_name = "MaxPool2d"
     aliases = ("MaxPool2D", "max_pool2d")
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
@@ -69,6 +83,9 @@ class MaxPooling2D(_Pooling2D):
         self._x_shape = x.shape
         return out
 
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        return [SavedArray(self.output_shape), SavedArray(self.output_shape, np.int64)]
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dx = self.workspace("dx", self._x_shape, dy.dtype)
         maxpool2d_backward(np.ascontiguousarray(dy), self._argmax, dx)
@@ -78,6 +95,7 @@ class MaxPooling2D(_Pooling2D):
 class AveragePooling2D(_Pooling2D):
     type_name = "average_pooling2d"
     keras_name = "AveragePooling2D"
+    torch_name = "AvgPool2d"
     aliases = ("AvgPool2D", "avg_pool2d")
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
@@ -122,6 +140,11 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
         share = dy.reshape(n, 1, 1, c) * dy.dtype.type(1.0 / (h * w))
         return np.ascontiguousarray(np.broadcast_to(share, self._x_shape))
 
+    def torch_twin(self, twin) -> None:
+        if self.options["keepdims"]:
+            raise twin.unsupported(f"a {self.keras_name} layer with keepdims: true")
+        twin.add(twin.nn.AdaptiveAvgPool2d(1), twin.nn.Flatten())
+
 
 class GlobalMaxPooling2D(_GlobalPooling2D):
     """The gradient goes to the first maximum of each channel (row-major), as max pooling."""
@@ -136,6 +159,10 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
         self._argmax = x.reshape(n, h * w, c).argmax(axis=1)  # (n, c): first maximum
         out = np.take_along_axis(x.reshape(n, h * w, c), self._argmax[:, None, :], axis=1)
         return out.reshape(n, 1, 1, c) if self.options["keepdims"] else out.reshape(n, c)
+
+    def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
+        channels = (self.input_shape[-1],)  # the argmax: one index a channel
+        return [SavedArray(self.output_shape), SavedArray(channels, np.int64)]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         n, h, w, c = self._x_shape

@@ -1,0 +1,237 @@
+"""The layer contract (cnnkit.nn.layers.base), checked on every registered layer.
+
+Each layer in ALL_LAYERS needs at least one sample below (a new layer without one fails
+test_every_layer_has_a_sample): its options, an input shape, and its parameter count by
+Keras' formula, worked out by hand. Every sample is then put through the same checks:
+pure shape inference that forward agrees with, float64 finite-difference gradients of the
+input and of every trainable weight (inference and training mode), the save/load round trip
+of its weights under their checkpoint keys, Keras' parameter count, the arrays it declares
+for the memory plan against those a real forward keeps, and its PyTorch twin (when it has
+one and PyTorch is installed) against its own forward.
+
+The per-layer files (test_conv.py, test_pooling.py, ...) check what is particular to a
+layer over many more shapes and options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnnkit.errors import CnnkitError
+from cnnkit.nn.layers import ALL_LAYERS
+from cnnkit.nn.layers.base import ActivationMixin
+from cnnkit.nn.layers.conv import Conv2D
+from cnnkit.nn.layers.core import (
+    Activation,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Rescaling,
+    SpatialDropout2D,
+)
+from cnnkit.nn.layers.normalization import BatchNormalization
+from cnnkit.nn.layers.pooling import (
+    AveragePooling2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+)
+from cnnkit.nn.layers.reshaping import ZeroPadding2D
+from cnnkit.nn.model import Sequential
+from cnnkit.options import resolve_options
+from tests.nn.gradcheck import (
+    away_from_zero,
+    check_layer_gradients,
+    distinct_values,
+    make_layer,
+    reseed,
+)
+
+
+@dataclass
+class Sample:
+    options: dict[str, Any]
+    input_shape: tuple[int, ...]
+    keras_params: int  # Keras' "Param #" (trainable + non-trainable), by its formula
+    keras_non_trainable: int = 0
+    inputs: Any = field(default=away_from_zero)  # (rng, shape) -> x: kinks and ties out of reach
+
+
+# Keras' formulas: Conv2D kh*kw*c_in*filters (+ filters with use_bias); Dense n_in*units
+# (+ units); BatchNormalization 4*C (gamma, beta trainable; moving_mean, moving_variance
+# non-trainable, 2*C), less C for each of scale/center off; every other layer here 0.
+SAMPLES: dict[type, list[Sample]] = {
+    Conv2D: [
+        Sample(
+            {"filters": 3, "kernel_size": [3, 2], "activation": "tanh"},
+            (5, 6, 2),
+            3 * 2 * 2 * 3 + 3,
+        ),
+        Sample(
+            {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same", "use_bias": False},
+            (5, 4, 3),
+            3 * 3 * 3 * 2,
+        ),
+    ],
+    Dense: [
+        Sample({"units": 4, "activation": "sigmoid"}, (5,), 5 * 4 + 4),
+        Sample({"units": 3, "use_bias": False}, (6,), 6 * 3),
+    ],
+    Flatten: [Sample({}, (3, 4, 2), 0)],
+    Dropout: [Sample({"rate": 0.5}, (4, 5, 2), 0)],
+    SpatialDropout2D: [Sample({"rate": 0.4}, (3, 4, 5), 0)],
+    Activation: [Sample({"activation": "tanh"}, (3, 4, 2), 0)],
+    LeakyReLU: [Sample({}, (6,), 0)],
+    Rescaling: [
+        Sample({"scale": 1 / 255}, (3, 4, 2), 0),
+        Sample({"scale": 2.0, "offset": -1.0}, (5,), 0),
+    ],
+    BatchNormalization: [
+        Sample({}, (3, 4, 3), 4 * 3, keras_non_trainable=2 * 3),
+        Sample({"center": False}, (5,), 3 * 5, keras_non_trainable=2 * 5),
+    ],
+    MaxPooling2D: [Sample({"pool_size": 2}, (5, 4, 2), 0, inputs=distinct_values)],
+    AveragePooling2D: [Sample({"pool_size": [2, 3], "strides": 1}, (4, 5, 2), 0)],
+    GlobalAveragePooling2D: [Sample({}, (3, 4, 3), 0)],
+    GlobalMaxPooling2D: [Sample({"keepdims": True}, (3, 4, 3), 0, inputs=distinct_values)],
+    ZeroPadding2D: [
+        Sample({}, (3, 4, 2), 0),
+        Sample({"padding": [[1, 0], [2, 3]]}, (2, 3, 1), 0),
+    ],
+}
+
+CASES = [
+    pytest.param(cls, sample, id=f"{cls.keras_name}-{i}")
+    for cls in ALL_LAYERS
+    for i, sample in enumerate(SAMPLES.get(cls, []))
+]
+BATCH = 3
+
+
+def sample_input(sample: Sample, batch: int = BATCH, seed: int = 5) -> np.ndarray:
+    return sample.inputs(np.random.default_rng(seed), (batch, *sample.input_shape))
+
+
+@pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda cls: cls.keras_name)
+def test_every_layer_has_a_sample(cls):
+    assert SAMPLES.get(cls), f"add a sample of {cls.keras_name} to SAMPLES (tests/nn/layers)"
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+def test_shape_inference_is_pure_and_forward_agrees(cls, sample):
+    layer = cls(resolve_options(sample.options, cls.OPTIONS, "test"), index=0)
+    before = dict(vars(layer))
+    shape = layer.compute_output_shape(sample.input_shape)
+    assert vars(layer) == before, "compute_output_shape must not set anything"
+    assert layer.infer_shape(sample.input_shape) == shape == layer.output_shape
+    assert layer.compute_output_shape(sample.input_shape) == shape
+    assert not layer.params and not layer.state, "build declares weights, allocates none"
+    layer.create_weights(np.random.default_rng(0), np.dtype(np.float32))
+    layer.rng = np.random.default_rng(0)  # Dropout's, set by the model
+    for training in (False, True):
+        y = layer.forward(sample_input(sample).astype(np.float32), training)
+        assert y.shape == (BATCH, *shape) and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_finite_difference_gradients(cls, sample, training):
+    layer = make_layer(cls, sample.options, sample.input_shape)
+    assert set(layer.params) == set(layer.param_shapes())
+    check_layer_gradients(layer, sample_input(sample), training=training, before_forward=reseed)
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+def test_weights_round_trip_through_a_checkpoint(cls, sample, tmp_path):
+    def model(seed: int) -> Sequential:
+        layer = cls(resolve_options(sample.options, cls.OPTIONS, "test"), index=0)
+        layer.infer_shape(sample.input_shape)
+        return Sequential([layer], sample.input_shape).build(seed)
+
+    trained, fresh = model(0), model(1)
+    x = sample_input(sample).astype(np.float32)
+    for _ in range(2):  # moves BatchNormalization's moving statistics
+        trained.forward(x, training=True)
+    weights = trained.named_weights()
+    assert sorted(weights) == sorted(f"layers.0.{name}" for name in trained.layers[0].weights)
+    path = tmp_path / "weights.npz"
+    np.savez(path, **weights)
+    with np.load(path, allow_pickle=False) as saved:
+        fresh.load_params({k: saved[k] for k in saved.files}, str(path))
+    for key, array in weights.items():
+        np.testing.assert_array_equal(fresh.named_weights()[key], array)
+    np.testing.assert_array_equal(fresh.forward(x), trained.forward(x))
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+def test_keras_parameter_count(cls, sample):
+    layer = make_layer(cls, sample.options, sample.input_shape)
+    (row,) = Sequential([layer], sample.input_shape).summary_rows()
+    assert (row.params, row.non_trainable) == (sample.keras_params, sample.keras_non_trainable)
+    assert row.type == cls.keras_name and row.name == cls.type_name
+
+
+def kept_bytes(layer, x: np.ndarray, training: bool) -> int:
+    """Bytes of the distinct arrays `layer` keeps after its forward (output and attributes),
+    its input not counted."""
+    y = layer.forward(x, training)
+    counted, total = [x], 0
+    for array in (y, *vars(layer).values()):
+        if isinstance(array, np.ndarray) and not any(np.shares_memory(array, c) for c in counted):
+            counted.append(array)
+            total += array.nbytes
+    return total
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+@pytest.mark.parametrize("last", [False, True], ids=["inner", "last"])
+def test_declared_saved_arrays_are_what_forward_keeps(cls, sample, last):
+    layer = cls(resolve_options(sample.options, cls.OPTIONS, "test"), index=0)
+    layer.infer_shape(sample.input_shape)
+    layer.create_weights(np.random.default_rng(0), np.dtype(np.float32))
+    layer.rng = np.random.default_rng(0)
+    if last and isinstance(layer, ActivationMixin) and layer.fuses_head():
+        layer.returns_logits = True  # as Sequential.from_spec makes the last layer
+    for training in (False, True):
+        # per image: the difference of two batch sizes (what does not scale cancels)
+        small, large = (
+            kept_bytes(layer, sample_input(sample, n).astype(np.float32), training) for n in (2, 5)
+        )
+        declared = sum(
+            int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+            for a in layer.saved_arrays(training, last=last)
+        )
+        assert (large - small) / 3 == declared, f"training={training}"
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+def test_torch_twin_computes_the_same_function(cls, sample):
+    torch = pytest.importorskip("torch")
+    from cnnkit.bench_torch import TwinBuilder
+
+    layer = make_layer(cls, sample.options, sample.input_shape)
+    twin = TwinBuilder(torch)
+    try:
+        layer.torch_twin(twin)
+    except CnnkitError as error:
+        assert "--vs torch cannot build" in str(error)
+        pytest.skip(f"{cls.keras_name} has no twin: {error}")
+    net = torch.nn.Sequential(*twin.modules).double().eval()
+    with torch.no_grad():
+        for key, tensor, to_torch in twin.copies:
+            name = key.removeprefix("layers.0.")
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(to_torch(layer.params[name]))))
+        x = sample_input(sample)
+        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+        out = net(torch.from_numpy(nchw)).numpy()
+    expected = layer.forward(x, False)
+    if twin.flat_from is not None:  # torch flattens (C, H, W): the next Dense is permuted
+        expected = x.transpose(0, 3, 1, 2).reshape(BATCH, -1)
+    elif out.ndim == 4:
+        out = out.transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)

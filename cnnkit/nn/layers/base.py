@@ -149,9 +149,10 @@ class Layer:
         logits to the loss (Sequential.from_spec). By default: the layer's output."""
         return [SavedArray(self.output_shape)]
 
-    def shape_error(self, message: str, hint: str | None = None) -> SpecError:
+    def shape_error(self, input_shape: Shape, message: str, hint: str | None = None) -> SpecError:
+        """The error of an input shape that does not fit (compute_output_shape raises it)."""
         return SpecError(
-            f"{self.keras_name} {message} (input shape {format_shape(self.input_shape)})",
+            f"{self.keras_name} {message} (input shape {format_shape(input_shape)})",
             where=self.where,
             hint=hint,
         )

@@ -35,6 +35,7 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
         """(output shape, pad_top, pad_left) for this input shape."""
         if len(input_shape) != 3:
             raise self.shape_error(
+                input_shape,
                 "needs an image-shaped input (height, width, channels)",
                 hint="Put Conv2D before Flatten/Dense, and give model.input_shape as [H, W, C].",
             )
@@ -44,6 +45,7 @@ class Conv2D(KernelBiasMixin, ActivationMixin, Layer):
         eff = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
         if self.options["padding"] == "valid" and (eff[0] > h or eff[1] > w):
             raise self.shape_error(
+                input_shape,
                 f"kernel {eff[0]}×{eff[1]} (kernel_size {kh}×{kw}, dilation {dh}×{dw}) is "
                 f"bigger than its {h}×{w} input",
                 hint="Use a smaller kernel_size, padding: same, or fewer pooling layers before it.",

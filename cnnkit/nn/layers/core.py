@@ -21,7 +21,9 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 1:
             raise self.shape_error(
-                "needs a flat input", hint="Add `- Flatten: {}` before this Dense layer."
+                input_shape,
+                "needs a flat input",
+                hint="Add `- Flatten: {}` before this Dense layer.",
             )
         return (self.options["units"],)
 
@@ -143,6 +145,7 @@ class SpatialDropout2D(Dropout):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
             raise self.shape_error(
+                input_shape,
                 "needs an image-shaped input (height, width, channels)",
                 hint="Use Dropout after Flatten; SpatialDropout2D drops channels of images.",
             )

@@ -36,12 +36,15 @@ class _Pooling2D(Layer):
     def _geometry(self, input_shape: Shape) -> tuple[Shape, list[int], int, int]:
         """(output shape, strides, pad_top, pad_left) for this input shape."""
         if len(input_shape) != 3:
-            raise self.shape_error("needs an image-shaped input (height, width, channels)")
+            raise self.shape_error(
+                input_shape, "needs an image-shaped input (height, width, channels)"
+            )
         h, w, c = input_shape
         ph, pw = self.options["pool_size"]
         strides = self.options["strides"] or [ph, pw]
         if self.options["padding"] == "valid" and (ph > h or pw > w):
             raise self.shape_error(
+                input_shape,
                 f"pool_size {ph}×{pw} is bigger than its {h}×{w} input",
                 hint="Use a smaller pool_size, padding: same, or remove a pooling layer.",
             )
@@ -121,7 +124,9 @@ class _GlobalPooling2D(Layer):
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
-            raise self.shape_error("needs an image-shaped input (height, width, channels)")
+            raise self.shape_error(
+                input_shape, "needs an image-shaped input (height, width, channels)"
+            )
         c = input_shape[2]
         return (1, 1, c) if self.options["keepdims"] else (c,)
 

@@ -91,6 +91,7 @@ class ZeroPadding2D(Layer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
             raise self.shape_error(
+                input_shape,
                 "needs an image-shaped input (height, width, channels)",
                 hint="Put ZeroPadding2D before Flatten/Dense.",
             )

@@ -13,8 +13,8 @@ import pytest
 from cnnkit.api import summarize
 from cnnkit.errors import CheckpointError, SpecError
 from cnnkit.nn.layers.core import Dropout
-from cnnkit.nn.model import Sequential
 from cnnkit.nn.registry import LOSSES
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import build_layers, parse_spec
 from tests.nn.gradcheck import (
     KINK_MARGIN,
@@ -68,8 +68,8 @@ loss: {name: categorical_crossentropy, label_smoothing: 0.1}
 )
 def test_model_end_to_end_gradients(text, keys):
     spec = parse_spec(text)
-    model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
-    loss_fn = LOSSES[spec.loss["name"]](**{k: v for k, v in spec.loss.items() if k != "name"})
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    loss_fn = LOSSES[spec.loss.name](**spec.loss.options)
     dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
     rng = np.random.default_rng(0)
     x = rng.random((2, 28, 28, 1))
@@ -203,7 +203,7 @@ BN_MODEL = """    - Conv2D: {filters: 3, kernel_size: 3, activation: relu}
 
 def test_named_weights_hold_params_and_state():
     spec = parse_spec(spec_text(BN_MODEL))
-    model = Sequential.from_spec(spec).build(0)
+    model = build_model(spec).build(0)
     assert sorted(model.named_state()) == [
         "layers.1.moving_mean",
         "layers.1.moving_variance",
@@ -223,7 +223,7 @@ def test_named_weights_hold_params_and_state():
 
 def test_checkpoint_round_trip_of_named_weights(tmp_path):
     spec = parse_spec(spec_text(BN_MODEL))
-    model = Sequential.from_spec(spec).build(0)
+    model = build_model(spec).build(0)
     rng = np.random.default_rng(1)
     for _ in range(3):  # move the moving statistics away from their initial values
         model.forward(rng.random((4, 6, 6, 2), dtype=np.float32), training=True)
@@ -232,7 +232,7 @@ def test_checkpoint_round_trip_of_named_weights(tmp_path):
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
 
-    other = Sequential.from_spec(spec).build(99)  # different weights until loaded
+    other = build_model(spec).build(99)  # different weights until loaded
     x = rng.random((5, 6, 6, 2), dtype=np.float32)
     assert not np.allclose(other.forward(x), model.forward(x))
     other.load_params(arrays, str(path))
@@ -259,7 +259,7 @@ def test_last_layer_leaky_relu_is_not_skipped_as_a_logits_head():
             "loss: {name: sparse_categorical_crossentropy, from_logits: true}",
         )
     )
-    model = Sequential.from_spec(spec).build(0, dtype=np.float64)
+    model = build_model(spec).build(0, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((8, 6, 6, 2))
     logits = model.forward(x, training=True)  # (no dropout here) so that _z is kept to read
     z = model.layers[1]._z
@@ -271,7 +271,7 @@ def test_inference_lets_go_of_backward_arrays_and_gives_the_same_outputs():
     """Sequential.forward in inference releases each layer's backward arrays right after it
     runs (evaluate's peak memory: one layer's arrays, not all of them); outputs unchanged."""
     spec = parse_spec((ROOT / "configs" / "mnist.yaml").read_text())
-    model = Sequential.from_spec(spec).build(0)
+    model = build_model(spec).build(0)
     x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
     kept = x
     for layer in model.layers:  # layer by layer, nothing released

@@ -11,6 +11,7 @@ from cnnkit.errors import SpecError
 from cnnkit.nn.layers.core import Dense
 from cnnkit.nn.model import Sequential
 from cnnkit.nn.registry import LOSSES
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
 from tests.nn.gradcheck import (
     TOL,
@@ -35,7 +36,7 @@ REG_LAYERS = """    - Conv2D: {filters: 3, kernel_size: 3, activation: tanh,
 
 def test_regularizer_spec_forms_resolve():
     spec = parse_spec(spec_text(REG_LAYERS))
-    conv, bn, dense1, dense2 = (spec.layers[i].options for i in (0, 1, 5, 6))
+    conv, bn, dense1, dense2 = (spec.model.layers[i].options for i in (0, 1, 5, 6))
     assert conv["kernel_regularizer"] == {"l1": 0.05, "l2": 0.0}
     assert conv["bias_regularizer"] is None
     assert bn["gamma_regularizer"] == {"l1": 0.0, "l2": 0.01}
@@ -54,7 +55,7 @@ def test_regularizer_spec_forms_resolve():
 
 def test_regularization_loss_value_by_hand():
     spec = parse_spec(spec_text(REG_LAYERS))
-    model = Sequential.from_spec(spec).build(1, dtype=np.float64)
+    model = build_model(spec).build(1, dtype=np.float64)
     p = model.named_params()
     expected = (
         0.05 * np.abs(p["layers.0.kernel"]).sum()
@@ -70,15 +71,15 @@ def test_regularization_loss_value_by_hand():
     assert expected > 0
     # no regularizers: 0
     plain = parse_spec(spec_text("    - Flatten: {}\n    - Dense: {units: 3, activation: softmax}"))
-    assert Sequential.from_spec(plain).build(1).regularization_loss() == 0.0
+    assert build_model(plain).build(1).regularization_loss() == 0.0
 
 
 def test_model_gradients_with_regularizers_and_new_layers():
     """FD of loss + regularization_loss over every parameter (sampled), training mode:
     BatchNormalization's batch statistics, SpatialDropout2D masks, l1 away from 0, l2, l1_l2."""
     spec = parse_spec(spec_text(REG_LAYERS))
-    model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
-    loss_fn = LOSSES[spec.loss["name"]]()
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    loss_fn = LOSSES[spec.loss.name]()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 6, 6, 2))
     labels = np.array([0, 2, 1])

@@ -146,7 +146,7 @@ class Layer:
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
         """The arrays forward allocates and keeps until the next batch (for backward), per
         image: what the memory plan counts. `last`: the model's output layer, which hands
-        logits to the loss (Sequential.from_spec). By default: the layer's output."""
+        logits to the loss (Sequential.from_configs). By default: the layer's output."""
         return [SavedArray(self.output_shape)]
 
     def shape_error(self, input_shape: Shape, message: str, hint: str | None = None) -> SpecError:

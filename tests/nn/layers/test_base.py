@@ -196,7 +196,7 @@ def test_declared_saved_arrays_are_what_forward_keeps(cls, sample, last):
     layer.create_weights(np.random.default_rng(0), np.dtype(np.float32))
     layer.rng = np.random.default_rng(0)
     if last and isinstance(layer, ActivationMixin) and layer.fuses_head():
-        layer.returns_logits = True  # as Sequential.from_spec makes the last layer
+        layer.returns_logits = True  # as Sequential.from_configs makes the last layer
     for training in (False, True):
         # per image: the difference of two batch sizes (what does not scale cancels)
         small, large = (

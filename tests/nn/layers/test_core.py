@@ -19,7 +19,7 @@ from cnnkit.nn.layers.core import (
     Rescaling,
     SpatialDropout2D,
 )
-from cnnkit.nn.model import Sequential
+from cnnkit.spec.build import build_model
 from cnnkit.spec.config import build_layers, parse_spec
 from tests.nn.gradcheck import (
     KINK_MARGIN,
@@ -143,7 +143,7 @@ def test_spatial_dropout_seeded_by_the_model():
     spec = parse_spec(text)
     runs = []
     for _ in range(2):
-        model = Sequential.from_spec(spec).build(spec.seed, dtype=np.float64)
+        model = build_model(spec).build(spec.seed, dtype=np.float64)
         assert model.layers[0].rng is model.dropout_rng
         model.forward(np.ones((4, 6, 6, 2)), training=True)
         runs.append(model.layers[0]._mask.copy())
@@ -174,7 +174,7 @@ def test_rescaling_in_a_spec_takes_a_fraction_and_needs_a_scale():
             "    - Dense: {units: 3, activation: softmax}"
         )
     )
-    assert spec.layers[0].options == {"scale": 1 / 255, "offset": 0.0}
+    assert spec.model.layers[0].options == {"scale": 1 / 255, "offset": 0.0}
     rows = summarize(spec).rows
     assert (rows[0].name, rows[0].type, rows[0].params) == ("rescaling", "Rescaling", 0)
     assert rows[0].macs == 6 * 6 * 2  # one multiply-add a value

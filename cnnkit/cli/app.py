@@ -373,7 +373,7 @@ def schema(
     Generated from the option tables the validator uses. Point your editor's YAML language
     server at it with a first line `# yaml-language-server: $schema=PATH` in the spec.
 
-    Example: cnnkit schema --out schema/cnnkit-spec.schema.json
+    Example: cnnkit schema --out cnnkit/spec/cnnkit-spec.schema.json
     """
     text = api.spec_schema()
     if out is None:

@@ -61,7 +61,7 @@ logging: {{tensorboard: {tensorboard}, every_steps: 3}}
 
 
 def tiny_text(name: str = "tiny", lr: float = 0.01, tensorboard: bool = False) -> str:
-    mnist = ROOT / "datasets" / "mnist"
+    mnist = ROOT / "cnnkit" / "data" / "mnist"
     return TINY.format(name=name, mnist=mnist, lr=lr, tensorboard=str(tensorboard).lower())
 
 

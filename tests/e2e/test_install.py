@@ -120,9 +120,9 @@ def test_installed_cnnkit_trains_evaluates_and_predicts_offline_from_anywhere(ve
     assert list((data / "cache" / "numba").rglob("*.nbi"))  # the kernels' cache went here
     # and the warm-up finds it there: a second training would announce no compilation
     check = (
-        "from cnnkit.nn.model import Sequential; from cnnkit.spec.config import load_spec;"
+        "from cnnkit.spec.build import build_model; from cnnkit.spec.config import load_spec;"
         "from cnnkit.train.warmup import kernels_used, uncached;"
-        "used = kernels_used(Sequential.from_spec(load_spec('mnist_basic.yaml')).build(0));"
+        "used = kernels_used(build_model(load_spec('mnist_basic.yaml')).build(0));"
         "print(len(used), uncached(used))"
     )
     assert _run([python, "-c", check], work, env).stdout.split(maxsplit=1)[1].strip() == "[]"

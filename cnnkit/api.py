@@ -732,7 +732,6 @@ def predict(
         )
     ok = sorted(prepared)
     x = np.stack([prepared[i].array for i in ok])
-    # the run's normalisation
     preprocessor = Preprocessor.from_spec(spec, saved=RunDir(run_dir).read_normalization)
     # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
     loss_fn = build_loss(spec)

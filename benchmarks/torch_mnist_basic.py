@@ -6,7 +6,7 @@ Same work as cnnkit's epoch: read the IDX files with numpy (no torchvision), res
 Conv2D(32, 3, relu) -> MaxPooling2D(2) -> Flatten -> Dense(128, relu) -> Dense(10), Adam
 (lr 0.001, epsilon 1e-7 as Keras), batch 200, shuffled, then test-set loss and accuracy.
 
-Usage: python benchmarks/torch_mnist_basic.py [--threads N] [--data datasets/mnist]
+Usage: python benchmarks/torch_mnist_basic.py [--threads N] [--data cnnkit/data/mnist]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def read_idx(path: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
-    parser.add_argument("--data", type=Path, default=ROOT / "datasets" / "mnist")
+    parser.add_argument("--data", type=Path, default=ROOT / "cnnkit" / "data" / "mnist")
     parser.add_argument("--batch-size", type=int, default=200)
     args = parser.parse_args()
     start = time.perf_counter()

@@ -5,9 +5,7 @@ Errors a user can cause surface as CnnkitError; the CLI turns them into exit cod
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -30,6 +28,17 @@ from cnnkit.io import atomic_write_text, write_json
 from cnnkit.nn.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.nn.metrics import per_class_report
 from cnnkit.nn.model import Sequential, SummaryRow
+from cnnkit.runs.layout import (
+    CONFUSION_PNG,
+    EVALUATION,
+    EVALUATION_FILES,
+    EVALUATION_SPLITS,
+    MISCLASSIFIED_CSV,
+    MISCLASSIFIED_PNG,
+    PREDICTIONS_CSV,
+    CheckpointFiles,
+    RunDir,
+)
 from cnnkit.runs.report import write_report
 from cnnkit.runs.rundir import (
     create_run_dir,
@@ -238,15 +247,16 @@ def train(
 
     _warm_up(setup, reporter)  # before the run directory: Ctrl-C while compiling leaves none
     run_dir = create_run_dir(Path(out), spec.name)
+    run = RunDir(run_dir)
     mark_running(run_dir, spec.train.epochs)
     if on_run_dir:
         on_run_dir(run_dir)
     notes = setup.notes
     if setup.skipped:
-        atomic_write_text(run_dir / "skipped_images.txt", "\n".join(setup.skipped) + "\n")
+        atomic_write_text(run.skipped_images, "\n".join(setup.skipped) + "\n")
         notes.append(
             f"{len(setup.skipped)} unreadable images skipped (data.skip_bad_images); "
-            f"listed in {run_dir / 'skipped_images.txt'}"
+            f"listed in {run.skipped_images}"
         )
     if setup.splits.validation is not None and setup.splits.validation is setup.splits.test:
         from cnnkit.spec.callbacks import optimistic_test_notes
@@ -254,12 +264,14 @@ def train(
         notes += optimistic_test_notes(spec)
     for note in [*notes, *spec.notes] if on_note else ():
         on_note(note)
-    atomic_write_text(run_dir / "config.yaml", spec.to_yaml())
-    setup.preprocessor.save(run_dir)  # normalization.json: featurewise statistics, if any
+    atomic_write_text(run.config, spec.to_yaml())
+    statistics = setup.preprocessor.statistics()  # featurewise, if the spec uses them
+    if statistics is not None:
+        write_json(run.normalization, statistics)
     info = summarize(spec)
     table = summary_table(info.title, info.rows, info.totals)
     summary_text = render_text(table)
-    atomic_write_text(run_dir / "summary.txt", summary_text)
+    atomic_write_text(run.summary, summary_text)
     history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text, callbacks)
     return TrainResult(run_dir, history, spec)
 
@@ -355,7 +367,7 @@ def resume(
             hint="To fine-tune from this run instead: cnnkit train SPEC --weights RUN_DIR.",
         )
     if spec_file is not None or overrides:
-        given = load_spec(spec_file or run_dir / "config.yaml", overrides)
+        given = load_spec(spec_file or RunDir(run_dir).config, overrides)
         source = f"{spec_file}" if spec_file is not None else "options given"
         refuse_changes(spec, given, run_dir, source)
         train = replace(
@@ -384,12 +396,12 @@ def resume(
             f"cnnkit train --resume {run_dir} --epochs {done + 5}",
         )
     setup = _setup(spec, threads, progress)
-    setup.model.load_params(state.weights, str(state.path.with_suffix(".npz")))
+    setup.model.load_params(state.weights, str(CheckpointFiles(state.path).weights))
     if on_note:
         at = f"epoch {epoch}" + (f", step {step + 1}" if step else "")
         on_note(f"Resuming {run_dir} at {at} of {spec.train.epochs}.")
     _warm_up(setup, reporter, run_dir)  # Ctrl-C while compiling leaves the run as it was
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config
     if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
         atomic_write_text(config, spec.to_yaml())
     history = _tracked_fit(setup, spec, run_dir, reporter, on_note, extra=callbacks, resume=state)
@@ -443,22 +455,14 @@ def reproduce(
             if not same:
                 differences.append((row["epoch"], key, a, b))
     weights = None
-    last_old, last_new = (d / "checkpoints" / "last" for d in (original, result.run_dir))
-    old_meta = _sidecar(last_old)
-    if old_meta.get("epoch_complete", True) and old_meta.get("epoch") == _sidecar(last_new).get(
-        "epoch"
-    ):
-        a, _ = load_checkpoint(last_old)
-        b, _ = load_checkpoint(last_new)
+    old, new = RunDir(original), RunDir(result.run_dir)
+    old_meta = old.read_checkpoint_meta("last") or {}
+    new_meta = new.read_checkpoint_meta("last") or {}
+    if old_meta.get("epoch_complete", True) and old_meta.get("epoch") == new_meta.get("epoch"):
+        a, _ = load_checkpoint(old.checkpoint("last").stem)
+        b, _ = load_checkpoint(new.checkpoint("last").stem)
         weights = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     return Reproduction(original, result.run_dir, compared, differences, weights)
-
-
-def _sidecar(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _full_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -466,16 +470,16 @@ def _full_history(run_dir: Path) -> list[dict[str, Any]]:
     values of metrics.csv."""
     from cnnkit.train.callbacks.base import decode_float
 
-    info = _sidecar(run_dir / "checkpoints" / "last").get("resume")
+    run = RunDir(run_dir)
+    info = (run.read_checkpoint_meta("last") or {}).get("resume")
     if info and info.get("history"):
         return [{k: decode_float(v) for k, v in row.items()} for row in info["history"]]
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
+    if not run.metrics.is_file():
         raise CheckpointError(
             "the run has no finished epoch to compare with (no metrics.csv)", where=str(run_dir)
         )
-    with open(path) as f:  # 6 significant digits: compared as metrics.csv writes them
-        return [{k: int(v) if k == "epoch" else v for k, v in r.items()} for r in csv.DictReader(f)]
+    # 6 significant digits: compared as metrics.csv writes them
+    return [{k: int(v) if k == "epoch" else v for k, v in r.items()} for r in run.read_metrics()]
 
 
 def load_initial_weights(model: Sequential, spec: Spec) -> Path:
@@ -532,16 +536,6 @@ def evaluate(
 
     A split the data does not have is an error naming the splits it has: without a test
     split, the default refuses rather than report another split as a test score."""
-    from cnnkit.runs.evaluation import (
-        CONFUSION_PNG,
-        EVALUATION_JSON,
-        EVALUATION_SPLITS,
-        MISCLASSIFIED_CSV,
-        MISCLASSIFIED_PNG,
-        PREDICTIONS_CSV,
-        split_file,
-    )
-
     if split not in EVALUATION_SPLITS:
         raise DataError(
             f"unknown split '{split}'",
@@ -563,7 +557,8 @@ def evaluate(
     )
     batch_size = batch_size or spec.train.eval_batch_size
     metric_set = build_metrics(spec)
-    preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
+    # the run's normalisation
+    preprocessor = Preprocessor.from_spec(spec, saved=RunDir(run_dir).read_normalization)
     loss_fn = build_loss(spec)
     result = evaluate_split(model, loss_fn, data, preprocessor, batch_size, metric_set)
     matrix = metric_set.confusion  # the predictions the metrics counted (one sigmoid: p > 0.5)
@@ -586,10 +581,10 @@ def evaluate(
         "confusion_matrix": matrix.tolist(),
     }
     report.update(write_error_analysis(run_dir, data, result.probabilities, matrix, splits, split))
-    written = (EVALUATION_JSON, CONFUSION_PNG, MISCLASSIFIED_PNG, MISCLASSIFIED_CSV)
-    written += (PREDICTIONS_CSV,)
-    report["files"] = [split_file(name, split) for name in written] + ["report.md"]
-    write_json(run_dir / split_file(EVALUATION_JSON, split), report)
+    run = RunDir(run_dir)
+    report["files"] = [run.evaluation_file(name, split).name for name in EVALUATION_FILES]
+    report["files"].append(run.report.name)
+    write_json(run.evaluation_file(EVALUATION, split), report)
     write_report(run_dir)
     return report
 
@@ -655,26 +650,27 @@ def write_error_analysis(
     name: str = "test",
 ) -> dict[str, Any]:
     """confusion_matrix.png, misclassified.csv, misclassified.png and predictions.csv (every
-    sample's probabilities), named for the split evaluated (analysis.split_file); returns what
+    sample's probabilities), named for the split evaluated (layout.split_file); returns what
     evaluation.json adds: the most-confused pairs and the mistake count."""
     from cnnkit.runs import evaluation as analysis
     from cnnkit.runs import plots
 
     names = splits.class_names
     rows = analysis.misclassified_rows(probabilities, split.y, names, split.files)
-    file = lambda base: run_dir / analysis.split_file(base, name)  # noqa: E731
-    analysis.write_misclassified_csv(file(analysis.MISCLASSIFIED_CSV), rows)
+    run = RunDir(run_dir)
+    file = lambda base: run.evaluation_file(base, name)  # noqa: E731
+    analysis.write_misclassified_csv(file(MISCLASSIFIED_CSV), rows)
     analysis.write_predictions_csv(
-        file(analysis.PREDICTIONS_CSV), probabilities, split.y, names, split.files
+        file(PREDICTIONS_CSV), probabilities, split.y, names, split.files
     )
-    plots.plot_confusion(matrix, names, file(analysis.CONFUSION_PNG))
+    plots.plot_confusion(matrix, names, file(CONFUSION_PNG))
     shown = rows[:32]
     plots.plot_misclassified(
         split.x[[r["index"] for r in shown]],
         [r["true"] for r in shown],
         [r["predicted"] for r in shown],
         [r["confidence"] for r in shown],
-        file(analysis.MISCLASSIFIED_PNG),
+        file(MISCLASSIFIED_PNG),
     )
     return {
         "most_confused": analysis.most_confused(matrix, names),
@@ -736,7 +732,7 @@ def predict(
         )
     ok = sorted(prepared)
     x = np.stack([prepared[i].array for i in ok])
-    preprocessor = Preprocessor.from_spec(spec, run_dir=run_dir)  # the run's normalisation
+    preprocessor = Preprocessor.from_spec(spec, saved=RunDir(run_dir).read_normalization)
     # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
     loss_fn = build_loss(spec)
     batch_size = batch_size or spec.train.eval_batch_size

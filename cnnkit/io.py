@@ -139,11 +139,3 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
             where=str(path),
         )
     return arrays
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -16,7 +16,7 @@ from cnnkit.cli import app as cli
 from cnnkit.cli import display
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, datasets/, cnnkit/
-MNIST = ROOT / "datasets" / "mnist"
+MNIST = ROOT / "cnnkit" / "data" / "mnist"
 
 
 def tiny_pool_spec(name: str, epochs: int, train_samples: int, every_steps: int) -> str:

@@ -19,7 +19,7 @@ PACKAGE = TESTS.parent / "cnnkit"
 
 # top first: each may import only from its own line and the lines above it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("cnnkit", "cnnkit.errors", "cnnkit.io", "cnnkit.interrupts",
+    ("foundation", ("cnnkit", "cnnkit.errors", "cnnkit.io", "cnnkit.interrupts", "cnnkit.places",
                     "cnnkit.seeding", "cnnkit.threads")),
     ("options", ("cnnkit.options",)),
     ("kernels", ("cnnkit.kernels",)),

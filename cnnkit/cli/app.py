@@ -21,11 +21,11 @@ from cnnkit.cli import display
 from cnnkit.errors import CnnkitError, SpecError
 from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed, stdout_was_closed
 from cnnkit.io import json_safe
-from cnnkit.runs.evaluation import EVALUATION_SPLITS
+from cnnkit.runs.layout import EVALUATION_SPLITS
 from cnnkit.spec.config import load_spec
 from cnnkit.spec.overrides import command_line, option_override
 
-# `evaluate --split` (cnnkit.runs.evaluation.EVALUATION_SPLITS): typer shows and checks the choices
+# `evaluate --split` (cnnkit.runs.layout.EVALUATION_SPLITS): typer shows and checks the choices
 EvalSplit = Enum("EvalSplit", {name: name for name in EVALUATION_SPLITS}, type=str)
 
 app = typer.Typer(
@@ -373,7 +373,7 @@ def schema(
     Generated from the option tables the validator uses. Point your editor's YAML language
     server at it with a first line `# yaml-language-server: $schema=PATH` in the spec.
 
-    Example: cnnkit schema --out schema/cnnkit-spec.schema.json
+    Example: cnnkit schema --out cnnkit/spec/cnnkit-spec.schema.json
     """
     text = api.spec_schema()
     if out is None:

@@ -26,6 +26,7 @@ from rich.text import Text
 
 from cnnkit.errors import CnnkitError
 from cnnkit.interrupts import output_closed
+from cnnkit.runs.layout import RunDir, read_checkpoint_sidecar
 from cnnkit.runs.summary import Fits, human_bytes, summary_table
 
 
@@ -775,10 +776,8 @@ def compare_renderables(result: dict[str, Any]) -> list[Any]:
 
 def print_trained(run_dir: Any, spec: Any) -> None:
     """The closing lines of `cnnkit train`: best checkpoint, run directory, next command."""
-    import json
-
     monitor = spec.callbacks.checkpoint.monitor  # what chose best.npz
-    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    best = read_checkpoint_sidecar(RunDir(run_dir).checkpoint("best"), required=True)
     console.print(
         f"Done. Best {monitor} {best['metrics'][monitor]:.4f} at epoch {best['epoch']} "
         "(checkpoints/best.npz).\n"
@@ -808,7 +807,7 @@ def print_interrupted(stop: Any) -> None:
         "random-stream and epoch state; metrics.csv holds the finished epochs.\n"
         f"Resume exactly where it stopped with:\n  [bold]{escape(command)}[/bold]"
     )
-    if not (stop.run_dir / "checkpoints" / "best.npz").is_file():  # no epoch has finished
+    if not RunDir(stop.run_dir).checkpoint("best").weights.is_file():  # no epoch has finished
         text += (
             "\nNo epoch has finished, so there is no best.npz yet: evaluate or predict with "
             f"these weights using --checkpoint last, e.g.\n  [bold]cnnkit evaluate "

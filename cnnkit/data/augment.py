@@ -15,16 +15,14 @@ the run directory (normalization.json), so evaluate and predict apply the same n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnkit.data.batches import Split, scale
-from cnnkit.errors import CheckpointError, SpecError
+from cnnkit.errors import SpecError
 from cnnkit.kernels.nojit import FILL_MODES, lazy
 from cnnkit.options import (
     Option,
@@ -36,7 +34,6 @@ from cnnkit.options import (
     resolve_options,
 )
 
-NORMALIZATION_FILE = "normalization.json"
 EPSILON = 1e-6  # Keras' standardize(): x / (std + 1e-6)
 
 
@@ -325,8 +322,15 @@ class Preprocessor:
     augmenter: Augmenter | None = None
 
     @classmethod
-    def from_spec(cls, spec: Any, train: Split | None = None, run_dir: Path | None = None):
-        """Featurewise statistics from the training split (train) or from a run (run_dir)."""
+    def from_spec(
+        cls,
+        spec: Any,
+        train: Split | None = None,
+        saved: Callable[[], dict[str, Any]] | None = None,
+    ):
+        """Featurewise statistics from the training split (train) or, for a trained run, what
+        statistics() gave at training (saved: its reader, called only when the spec needs
+        them: RunDir.read_normalization)."""
         section = spec.augmentation
         pre = cls(
             spec.data.rescale,
@@ -338,8 +342,10 @@ class Preprocessor:
         if center or std:
             if train is not None:
                 mean, sd = featurewise_stats(train.x, pre.rescale)
+            elif saved is not None:
+                mean, sd = saved_featurewise_stats(saved())
             else:
-                mean, sd = load_featurewise_stats(run_dir)
+                raise ValueError("featurewise statistics need the training split or a run's")
             pre.mean = mean if center else None
             pre.std = sd if std else None
         return pre
@@ -365,21 +371,17 @@ class Preprocessor:
             return self
         return lambda x: self.normalize(self.augmenter(x, rng, self.rescale))
 
-    def save(self, run_dir: Path) -> None:
-        """normalization.json, when there are featurewise statistics to keep."""
+    def statistics(self) -> dict[str, Any] | None:
+        """The featurewise statistics a trained run keeps (its normalization.json), or None
+        when there are none to keep."""
         if self.mean is None and self.std is None:
-            return
-        from cnnkit.io import write_json
-
-        write_json(
-            Path(run_dir) / NORMALIZATION_FILE,
-            {
-                "rescale": self.rescale,
-                "featurewise_mean": None if self.mean is None else self.mean.tolist(),
-                "featurewise_std": None if self.std is None else self.std.tolist(),
-                "computed_on": "the training split, rescaled, not augmented",
-            },
-        )
+            return None
+        return {
+            "rescale": self.rescale,
+            "featurewise_mean": None if self.mean is None else self.mean.tolist(),
+            "featurewise_std": None if self.std is None else self.std.tolist(),
+            "computed_on": "the training split, rescaled, not augmented",
+        }
 
 
 def featurewise_stats(x: np.ndarray, rescale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -396,16 +398,8 @@ def featurewise_stats(x: np.ndarray, rescale: float) -> tuple[np.ndarray, np.nda
     return (mean * rescale).astype(np.float32), (np.sqrt(var) * rescale).astype(np.float32)
 
 
-def load_featurewise_stats(run_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(run_dir or ".") / NORMALIZATION_FILE
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(
-            "the run's spec uses featurewise normalisation but its statistics are missing",
-            where=str(path),
-            hint="normalization.json is written by `cnnkit train`; train the run again.",
-        ) from None
+def saved_featurewise_stats(saved: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessor.statistics()' mean and std, as arrays."""
     mean, std = saved.get("featurewise_mean"), saved.get("featurewise_std")
     return (
         None if mean is None else np.asarray(mean, np.float32),

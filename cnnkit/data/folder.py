@@ -8,7 +8,8 @@ Two layouts:
 Classes are the sub-folder names in alphabetical order, as Keras orders them. Images are
 decoded with Pillow, converted to the colour mode and resized to target_size once, by
 cnnkit.data.images.decode_image (what `cnnkit predict` calls too); the uint8 arrays are cached
-in CNNKIT_CACHE_DIR (default ~/.cache/cnnkit) under a key made of every file's path, size and
+in the user cache (cnnkit.places.cache_dir: CNNKIT_CACHE_DIR, else $CNNKIT_DATA/cache, else
+~/.cache/cnnkit on Linux) under a key made of every file's path, size and
 modification time plus the decoding options and the decoder (Pillow's version), so the second
 epoch and the second run decode nothing, and any changed, added or removed file invalidates
 the cache.
@@ -30,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cnnkit.data.images import CHANNELS, DECODER, IMAGE_SUFFIXES, ImageOptions, decode_image
 from cnnkit.errors import DataError
+from cnnkit.places import cache_dir
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
@@ -175,10 +177,6 @@ def _cache_key(files: list[tuple[Path, int]], options: dict) -> str:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
     return digest.hexdigest()[:32]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CNNKIT_CACHE_DIR") or Path.home() / ".cache" / "cnnkit")
 
 
 def decode_split(

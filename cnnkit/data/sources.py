@@ -35,9 +35,16 @@ from cnnkit.data.idx import read_idx
 from cnnkit.data.images import ImageOptions
 from cnnkit.errors import DataError, SpecError
 from cnnkit.options import ErrorList, did_you_mean
+from cnnkit.places import datasets_dir, source_checkout
 from cnnkit.seeding import random_stream
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT = source_checkout()  # None when installed
+# MNIST ships inside the package (package data, with its credits in README.md). Specs and run
+# directories have always called it datasets/mnist (data.path's default, recorded in every
+# config.yaml): that name finds the shipped copy when no such folder is in the working
+# directory or beside the spec.
+MNIST_DIR = Path(__file__).resolve().parent / "mnist"
+SHIPPED = {Path("datasets/mnist"): MNIST_DIR}
 
 
 @dataclass
@@ -60,18 +67,30 @@ class Dataset:
 
 
 def resolve_data_dir(path: str, spec_dir: Path | None) -> Path:
-    """A relative data path is looked up in the working directory, next to the spec, then in
-    the cnnkit checkout, so `datasets/mnist` works from anywhere in a fresh clone."""
+    """A relative data path is looked up in the working directory, next to the spec, in the
+    cnnkit checkout (when running from one), then among the data shipped with cnnkit, so
+    `datasets/mnist` works from anywhere, installed or in a fresh clone."""
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
         return candidate
-    for base in (Path.cwd(), spec_dir, PROJECT_ROOT):
+    for base in (Path.cwd(), spec_dir, CHECKOUT):
         if base is not None and (base / candidate).is_dir():
             return base / candidate
+    if candidate in SHIPPED:
+        return SHIPPED[candidate]
     return Path.cwd() / candidate
 
 
-# md5 of each file's decompressed content (see read_idx). MNIST ships in datasets/mnist.
+def download_dir(name: str, complete: Callable[[Path], bool]) -> Path:
+    """Where a downloadable dataset is read from and downloaded to: the user data directory
+    (cnnkit.places), never the package folder; a checkout's datasets/<name> that already holds
+    the data (where earlier versions downloaded it) is used as it is."""
+    if CHECKOUT is not None and complete(CHECKOUT / "datasets" / name):
+        return CHECKOUT / "datasets" / name
+    return datasets_dir() / name
+
+
+# md5 of each file's decompressed content (see read_idx). MNIST ships in MNIST_DIR.
 MNIST_FILES = {
     "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
@@ -151,14 +170,16 @@ def load_mnist(spec: Any) -> Dataset:
 
 
 def load_fashion_mnist(spec: Any) -> Dataset:
-    """data.path if given; else Debian's dataset-fashion-mnist; else datasets/fashion_mnist,
-    downloading (checksummed) into it when a file is missing."""
+    """data.path if given; else Debian's dataset-fashion-mnist; else fashion_mnist in the user
+    data directory (download_dir), downloading (checksummed) into it when a file is missing."""
     if spec.data.path:
         directory = resolve_data_dir(spec.data.path, spec_dir(spec))
     elif all((FASHION_DEBIAN / name).is_file() for name in FASHION_FILES):
         directory = FASHION_DEBIAN
     else:
-        directory = PROJECT_ROOT / "datasets" / "fashion_mnist"
+        directory = download_dir(
+            "fashion_mnist", lambda d: all((d / name).is_file() for name in FASHION_GZ_MD5)
+        )
         for name, md5 in FASHION_GZ_MD5.items():
             fetch(FASHION_URL + name, directory / name, md5, f"Fashion-MNIST {name}")
     return _idx_dataset(directory, FASHION_FILES, FASHION_CLASSES)
@@ -271,12 +292,12 @@ CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 
 
 def load_cifar10(spec: Any) -> Dataset:
-    """The binary version: data.path if given; else datasets/cifar10 in the checkout,
-    downloading and extracting the checksummed archive there when it is missing."""
+    """The binary version: data.path if given; else cifar10 in the user data directory
+    (download_dir), downloading and extracting the checksummed archive there when missing."""
     if spec.data.path:
         root = resolve_data_dir(spec.data.path, spec_dir(spec))
     else:
-        root = PROJECT_ROOT / "datasets" / "cifar10"
+        root = download_dir("cifar10", lambda d: find_cifar10_dir(d) is not None)
         if find_cifar10_dir(root) is None:
             archive = fetch(CIFAR10_URL, root / "cifar-10-binary.tar.gz", CIFAR10_MD5, "CIFAR-10")
             extract_cifar10(archive, root)
@@ -305,7 +326,7 @@ def resolve_data_file(path: str, spec_dir: Path | None) -> Path:
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
         return candidate
-    for base in (Path.cwd(), spec_dir, PROJECT_ROOT):
+    for base in (Path.cwd(), spec_dir, CHECKOUT):
         if base is not None and (base / candidate).is_file():
             return base / candidate
     return Path.cwd() / candidate
@@ -325,7 +346,7 @@ def _looked_in(path: str, spec_dir: Path | None) -> list[Path]:
     if candidate.is_absolute():
         return [candidate]
     places = []
-    for base in (Path.cwd(), spec_dir, PROJECT_ROOT):
+    for base in (Path.cwd(), spec_dir, CHECKOUT):
         if base is not None and (base / candidate).resolve() not in places:
             places.append((base / candidate).resolve())
     return places
@@ -389,7 +410,7 @@ def _check_idx_files(files: dict[str, str]) -> Callable[[Any, Path | None], None
 
 
 def _check_cifar10_files(data: Any, where: Path | None) -> None:
-    if data.path:  # else downloaded into the checkout when loaded
+    if data.path:  # else downloaded into the user data directory when loaded
         _check_files_in(data, where, [*CIFAR10_TRAIN, CIFAR10_TEST], "cifar-10-batches-bin")
 
 

@@ -11,23 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cnnkit.errors import CheckpointError
-from cnnkit.io import read_json
 from cnnkit.nn.monitor import direction
-from cnnkit.runs.report import read_metrics
+from cnnkit.runs.layout import RunDir
 from cnnkit.runs.state import read_state
 
 _NOT_METRICS = ("epoch", "seconds", "lr")
-
-
-def _config(run_dir: Path) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return config if isinstance(config, dict) else {}
 
 
 def _float(value: Any) -> float | None:
@@ -39,15 +28,16 @@ def _float(value: Any) -> float | None:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (Path(path) / "config.yaml").is_file()
+    return RunDir(path).is_run()
 
 
 def run_info(run_dir: Path) -> dict[str, Any]:
     """One run: name, started, dataset, epochs done/planned, best validation accuracy and its
     epoch, test accuracy (if evaluated on the test split), images/s, state."""
-    run_dir = Path(run_dir)
-    config = _config(run_dir)
-    rows = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.root
+    config = run.read_config()
+    rows = run.read_metrics()
     state = read_state(run_dir) or {}
     data = config.get("data") or {}
     dataset = str(data.get("source", "?"))
@@ -59,12 +49,12 @@ def run_info(run_dir: Path) -> dict[str, Any]:
         value = _float(row.get("val_accuracy"))
         if value is not None and (best_acc is None or value > best_acc):
             best_acc, best_epoch = value, int(row["epoch"])
-    evaluation = read_json(run_dir / "evaluation.json") or {}
+    evaluation = run.read_evaluation() or {}
     test_acc = _float(evaluation.get("accuracy")) if evaluation.get("split") == "test" else None
     started = state.get("started")
     if started is None:  # a run written before run.json existed: config.yaml's time
         try:
-            mtime = (run_dir / "config.yaml").stat().st_mtime
+            mtime = run.config.stat().st_mtime
             started = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
         except OSError:
             started = None
@@ -134,13 +124,14 @@ def better(name: str, a: float | None, b: float | None) -> str | None:
 
 def _metric_values(run_dir: Path, info: dict[str, Any]) -> dict[str, float | None]:
     values: dict[str, float | None] = {}
-    rows = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    rows = run.read_metrics()
     if rows:
         for key, value in rows[-1].items():
             if key not in _NOT_METRICS:
                 values[f"last epoch {key}"] = _float(value)
     values["best val_accuracy"] = info["best_val_accuracy"]
-    evaluation = read_json(run_dir / "evaluation.json") or {}
+    evaluation = run.read_evaluation() or {}
     split = evaluation.get("split", "test")
     if evaluation:
         values[f"{split} loss"] = _float(evaluation.get("loss"))
@@ -161,7 +152,7 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
                 where=str(run),
                 hint="Give two folders written by `cnnkit train`, e.g. runs/mnist runs/mnist-2.",
             )
-    fa, fb = flatten(_config(a)), flatten(_config(b))
+    fa, fb = flatten(RunDir(a).read_config()), flatten(RunDir(b).read_config())
     missing = object()
     spec_diff = [
         {"key": key, "a": fa.get(key), "b": fb.get(key)}

@@ -14,25 +14,6 @@ import numpy as np
 
 from cnnkit.io import atomic_write_text
 
-MISCLASSIFIED_CSV = "misclassified.csv"
-PREDICTIONS_CSV = "predictions.csv"
-MISCLASSIFIED_PNG = "misclassified.png"
-CONFUSION_PNG = "confusion_matrix.png"
-EVALUATION_JSON = "evaluation.json"
-# the splits `cnnkit evaluate --split` takes; evaluation.json (and the files above) hold the
-# test split's evaluation, another split's are named after it (split_file)
-EVALUATION_SPLITS = ("test", "validation", "train")
-
-
-def split_file(name: str, split: str) -> str:
-    """The name of one of evaluate's files for a split: evaluation.json, confusion_matrix.png,
-    ... for the test split; evaluation_validation.json, confusion_matrix_train.png, ... for
-    another, so that evaluating another split never overwrites the test evaluation."""
-    if split == "test":
-        return name
-    stem, _, suffix = name.rpartition(".")
-    return f"{stem}_{split}.{suffix}"
-
 
 def most_confused(
     matrix: np.ndarray, class_names: Sequence[str], n: int = 5

@@ -4,45 +4,27 @@ Built only from the files in the run directory (config.yaml, summary.txt, metric
 checkpoints/best.json, evaluation.json and the PNGs that exist), so it can be rewritten at any
 time: after training (finished, interrupted or failed) and after every evaluation. Each split
 evaluated has its section: evaluation.json (test) first, then evaluation_validation.json and
-evaluation_train.json (cnnkit.runs.evaluation.split_file), each with the notes evaluate recorded (an
+evaluation_train.json (cnnkit.runs.layout.split_file), each with the notes evaluate recorded (an
 optimistic test score: the model was selected on the test set).
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cnnkit.io import atomic_write_text, read_json
-from cnnkit.runs.evaluation import (
+from cnnkit.io import atomic_write_text
+from cnnkit.runs.layout import (
     CONFUSION_PNG,
-    EVALUATION_JSON,
     EVALUATION_SPLITS,
     MISCLASSIFIED_CSV,
     MISCLASSIFIED_PNG,
+    RunDir,
     split_file,
 )
 from cnnkit.runs.state import read_state
-
-REPORT = "report.md"
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    try:
-        with open(Path(run_dir) / "metrics.csv", newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def _cell(value: Any, digits: int = 4) -> str:
@@ -76,12 +58,13 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def build_report(run_dir: Path) -> str:
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.root
     state = read_state(run_dir)
-    metrics = read_metrics(run_dir)
-    best = read_json(run_dir / "checkpoints" / "best.json")
+    metrics = run.read_metrics()
+    best = run.read_checkpoint_meta("best")
     evaluations = read_evaluations(run_dir)
-    config = _read_text(run_dir / "config.yaml")
+    config = run.read_text(run.config)
     planned = (state or {}).get("epochs_planned")
     out = [f"# Run report: {run_dir.name}", ""]
 
@@ -108,8 +91,8 @@ def build_report(run_dir: Path) -> str:
         facts.append([f"{evaluation.get('split', 'test')} accuracy", accuracy])
     out += ["## Summary", "", table(["", ""], facts), ""]
 
-    if (run_dir / "curves.png").is_file():
-        out += ["## Training curves", "", "![training curves](curves.png)", ""]
+    if run.curves.is_file():
+        out += ["## Training curves", "", f"![training curves]({run.curves.name})", ""]
 
     if metrics:
         headers = list(metrics[0])
@@ -119,11 +102,12 @@ def build_report(run_dir: Path) -> str:
     for files, evaluation in evaluations:
         out += _evaluation_section(run_dir, files, evaluation)
 
-    summary = _read_text(run_dir / "summary.txt").rstrip()
+    summary = run.read_text(run.summary).rstrip()
     if summary:
         out += ["## Model", "", "```", summary, "```", ""]
     if config:
-        out += ["## Spec (config.yaml, every default filled in)", "", "```yaml", config.rstrip()]
+        title = f"## Spec ({run.config.name}, every default filled in)"
+        out += [title, "", "```yaml", config.rstrip()]
         out += ["```", ""]
     return "\n".join(out)
 
@@ -140,19 +124,14 @@ def checkpoint_monitor(config_text: str) -> str | None:
 def read_evaluations(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """The run's evaluations as (the split its files are named for, evaluation): the test
     split's (evaluation.json) first, then the others."""
-    found = [
-        (s, read_json(Path(run_dir) / split_file(EVALUATION_JSON, s))) for s in EVALUATION_SPLITS
-    ]
+    run = RunDir(run_dir)
+    found = [(s, run.read_evaluation(s)) for s in EVALUATION_SPLITS]
     return [(s, ev) for s, ev in found if ev]
 
 
 def _evaluation_section(run_dir: Path, files: str, ev: dict[str, Any]) -> list[str]:
     """files: the split the evaluation's files are named for (an evaluation.json written
     before `evaluate --split` existed may hold the validation split)."""
-    from cnnkit.runs.evaluation import (
-        split_file,
-    )
-
     split = ev.get("split", "test")
     title = "Final evaluation" if split == "test" else "Evaluation"
     out = [f"## {title} ({split} split)", ""]
@@ -205,6 +184,6 @@ def _evaluation_section(run_dir: Path, files: str, ev: dict[str, Any]) -> list[s
 
 
 def write_report(run_dir: Path) -> Path:
-    path = Path(run_dir) / REPORT
+    path = RunDir(run_dir).report
     atomic_write_text(path, build_report(run_dir))
     return path

@@ -1,20 +1,5 @@
-"""The run directory: its layout, atomic writes and checkpoints.
-
-    runs/<name>/
-      config.yaml            resolved spec (every default filled in)
-      summary.txt            the model summary table
-      metrics.csv            one row per epoch
-      checkpoints/last.npz   + last.json   (after every epoch, every train.save_every_steps
-                                            steps, and when Ctrl-C/SIGTERM stops training)
-      checkpoints/last.optimizer.npz       (the optimizer's moments; its scalars in last.json)
-      checkpoints/last.state.npz           (resume state arrays; the rest in last.json:
-                                            cnnkit.train.resume)
-      checkpoints/best.npz   + best.json   (best epoch by callbacks.checkpoint.monitor)
-      run.json               the run's state (cnnkit.runs.state)
-      curves.png, report.md  the training curves and the run's Markdown report
-      tensorboard/           TensorBoard events (logging.tensorboard: true)
-      evaluation.json        written by `cnnkit evaluate`, with confusion_matrix.png,
-                             misclassified.png and misclassified.csv
+"""The run directory's writes: creating it, metrics.csv, checkpoints (cnnkit.runs.layout names
+every file).
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted write never leaves a half-written file behind a valid name.
@@ -37,6 +22,7 @@ import numpy as np
 from cnnkit import CHECKPOINT_FORMAT_VERSION, __version__
 from cnnkit.errors import CheckpointError
 from cnnkit.io import atomic_write_text, json_safe, read_npz, stage, storage_error
+from cnnkit.runs.layout import CHECKPOINT_KINDS, CheckpointFiles, RunDir, read_checkpoint_sidecar
 from cnnkit.spec.config import Spec, load_spec
 
 METRICS_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
@@ -66,7 +52,7 @@ def create_run_dir(out_root: Path, name: str) -> Path:
             candidate.mkdir()  # atomic: fails if another process made it first
         except FileExistsError:
             continue
-        (candidate / "checkpoints").mkdir()
+        RunDir(candidate).checkpoints.mkdir()
         return candidate
     raise RuntimeError(f"no free run directory name for {name} in {out_root}")
 
@@ -113,7 +99,8 @@ def save_checkpoint(
     the sidecar's "optimizer" entry."""
     from cnnkit.interrupts import critical
 
-    files = {path.with_suffix(".npz"): _npz_bytes(params)}
+    names = CheckpointFiles(path)
+    files = {names.weights: _npz_bytes(params)}
     sidecar = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "cnnkit_version": __version__,
@@ -122,13 +109,12 @@ def save_checkpoint(
     }
     if optimizer_state is not None:
         arrays, optimizer_meta = optimizer_state
-        state_file = path.with_suffix(".optimizer.npz")
-        files[state_file] = _npz_bytes(arrays)
-        sidecar["optimizer"] = {**optimizer_meta, "state_file": state_file.name}
+        files[names.optimizer] = _npz_bytes(arrays)
+        sidecar["optimizer"] = {**optimizer_meta, "state_file": names.optimizer.name}
     if state_arrays is not None:
-        files[path.with_suffix(".state.npz")] = _npz_bytes(state_arrays)
+        files[names.state] = _npz_bytes(state_arrays)
     sidecar["sha256"] = {p.name: hashlib.sha256(data).hexdigest() for p, data in files.items()}
-    files[path.with_suffix(".json")] = (
+    files[names.sidecar] = (
         json.dumps(json_safe(sidecar), indent=2, allow_nan=False) + "\n"
     ).encode()
     staged: dict[Path, Path] = {}
@@ -144,7 +130,7 @@ def save_checkpoint(
     except OSError as exc:
         raise storage_error(
             exc,
-            path.with_suffix(".npz"),
+            names.weights,
             f"The previous {path.name} checkpoint is intact: it is replaced only once the new "
             "one is completely written and verified.",
         ) from None
@@ -173,12 +159,11 @@ def _verify_staged(tmp: Path, data: bytes, final: Path) -> None:
 def load_optimizer_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """What save_checkpoint stored for the optimizer beside `path` (e.g. checkpoints/last),
     ready for Optimizer.load_state_dict; never unpickles."""
-    meta = _read_sidecar(path.with_suffix(".json"), required=True).get("optimizer")
+    names = CheckpointFiles(path)
+    meta = read_checkpoint_sidecar(names, required=True).get("optimizer")
     if not meta:
-        raise CheckpointError(
-            "this checkpoint has no optimizer state", where=str(path.with_suffix(".json"))
-        )
-    state_file = path.parent / meta.get("state_file", path.with_suffix(".optimizer.npz").name)
+        raise CheckpointError("this checkpoint has no optimizer state", where=str(names.sidecar))
+    state_file = path.parent / meta.get("state_file", names.optimizer.name)
     return read_npz(state_file, "optimizer state"), meta
 
 
@@ -187,24 +172,28 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     corrupt file, a newer format version or pickled objects. Never unpickles
     (allow_pickle=False), never runs code. When the sidecar records the file's sha256 (every
     checkpoint written since resume support), the file must match it."""
-    npz, sidecar = path.with_suffix(".npz"), path.with_suffix(".json")
+    names = CheckpointFiles(path)
+    npz, sidecar = names.weights, names.sidecar
     if not npz.is_file():
         hint = (
             "A run directory holds checkpoints/best.npz and checkpoints/last.npz once an "
             "epoch (or train.save_every_steps steps) has finished."
         )
-        if npz.name == "best.npz" and npz.with_name("last.npz").is_file():
+        beside = {kind: CheckpointFiles(npz.parent / kind).weights for kind in CHECKPOINT_KINDS}
+        if npz == beside["best"] and beside["last"].is_file():
             hint = (
                 "The run stopped before its first epoch ended, so it has no best.npz yet; its "
                 "last.npz holds the latest weights: add --checkpoint last (or finish training "
                 f"first: cnnkit train --resume {npz.parent.parent})."
             )
         raise CheckpointError("checkpoint not found", where=str(npz), hint=hint)
-    meta = _read_sidecar(sidecar, required=False)
+    meta = read_checkpoint_sidecar(names, required=False)
     arrays = read_npz(npz, "checkpoint")
     digests = meta.get("sha256") or {}
     # a copy under another name keeps its sidecar's kind (best, last)
-    expected = digests.get(npz.name) or digests.get(f"{meta.get('kind')}.npz")
+    kind = meta.get("kind")
+    copied_from = CheckpointFiles(Path(kind)).weights.name if isinstance(kind, str) else None
+    expected = digests.get(npz.name) or digests.get(copied_from)
     if expected and hashlib.sha256(npz.read_bytes()).hexdigest() != expected:
         raise CheckpointError(
             f"{npz.name} does not match its sidecar {sidecar.name} (a different save, or the "
@@ -215,35 +204,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def _read_sidecar(sidecar: Path, required: bool) -> dict[str, Any]:
-    if not sidecar.is_file():
-        if required:
-            raise CheckpointError("checkpoint metadata not found", where=str(sidecar))
-        return {}
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"unreadable checkpoint metadata (truncated or corrupt JSON): {exc}",
-            where=str(sidecar),
-        ) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError("checkpoint metadata is not a JSON object", where=str(sidecar))
-    version = meta.get("format_version", CHECKPOINT_FORMAT_VERSION)
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint format version {version} is newer than this cnnkit "
-            f"{__version__} understands (version {CHECKPOINT_FORMAT_VERSION})",
-            where=str(sidecar),
-            hint="Upgrade cnnkit to load it.",
-        )
-    return meta
-
-
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     """'best' or 'last' inside the run, or a path to an .npz file."""
-    if which in ("best", "last"):
-        return run_dir / "checkpoints" / f"{which}.npz"
+    if which in CHECKPOINT_KINDS:
+        return RunDir(run_dir).checkpoint(which).weights
     return Path(which)
 
 
@@ -254,7 +218,7 @@ def load_run_spec(run_dir: Path) -> Spec:
             where=str(run_dir),
             hint="Give a folder written by `cnnkit train`, e.g. runs/mnist.",
         )
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config
     if not config.is_file():
         raise CheckpointError(
             "not a run directory (no config.yaml)",

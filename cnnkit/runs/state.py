@@ -11,7 +11,6 @@ The training code calls these functions; anything else only reads the record (re
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from datetime import datetime, timezone
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.io import write_json
-
-STATE_FILE = "run.json"
+from cnnkit.runs.layout import RunDir
 
 
 def now() -> str:
@@ -31,11 +29,8 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
     """The record, or None when the run has none (written before run.json existed) or it is
     unreadable. A 'running' run whose process is gone (killed: no chance to say so) reads as
     'interrupted' with `"killed": true`."""
-    try:
-        state = json.loads((Path(run_dir) / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(state, dict):
+    state = RunDir(run_dir).read_state()
+    if state is None:
         return None
     if state.get("state") == "running" and not _alive(state):
         state = {**state, "state": "interrupted", "killed": True}
@@ -56,19 +51,15 @@ def _alive(state: dict[str, Any]) -> bool:
 
 
 def _update(run_dir: Path, **changes: Any) -> dict[str, Any]:
-    path = Path(run_dir) / STATE_FILE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        state = {}
+    run = RunDir(run_dir)
+    state = run.read_state() or {}  # an unreadable record is replaced by a readable one
     state.update(changes, updated=now())
-    write_json(path, state)
+    write_json(run.state, state)
     return state
 
 
 def mark_running(run_dir: Path, epochs_planned: int, epochs_done: int = 0) -> dict[str, Any]:
     """Training starts (or resumes: epochs_done > 0; `started` is kept, `resumed` set)."""
-    path = Path(run_dir) / STATE_FILE
     fields: dict[str, Any] = {
         "state": "running",
         "ended": None,
@@ -78,7 +69,7 @@ def mark_running(run_dir: Path, epochs_planned: int, epochs_done: int = 0) -> di
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
-    if path.is_file():
+    if RunDir(run_dir).state.is_file():
         fields["resumed"] = now()
     else:
         fields["started"] = now()

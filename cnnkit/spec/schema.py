@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cnnkit.data.augment import AUGMENT_OPTIONS
@@ -28,7 +29,8 @@ from cnnkit.options import NUMBER_DEFS, Schema, options_schema
 from cnnkit.spec import config
 from cnnkit.spec.callbacks import CALLBACK_SECTIONS
 
-SCHEMA_FILE = "schema/cnnkit-spec.schema.json"  # in the repository (the configs point there)
+# package data (installed with cnnkit, for `cnnkit init`'s specs); the configs point here
+SCHEMA_FILE = Path(__file__).resolve().with_name("cnnkit-spec.schema.json")
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 

@@ -1,18 +1,20 @@
 """`cnnkit init`: write a commented starter spec from a template that trains as written.
 
 Templates live in cnnkit/spec/templates/<name>.yaml (package data). The written file starts with a
-`# yaml-language-server: $schema=...` line pointing at the schema of this checkout when there
-is one (editors then complete and check keys), and `{file}` in a template's comments becomes
+`# yaml-language-server: $schema=...` line pointing at the schema, which ships in the package
+(editors then complete and check keys), and `{file}` in a template's comments becomes
 the path written, so the commands it shows can be copied as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from importlib import resources
 from pathlib import Path
 
 from cnnkit.errors import CnnkitError
+from cnnkit.places import source_checkout
 from cnnkit.spec.schema import SCHEMA_FILE
 
 TEMPLATES = ("mnist", "folder", "binary")
@@ -27,19 +29,14 @@ def template_text(template: str) -> str:
 
 
 def schema_line(target: Path) -> str:
-    """The yaml-language-server line for a spec written at `target`: the schema of this
-    checkout, relative to the spec's folder; without a checkout, how to make one."""
-    schema = Path(__file__).resolve().parents[2] / SCHEMA_FILE
-    if not schema.is_file():
-        return (
-            "# Editor completion: `cnnkit schema --out cnnkit-spec.schema.json`, then start this\n"
-            "# file with: # yaml-language-server: $schema=cnnkit-spec.schema.json\n"
-        )
-    try:
-        relative = os.path.relpath(schema, target.resolve().parent)
-    except ValueError:  # another drive (Windows)
-        relative = str(schema)
-    return f"# yaml-language-server: $schema={Path(relative).as_posix()}\n"
+    """The yaml-language-server line for a spec written at `target`, pointing at the schema that
+    ships in the package: relative to the spec's folder in a source checkout (specs move with
+    the repository), absolute when cnnkit is installed (the spec is the user's, anywhere)."""
+    schema = str(SCHEMA_FILE)
+    if source_checkout() is not None:
+        with contextlib.suppress(ValueError):  # another drive (Windows): absolute
+            schema = os.path.relpath(SCHEMA_FILE, target.resolve().parent)
+    return f"# yaml-language-server: $schema={Path(schema).as_posix()}\n"
 
 
 def write_starter(template: str, path: Path | None = None) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 
 from cnnkit.errors import CheckpointError, SpecError
 from cnnkit.io import read_npz
+from cnnkit.runs.layout import RunDir
 from cnnkit.runs.rundir import load_checkpoint, load_optimizer_state
 from cnnkit.spec.config import Spec
 from cnnkit.train.callbacks.base import decode_float
@@ -88,11 +89,12 @@ def _read_older_layout(info: dict[str, Any], optimizer_meta: dict[str, Any]) -> 
 
 def load_resume_state(run_dir: Path, spec: Spec) -> ResumeState:
     """checkpoints/last of a run, with every check a resume needs (clear errors)."""
-    last = Path(run_dir) / "checkpoints" / "last"
-    if not last.with_suffix(".npz").is_file():
+    files = RunDir(run_dir).checkpoint("last")
+    last = files.stem
+    if not files.weights.is_file():
         raise CheckpointError(
             "nothing to resume: the run has no checkpoint yet (it stopped before its first save)",
-            where=str(last.with_suffix(".npz")),
+            where=str(files.weights),
             hint="Train again with `cnnkit train SPEC`; set train.save_every_steps to "
             "checkpoint within an epoch.",
         )
@@ -101,18 +103,17 @@ def load_resume_state(run_dir: Path, spec: Spec) -> ResumeState:
     if not info:
         raise CheckpointError(
             "this checkpoint has no resume state (written by an older cnnkit)",
-            where=str(last.with_suffix(".json")),
+            where=str(files.sidecar),
             hint="Fine-tune from it instead: cnnkit train SPEC --weights RUN_DIR.",
         )
     if meta.get("spec_hash") not in (None, spec.hash()):
         raise CheckpointError(
             "last.npz was written for a different model or data than this run's config.yaml",
-            where=str(last.with_suffix(".npz")),
+            where=str(files.weights),
         )
     optimizer_arrays, optimizer_meta = load_optimizer_state(last)
     _read_older_layout(info, optimizer_meta)
-    state_file = last.with_suffix(".state.npz")
-    arrays = read_npz(state_file, "resume state") if state_file.is_file() else {}
+    arrays = read_npz(files.state, "resume state") if files.state.is_file() else {}
     _check_hashes(last, meta)
     return ResumeState(weights, optimizer_arrays, optimizer_meta, info, arrays, last)
 
@@ -176,7 +177,7 @@ def refuse_changes(saved: Spec, given: Spec, run_dir: Path, source: str) -> None
         f"cannot resume with a changed spec ({source}); a resumed run must train the same "
         f"model on the same data with the same optimizer. Changed (saved -> given):\n"
         + "\n".join(lines),
-        where=str(Path(run_dir) / "config.yaml"),
+        where=str(RunDir(run_dir).config),
         hint="Resume with the run's own spec (`cnnkit train --resume RUN_DIR`, --epochs N to "
         "train longer), or start a new run: cnnkit train SPEC.",
     )

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import SpecError
-
-TB_DIR = "tensorboard"
+from cnnkit.runs.layout import RunDir
 
 
 def require_writer():
@@ -38,7 +37,7 @@ class TensorBoardLog:
 
     def __init__(self, run_dir: Path, every_steps: int):
         writer_class = require_writer()
-        self.writer = writer_class(logdir=str(Path(run_dir) / TB_DIR), flush_secs=30)
+        self.writer = writer_class(logdir=str(RunDir(run_dir).tensorboard), flush_secs=30)
         self.every_steps = every_steps
 
     def text(self, tag: str, text: str) -> None:

@@ -25,6 +25,7 @@ from cnnkit.nn.losses import Loss
 from cnnkit.nn.metrics import MetricSet
 from cnnkit.nn.model import Sequential
 from cnnkit.nn.optimizers import Optimizer
+from cnnkit.runs.layout import RunDir
 from cnnkit.seeding import random_stream
 from cnnkit.spec.build import build_metrics
 from cnnkit.spec.config import Spec
@@ -152,7 +153,7 @@ class Trainer:
     ):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.splits, self.spec, self.preprocessor = splits, spec, preprocessor
-        self.run_dir, self.checkpoints = Path(run_dir), Path(run_dir) / "checkpoints"
+        self.run_dir, self.checkpoints = Path(run_dir), RunDir(run_dir).checkpoints
         self.class_names = splits.class_names
         self.stop = stop or StopFlag()
         self._on_note = on_note or (lambda text: None)

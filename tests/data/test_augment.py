@@ -16,7 +16,6 @@ from PIL import Image
 
 from cnnkit import api
 from cnnkit.data.augment import (
-    NORMALIZATION_FILE,
     Augmenter,
     Preprocessor,
     Transforms,
@@ -28,6 +27,7 @@ from cnnkit.data.batches import Split, batches, make_splits, prefetch, scale
 from cnnkit.errors import SpecError
 from cnnkit.kernels.affine import augment_batch
 from cnnkit.kernels.nojit import FILL_MODES
+from cnnkit.runs.layout import RunDir
 from cnnkit.runs.rundir import load_checkpoint
 from cnnkit.seeding import random_stream
 from cnnkit.spec.build import build_loss
@@ -381,14 +381,14 @@ def test_training_with_augmentation_is_deterministic_and_validation_is_not_augme
     loss_fn = build_loss(s)
     result = evaluate_split(model, loss_fn, splits.validation, s.data.rescale, 500)
     assert result.loss == pytest.approx(first.history[-1]["val_loss"], rel=1e-6)
-    assert not (first.run_dir / NORMALIZATION_FILE).exists()
+    assert not RunDir(first.run_dir).normalization.exists()
 
 
 @pytest.mark.e2e
 def test_featurewise_statistics_are_saved_and_used_by_evaluate_and_predict(tmp_path: Path):
     s = spec("{featurewise_center: true, featurewise_std_normalization: true}")
     run = api.train(s, out=tmp_path).run_dir
-    saved = json.loads((run / NORMALIZATION_FILE).read_text())
+    saved = json.loads(RunDir(run).normalization.read_text())
     train = make_splits(api.load_dataset(s), s.data, s.seed).train
     mean, std = featurewise_stats(train.x, s.data.rescale)
     assert saved["featurewise_mean"] == mean.tolist() and saved["featurewise_std"] == std.tolist()
@@ -411,7 +411,7 @@ def test_featurewise_statistics_are_saved_and_used_by_evaluate_and_predict(tmp_p
         assert by_class[name] == pytest.approx(float(expected[0, k]), rel=1e-4, abs=1e-6)
     assert load_checkpoint(path)[1]["kind"] == "best"
 
-    (run / NORMALIZATION_FILE).unlink()  # a run without its statistics is an error
+    RunDir(run).normalization.unlink()  # a run without its statistics is an error
     with pytest.raises(Exception, match="statistics are missing"):
         api.evaluate(run)
 

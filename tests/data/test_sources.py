@@ -88,7 +88,8 @@ def test_npz_errors(tmp_path: Path):
 
 def test_fashion_mnist_offline_error_says_where_to_put_files(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_DEBIAN", tmp_path / "no-debian-package")
-    monkeypatch.setattr(sources, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(sources, "CHECKOUT", None)  # no datasets/ from an earlier download
+    monkeypatch.setenv("CNNKIT_DATA", str(tmp_path / "data"))
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
@@ -96,9 +97,44 @@ def test_fashion_mnist_offline_error_says_where_to_put_files(tmp_path, monkeypat
     monkeypatch.setattr(download.urllib.request, "urlopen", offline)
     with pytest.raises(DataError) as info:
         api.load_dataset(spec("{source: fashion_mnist}"))
-    target = tmp_path / "datasets" / "fashion_mnist" / "train-images-idx3-ubyte.gz"
+    # the user data directory, never the package folder
+    target = tmp_path / "data" / "datasets" / "fashion_mnist" / "train-images-idx3-ubyte.gz"
     assert "offline" in info.value.message and str(target) in info.value.hint
-    assert not list((tmp_path / "datasets" / "fashion_mnist").iterdir())  # no partial file
+    assert not list(target.parent.iterdir())  # no partial file
+
+
+def test_shipped_mnist_is_found_from_any_folder_without_a_checkout(tmp_path, monkeypatch):
+    """`source: mnist` (data.path's default datasets/mnist, also what every run's config.yaml
+    records) finds the copy inside the package, installed or not; a datasets/mnist folder in
+    the working directory still comes first."""
+    monkeypatch.setattr(sources, "CHECKOUT", None)
+    monkeypatch.chdir(tmp_path)
+    s = spec("{source: mnist, max_train_samples: 10, max_test_samples: 10}")
+    assert s.data.path == "datasets/mnist"
+    assert sources.resolve_data_dir(s.data.path, None) == sources.MNIST_DIR
+    assert sources.MNIST_DIR.parent == Path(sources.__file__).resolve().parent  # package data
+    assert api.load_dataset(s).x_train.shape == (60000, 28, 28, 1)
+    (tmp_path / "datasets" / "mnist").mkdir(parents=True)
+    assert sources.resolve_data_dir("datasets/mnist", None) == tmp_path / "datasets" / "mnist"
+
+
+def test_cifar10_downloads_into_the_user_data_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CHECKOUT", None)
+    monkeypatch.setenv("CNNKIT_DATA", str(tmp_path / "data"))
+    fetched = []
+
+    def fetch(url, dest, md5, what):
+        fetched.append(dest)
+        write_cifar_batch(dest.parent / "cifar-10-batches-bin" / "test_batch.bin", [1, 2])
+        for i in range(1, 6):
+            write_cifar_batch(dest.parent / "cifar-10-batches-bin" / f"data_batch_{i}.bin", [i])
+        return dest
+
+    monkeypatch.setattr(sources, "fetch", fetch)
+    monkeypatch.setattr(sources, "extract_cifar10", lambda archive, root: None)
+    dataset = api.load_dataset(spec("{source: cifar10}"))
+    assert fetched == [tmp_path / "data" / "datasets" / "cifar10" / "cifar-10-binary.tar.gz"]
+    assert dataset.x_test.shape == (2, 32, 32, 3)
 
 
 @pytest.mark.skipif(

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from cnnkit import api
 from cnnkit.cli.app import app
 from cnnkit.errors import SpecError
+from cnnkit.runs.layout import RunDir
 from cnnkit.runs.plots import plot_confusion, plot_curves
 from cnnkit.runs.state import read_state
 from cnnkit.spec.build import build_loss
@@ -60,7 +61,7 @@ logging: {{tensorboard: {tensorboard}, every_steps: 3}}
 
 
 def tiny_text(name: str = "tiny", lr: float = 0.01, tensorboard: bool = False) -> str:
-    mnist = ROOT / "datasets" / "mnist"
+    mnist = ROOT / "cnnkit" / "data" / "mnist"
     return TINY.format(name=name, mnist=mnist, lr=lr, tensorboard=str(tensorboard).lower())
 
 
@@ -479,7 +480,7 @@ def test_evaluate_each_split_into_its_own_files(tmp_path: Path):
     spec = api.load_run_spec(run)
     model = api.load_model(run)[1]
     split = make_splits(api.load_dataset(spec), spec.data, spec.seed).train
-    plain = Preprocessor.from_spec(spec, run_dir=run)
+    plain = Preprocessor.from_spec(spec, saved=RunDir(run).read_normalization)
     loss_fn = build_loss(spec)
     assert evaluate_split(model, loss_fn, split, plain, 500).loss == train["loss"]
     augmented = plain.training(random_stream(spec.seed, "augment"))

@@ -19,7 +19,7 @@ from cnnkit.spec.schema import SCHEMA_FILE, build_schema, schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-HEADER = "# yaml-language-server: $schema=../schema/cnnkit-spec.schema.json"
+HEADER = "# yaml-language-server: $schema=../cnnkit/spec/cnnkit-spec.schema.json"
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,17 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_committed_schema_is_the_generated_one():
-    committed = (ROOT / SCHEMA_FILE).read_text()
-    assert committed == schema_text(), "run: cnnkit schema --out schema/cnnkit-spec.schema.json"
+    committed = SCHEMA_FILE.read_text()
+    assert committed == schema_text(), (
+        "run: cnnkit schema --out cnnkit/spec/cnnkit-spec.schema.json"
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_points_at_the_schema_and_validates(config, validator):
     text = config.read_text()
     assert text.splitlines()[0] == HEADER
-    assert (config.parent / HEADER.split("=", 1)[1]).resolve() == (ROOT / SCHEMA_FILE).resolve()
+    assert (config.parent / HEADER.split("=", 1)[1]).resolve() == SCHEMA_FILE.resolve()
     errors = [e.message for e in validator.iter_errors(yaml.safe_load(text))]
     assert errors == []
     load_spec(config)  # and cnnkit agrees

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,9 +12,8 @@ from cnnkit.cli.app import app
 from cnnkit.data.shapes import make_shapes
 from cnnkit.errors import CnnkitError
 from cnnkit.spec.config import load_spec
+from cnnkit.spec.schema import SCHEMA_FILE
 from cnnkit.spec.starter import TEMPLATES, write_starter
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
@@ -24,7 +22,7 @@ def test_every_template_is_a_valid_commented_spec(template, tmp_path, monkeypatc
     path = write_starter(template, tmp_path / "specs" / f"{template}.yaml")
     text = path.read_text()
     schema = text.splitlines()[0].split("$schema=", 1)[1]
-    assert (path.parent / schema).resolve() == ROOT / "schema" / "cnnkit-spec.schema.json"
+    assert (path.parent / schema).resolve() == SCHEMA_FILE
     assert text.count("\n#") >= 3 and "{file}" not in text and f"cnnkit train {path}" in text
     if template == "folder":  # the template reads datasets/shapes: make a small one
         make_shapes(tmp_path / "datasets" / "shapes", size=64, per_class=4, seed=0)

@@ -7,13 +7,13 @@ import csv
 import json
 import math
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from cnnkit import api
+from cnnkit.data.sources import MNIST_DIR
 from cnnkit.errors import SpecError
 from cnnkit.nn.optimizers import SGD
 from cnnkit.nn.schedules import (
@@ -26,8 +26,6 @@ from cnnkit.nn.schedules import (
 from cnnkit.runs.rundir import load_checkpoint, load_optimizer_state
 from cnnkit.spec.config import parse_spec
 from cnnkit.train.callbacks import EarlyStopping, ModelCheckpoint
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def close(actual, expected, rtol=1e-12, atol=1e-15):
@@ -352,7 +350,7 @@ train: {{epochs: 6, batch_size: 64}}
 
 @pytest.mark.e2e
 def test_training_with_a_schedule_and_early_stopping(tmp_path):
-    spec = parse_spec(TINY.format(mnist=ROOT / "datasets" / "mnist"))
+    spec = parse_spec(TINY.format(mnist=MNIST_DIR))
     notes: list[str] = []
     result = api.train(spec, out=tmp_path, on_note=notes.append)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
@@ -377,7 +375,7 @@ def test_training_with_a_schedule_and_early_stopping(tmp_path):
 
     # the restored weights are those after epoch 2: a 2-epoch run of the same spec ends there
     two = parse_spec(
-        TINY.format(mnist=ROOT / "datasets" / "mnist"),
+        TINY.format(mnist=MNIST_DIR),
         overrides={"train.epochs": 2, "callbacks": {}},
     )
     other = api.train(two, out=tmp_path)

@@ -100,7 +100,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("resume")
-    (work / "tiny.yaml").write_text(SPEC.format(mnist=ROOT / "datasets" / "mnist"))
+    (work / "tiny.yaml").write_text(SPEC.format(mnist=ROOT / "cnnkit" / "data" / "mnist"))
     return work
 
 

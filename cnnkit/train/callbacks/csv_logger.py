@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnnkit.interrupts import Interrupted
+from cnnkit.runs.layout import RunDir
 from cnnkit.runs.rundir import metrics_columns, write_metrics_csv
 from cnnkit.train.callbacks.base import Callback
 
@@ -15,7 +16,7 @@ class CSVLogger(Callback):
         self.columns = metrics_columns(self.trainer.totals.metrics.names)
 
     def write(self) -> None:
-        write_metrics_csv(self.trainer.run_dir / "metrics.csv", self.trainer.history, self.columns)
+        write_metrics_csv(RunDir(self.trainer.run_dir).metrics, self.trainer.history, self.columns)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         self.write()

@@ -4,25 +4,23 @@ ended in run.json and report.md."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnnkit.runs.layout import RunDir
 from cnnkit.runs.lifecycle import record_ending
 from cnnkit.runs.plots import plot_curves
 from cnnkit.runs.state import mark_epoch
 from cnnkit.train.callbacks.base import Callback
 
-CURVES = "curves.png"
-
 
 def best_epoch(run_dir: Path) -> int | None:
     """The epoch of checkpoints/best.npz (what callbacks.checkpoint.monitor chose)."""
     try:
-        return int(json.loads((Path(run_dir) / "checkpoints" / "best.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int((RunDir(run_dir).read_checkpoint_meta("best") or {})["epoch"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -31,7 +29,7 @@ class RunState(Callback):
         run_dir, spec, history = self.trainer.run_dir, self.trainer.spec, self.trainer.history
         plot_curves(
             history,
-            run_dir / CURVES,
+            RunDir(run_dir).curves,
             best_epoch(run_dir),
             spec.callbacks.checkpoint.monitor,
             title=f"{spec.name}: {run_dir.name}",

@@ -4,12 +4,12 @@ after it, and the error says which checkpoint keeps the last good weights."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from cnnkit.errors import DivergenceError
+from cnnkit.runs.layout import RunDir
 from cnnkit.train.callbacks.base import Callback
 
 
@@ -54,13 +54,12 @@ class TerminateOnNaN(Callback):
     def on_exception(self, error: BaseException) -> None:
         if not isinstance(error, DivergenceError):
             return
-        checkpoints = self.trainer.checkpoints
-        last = checkpoints / "last.json"
-        if last.is_file():
-            saved = json.loads(last.read_text())
+        run = RunDir(self.trainer.run_dir)
+        saved = run.read_checkpoint_meta("last")
+        if saved is not None:
             error.hint += (
                 f" The bad step was not applied and nothing was saved after it: "
-                f"{checkpoints / 'last.npz'} keeps the last good weights (epoch "
+                f"{run.checkpoint('last').weights} keeps the last good weights (epoch "
                 f"{saved.get('epoch')}, step {saved.get('step')}), metrics.csv the "
                 "finished epochs."
             )

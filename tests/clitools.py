@@ -37,8 +37,13 @@ logging: {{every_steps: {every_steps}}}
 """
 
 
+# The environment the test run started with: a subprocess sees the user's environment, not
+# what in-process tests left in os.environ (Numba's cache folder, OpenMP settings, ...).
+STARTING_ENVIRONMENT = dict(os.environ)
+
+
 def subprocess_env(columns: int = 120, env: dict | None = None) -> dict[str, str]:
-    base = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(ROOT)}
+    base = {**STARTING_ENVIRONMENT, "COLUMNS": str(columns), "PYTHONPATH": str(ROOT)}
     base.pop("FORCE_COLOR", None)
     return {**base, **(env or {})}
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import clitools  # noqa: F401  (imported first: its snapshot of the environment)
+
 E2E = Path(__file__).resolve().parent / "e2e"
 
 

@@ -30,7 +30,10 @@ def test_without_cnnkit_data_the_platforms_user_folders(monkeypatch):
 def test_numba_cache_leaves_the_package_only_when_installed(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CNNKIT_DATA", str(tmp_path))
     monkeypatch.delenv("CNNKIT_CACHE_DIR", raising=False)
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    # set, then deleted: monkeypatch records a variable it deletes only if it existed, and
+    # keep_numba_cache_out_of_the_package writes os.environ itself (it must not leak)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
     places.keep_numba_cache_out_of_the_package()  # this checkout: beside the kernels, as always
     assert "NUMBA_CACHE_DIR" not in os.environ
     monkeypatch.setattr(places, "source_checkout", lambda: None)  # as installed

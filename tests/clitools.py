@@ -8,6 +8,7 @@ never forced colour: a terminal width is set so that output wraps the same every
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +67,21 @@ def run_subprocess(
     )
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults and unblocked, as for a
+    command typed in a shell. An ignored signal survives exec (and Python then never installs
+    its Ctrl-C handler): a native library loaded by an earlier in-process test left SIGINT
+    ignored in the test process, and the Ctrl-C tests' cnnkit ignored it too."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def start_subprocess(
     *args: str, cwd: Path, columns: int = 200, env: dict | None = None
 ) -> subprocess.Popen:
-    """`python -m cnnkit ARGS...` started in the background (stdout and stderr piped)."""
+    """`python -m cnnkit ARGS...` started in the background (stdout and stderr piped), with
+    the signal dispositions of a command typed in a shell (the tests send it signals)."""
     return subprocess.Popen(
         [sys.executable, "-m", "cnnkit", *args],
         cwd=cwd,
@@ -77,6 +89,7 @@ def start_subprocess(
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(columns, env),
+        preexec_fn=_as_from_a_terminal,
     )
 
 

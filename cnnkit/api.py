@@ -27,7 +27,7 @@ from cnnkit.interrupts import catch_signals
 from cnnkit.io import atomic_write_text, write_json
 from cnnkit.nn.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.nn.metrics import per_class_report
-from cnnkit.nn.model import Sequential, SummaryRow
+from cnnkit.nn.model import Model, SummaryRow
 from cnnkit.runs.layout import (
     CONFUSION_PNG,
     EVALUATION,
@@ -191,7 +191,7 @@ class TrainResult:
 class _Setup:
     splits: Any
     preprocessor: Preprocessor
-    model: Sequential
+    model: Model
     loss_fn: Any
     optimizer: Any
     notes: list[str]
@@ -482,7 +482,7 @@ def _full_history(run_dir: Path) -> list[dict[str, Any]]:
     return [{k: int(v) if k == "epoch" else v for k, v in r.items()} for r in run.read_metrics()]
 
 
-def load_initial_weights(model: Sequential, spec: Spec) -> Path:
+def load_initial_weights(model: Model, spec: Spec) -> Path:
     """model.weights: start from a checkpoint (fine-tuning). A run directory means its best.npz.
 
     Every layer's arrays must match the model's shapes; a mismatch names the layer and both
@@ -504,7 +504,7 @@ def load_initial_weights(model: Sequential, spec: Spec) -> Path:
     return path
 
 
-def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Sequential, Path, dict]:
+def load_model(run_dir: Path, checkpoint: str = "best") -> tuple[Spec, Model, Path, dict]:
     """The run's spec and its model with the chosen checkpoint's weights."""
     configure_threads()
     spec = load_run_spec(run_dir)

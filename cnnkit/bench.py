@@ -18,7 +18,7 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError
 from cnnkit.nn.losses import Loss
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import LayerTimings, Model
 from cnnkit.nn.optimizers import Optimizer
 from cnnkit.spec.build import build_loss, build_metrics, build_model, build_optimizer
 from cnnkit.spec.config import Spec
@@ -49,11 +49,11 @@ class BenchResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _layer_names(model: Sequential) -> list[str]:
+def _layer_names(model: Model) -> list[str]:
     return [row.name for row in model.summary_rows()]
 
 
-def _synthetic_batch(model: Sequential, loss_fn: Loss, batch: int, seed: int):
+def _synthetic_batch(model: Model, loss_fn: Loss, batch: int, seed: int):
     rng = np.random.default_rng(seed)
     x = rng.random((batch, *model.input_shape), dtype=np.float32)
     units = model.layers[-1].output_shape[-1]
@@ -80,22 +80,17 @@ class _CnnkitRunner:
         return self.model.forward(self.x, training=False)
 
     def layer_times(self, steps: int) -> list[tuple[float, float]]:
-        """Mean forward and backward seconds per layer over `steps` training steps."""
-        layers = self.model.layers
-        fwd, bwd = [0.0] * len(layers), [0.0] * len(layers)
+        """Mean forward and backward seconds per layer over `steps` training steps (the
+        model's own forward and backward, timed layer by layer)."""
+        timings = LayerTimings.of(self.model)
         for _ in range(steps):
-            x = self.x
-            for i, layer in enumerate(layers):
-                t = time.perf_counter()
-                x = layer.forward(x, True)
-                fwd[i] += time.perf_counter() - t
-            _, grad = self.loss_fn(x, self.y)
-            for i in range(len(layers) - 1, -1, -1):
-                t = time.perf_counter()
-                grad = layers[i].backward(grad)
-                bwd[i] += time.perf_counter() - t
+            logits = self.model.forward(self.x, True, timings)
+            _, grad = self.loss_fn(logits, self.y)
+            self.model.backward(grad, timings)
             self.optimizer.step(self.step.params, self.model.named_grads())
-        return [(f / steps, b / steps) for f, b in zip(fwd, bwd, strict=True)]
+        return [
+            (f / steps, b / steps) for f, b in zip(timings.forward, timings.backward, strict=True)
+        ]
 
 
 def _timed(fn, steps: int) -> float:
@@ -105,7 +100,7 @@ def _timed(fn, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def _flops(model: Sequential) -> tuple[float, float]:
+def _flops(model: Model) -> tuple[float, float]:
     """FLOPs per image of inference and of a training step (forward + both backward GEMMs;
     the first layer computes no input gradient)."""
     infer = train = 0.0

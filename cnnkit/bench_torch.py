@@ -41,6 +41,8 @@ _ACTIVATIONS = {
 # mnist_basic: 5.9e-07); a wrong index, a missing term or a wrong formula shows as 1e-2 or more.
 # 1e-4 sits between the two, with room for deeper networks and larger batches.
 TOLERANCE = 1e-4
+# ... unless PyTorch's float32 is off on the same array by at least 1/PEER_FACTOR as much
+PEER_FACTOR = 3.0
 
 
 def _import_torch():
@@ -84,6 +86,29 @@ class TwinBuilder:
         """A module applying fn to its input (a layer with no torch module of its own)."""
         return _function_module(self.nn.Module, fn)
 
+    def merge(self, layer):
+        """The module of a merge layer (cnnkit.nn.layers.merging): a function of the list of
+        its inputs' tensors, in NCHW (Concatenate's axis moved from NHWC)."""
+        torch = self.torch
+        kind = layer.keras_name
+        if kind == "Concatenate":
+            rank = len(layer.output_shape)
+            axis = layer.options["axis"]
+            sample_axis = axis - 1 if axis > 0 else rank + axis
+            dim = 1 + ((sample_axis + 1) % 3 if rank == 3 else sample_axis)  # H,W,C -> C,H,W
+            return _function_module(self.nn.Module, lambda xs: torch.cat(xs, dim=dim))
+        functions = {
+            "Add": lambda xs: sum(xs[1:], xs[0]),
+            "Subtract": lambda xs: xs[0] - xs[1],
+            "Multiply": lambda xs: _product(xs),
+            "Average": lambda xs: sum(xs[1:], xs[0]) / len(xs),
+            "Maximum": lambda xs: _fold(torch.maximum, xs),
+            "Minimum": lambda xs: _fold(torch.minimum, xs),
+        }
+        if kind not in functions:
+            raise self.unsupported(f"a {kind} layer")
+        return _function_module(self.nn.Module, functions[kind])
+
     def activation(self, layer) -> None:
         """The activation of a layer with an `activation` option (none for a logits head)."""
         name = layer.options.get("activation") or "linear"
@@ -99,6 +124,46 @@ class TwinBuilder:
     @staticmethod
     def unsupported(what: str) -> CnnkitError:
         return _unsupported(what)
+
+
+def _product(xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+def _fold(fn, xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = fn(out, x)
+    return out
+
+
+def _graph_module(torch, blocks: list, model):
+    """The twin of a graph model: each layer's modules as one block, run in the spec's order
+    on the outputs of the layers it reads (as cnnkit.nn.model.Model.forward)."""
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(blocks)
+            self.wiring = [
+                (layer.sources, layer.merges, layer.index in model.skipped)
+                for layer in model.layers
+            ]
+
+        def forward(self, x):
+            outputs: list = []
+            for block, (sources, merges, skipped) in zip(self.blocks, self.wiring, strict=True):
+                if skipped:
+                    outputs.append(None)
+                    continue
+                inputs = [x if s < 0 else outputs[s] for s in sources]
+                outputs.append(block(inputs if merges else inputs[0]))
+            return outputs[-1]
+
+    return Graph()
 
 
 def _function_module(module_class, fn):
@@ -117,6 +182,7 @@ class TorchRunner:
         torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         twin = TwinBuilder(torch)
+        blocks = []
         for layer in model.layers:
             # not modelled by the twin, which is the guard's reference: refuse rather than
             # blame cnnkit's (correct) penalty gradients
@@ -124,8 +190,15 @@ class TorchRunner:
             if regularized:
                 what = f"{regularized[0]}_regularizer (layer {layer.index}, {layer.keras_name})"
                 raise _unsupported(what)
+            start = len(twin.modules)
             layer.torch_twin(twin)
-        self.net = torch.nn.Sequential(*twin.modules)
+            blocks.append(torch.nn.Sequential(*twin.modules[start:]))
+        if model.skipped:
+            raise _unsupported("a layer whose output no layer takes (remove it)")
+        if model.is_graph:
+            self.net = _graph_module(torch, blocks, model)
+        else:  # a stack: PyTorch's own Sequential, as a PyTorch user would write it
+            self.net = torch.nn.Sequential(*twin.modules)
         self.copies, self.has_dropout = twin.copies, twin.has_dropout
         self.copy_weights(model)
         self.loss = self._loss(spec, loss_fn)
@@ -236,17 +309,34 @@ class TorchRunner:
             torch_loss.backward()
             sides["cnnkit"]["loss"] = relative_error(loss, ref_loss)
             sides["torch"]["loss"] = relative_error(torch_loss.item(), ref_loss)
+            refs = {
+                key: twin_params[names[id(tensor)]].grad.numpy()
+                for key, tensor, _ in self.copies
+            }
+            # a gradient that is zero in exact arithmetic (a bias before BatchNormalization)
+            # is only rounding noise: measured against a thousandth of the largest gradient
+            floor = 1e-3 * max((float(np.abs(r).max()) for r in refs.values()), default=0.0)
             for key, tensor, to_torch in self.copies:
-                ref = twin_params[names[id(tensor)]].grad.numpy()
-                sides["cnnkit"]["gradients"][key] = relative_error(to_torch(grads[key]), ref)
-                sides["torch"]["gradients"][key] = relative_error(tensor.grad.numpy(), ref)
+                ref = refs[key]
+                sides["cnnkit"]["gradients"][key] = relative_error(
+                    to_torch(grads[key]), ref, floor
+                )
+                sides["torch"]["gradients"][key] = relative_error(tensor.grad.numpy(), ref, floor)
             self.optimizer.zero_grad(set_to_none=True)
-        for side in sides.values():
+        per_array = {}
+        for name, side in sides.items():
             errors = {"output": side["output"], "loss": side["loss"]}
             errors.update({f"gradient of {k}": v for k, v in side["gradients"].items()})
-            worst = max((e for e in errors.items() if e[1] is not None), key=lambda e: e[1])
+            per_array[name] = {k: v for k, v in errors.items() if v is not None}
+            worst = max(per_array[name].items(), key=lambda e: e[1])
             side["max"], side["worst"] = worst[1], worst[0]
             side["ok"] = worst[1] <= TOLERANCE
+        # an array as far off as PyTorch's own float32 is ill-conditioned, not wrong (the
+        # gradient of a bias just before a BatchNormalization, zero in exact arithmetic)
+        mine, theirs = per_array["cnnkit"], per_array["torch"]
+        sides["cnnkit"]["ok"] = all(
+            e <= TOLERANCE or e <= PEER_FACTOR * theirs.get(k, 0.0) for k, e in mine.items()
+        )
         check: dict[str, Any] = {
             "reference": "the PyTorch twin in float64, same weights, same batch",
             "measure": "max |x - reference| / max |reference|, per array",
@@ -266,11 +356,12 @@ class TorchRunner:
         return check
 
 
-def relative_error(value, reference) -> float:
-    """max |value - reference| / max |reference| over the array (a scalar: |v - r| / |r|)."""
+def relative_error(value, reference, floor: float = 0.0) -> float:
+    """max |value - reference| / max |reference| over the array (a scalar: |v - r| / |r|);
+    the scale is at least `floor`."""
     value = np.asarray(value, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
-    scale = float(np.abs(reference).max())
+    scale = max(float(np.abs(reference).max()), floor)
     diff = float(np.abs(value - reference).max())
     if not np.isfinite(diff):  # NaN or inf on either side
         return float("inf")

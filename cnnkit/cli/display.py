@@ -900,7 +900,14 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
     if torch:
         check = torch["check"]
         theirs = check["torch"]
+        mine = check["cnnkit"]
         guard = f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 reference"
+        if mine["max"] > check["tolerance"]:  # passed as no worse than PyTorch's float32
+            guard = (
+                f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 "
+                f"reference, or as close as PyTorch's float32 ({mine['worst']}: "
+                f"{mine['max']:.1e}, ill-conditioned)"
+            )
         if theirs["ok"]:
             guard += ", PyTorch float32 too"
         else:

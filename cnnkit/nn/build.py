@@ -1,22 +1,33 @@
 """Layers from the spec's `model.layers` list: each `- Name: {options}` entry checked against
-its layer's options, instantiated, and every output shape inferred (no arrays allocated)."""
+its layer's options, instantiated, wired to the layers it takes (`name:` and `inputs:`, the
+graph), and every output shape inferred (no arrays allocated)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cnnkit.errors import SpecError
-from cnnkit.nn.layers.base import Layer
+from cnnkit.nn.layers.base import GRAPH_OPTIONS, MODEL_INPUT, Layer
 from cnnkit.nn.registry import canonical_layer, layer_names
 from cnnkit.options import ErrorList, did_you_mean, join_path, resolve_options
 
 
-def build_layers(raw_layers: Any, input_shape: tuple[int, ...] | None) -> list[Layer]:
-    """Instantiate layers from the spec list and infer every shape (no arrays yet).
+def build_layers(
+    raw_layers: Any,
+    input_shape: tuple[int, ...] | None,
+    paths: Sequence[str] | None = None,
+    contexts: Sequence[str | None] | None = None,
+) -> list[Layer]:
+    """Instantiate layers from the spec list, wire the graph and infer every shape (no
+    arrays yet).
 
-    Every layer's options are checked even after an earlier layer failed (its errors are
-    collected); shapes are inferred up to the first layer whose shape fails. Without an
-    input_shape (a broken data section), only the options are checked."""
+    paths: each entry's YAML path (default model.layers[i]; a layer from a block has the
+    path of its definition); contexts: a line added to the hint of each entry's errors
+    (which use of a block it came from). Every layer's options are checked even after an
+    earlier layer failed (its errors are collected); shapes are inferred except those that
+    depend on a layer whose shape failed. Without an input_shape (a broken data section),
+    only the options and the wiring are checked."""
     if not isinstance(raw_layers, list) or not raw_layers:
         raise SpecError(
             "expected a non-empty list of layers",
@@ -24,32 +35,153 @@ def build_layers(raw_layers: Any, input_shape: tuple[int, ...] | None) -> list[L
             hint="Example:\n  layers:\n    - Conv2D: {filters: 32, kernel_size: 3}\n"
             "    - Flatten: {}\n    - Dense: {units: 10, activation: softmax}",
         )
+    paths = list(paths) if paths is not None else [f"model.layers[{i}]" for i in range(len(raw_layers))]
+    contexts = list(contexts) if contexts is not None else [None] * len(raw_layers)
     errors = ErrorList()
-    layers: list[Layer] = []
-    shape = tuple(input_shape) if input_shape is not None else None
+    layers: list[Layer | None] = []
     for i, entry in enumerate(raw_layers):
         layer = None
-        with errors.collect():
-            layer, misspelt = _layer(entry, i)
+        with errors.collect(), _in_context(contexts[i]):
+            layer, misspelt = _layer(entry, i, paths[i])
             if misspelt is not None:
                 errors.add(misspelt)
-        if layer is None:
-            shape = None  # the shapes after an unknown layer are unknown
-            continue
         layers.append(layer)
-        if shape is not None:
-            try:
-                shape = layer.infer_shape(shape)
-            except SpecError as error:
-                errors.add(error)
-                shape = None
+    miswired = _wire(layers, paths, errors, contexts)
+    if input_shape is not None:
+        wired = [None if i in miswired else layer for i, layer in enumerate(layers)]
+        _infer_shapes(wired, tuple(input_shape), errors, contexts)
     errors.raise_if_any()
-    return layers
+    return [layer for layer in layers if layer is not None]
 
 
-def _layer(entry: Any, i: int) -> tuple[Layer, SpecError | None]:
+class _in_context:
+    """Adds a block's use to the hint of an error raised inside it."""
+
+    def __init__(self, context: str | None):
+        self.context = context
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, SpecError):
+            add_context(error, self.context)
+        return False
+
+
+def add_context(error: SpecError, context: str | None) -> None:
+    if context and context not in (error.hint or ""):
+        error.hint = f"{error.hint}\n{context}" if error.hint else context
+
+
+def _wire(
+    layers: list[Layer | None], paths: list[str], errors: ErrorList, contexts: list
+) -> set[int]:
+    """Each layer's sources (positions of the layers it reads, -1 the model input) from its
+    `inputs:` names: refused when a name is unknown, defined later, or given twice. Returns
+    the positions of the layers that could not be wired (their shapes are not inferred)."""
+    miswired: set[int] = set()
+    defined: dict[str, int] = {}
+    later = {
+        layer.name: i for i, layer in enumerate(layers) if layer is not None and layer.name
+    }
+    for i, layer in enumerate(layers):
+        if layer is None:
+            continue
+        found = len(errors.found)
+        with errors.collect(), _in_context(contexts[i]):
+            if layer.name is not None and layer.name in defined:
+                first = defined[layer.name]
+                raise SpecError(
+                    f"duplicate layer name '{layer.name}' (first at {paths[first]})",
+                    where=join_path(_options_path(layer), "name"),
+                    hint="Every name: must be unique in the model.",
+                )
+            if layer.inputs is not None:
+                layer.sources = tuple(
+                    _source(layer, name, defined, later, i) for name in layer.inputs
+                )
+            _check_arity(layer)
+        if len(errors.found) > found:
+            miswired.add(i)
+        if layer.name is not None and layer.name not in defined:
+            defined[layer.name] = i
+    return miswired
+
+
+def _source(layer: Layer, name: str, defined: dict, later: dict, i: int) -> int:
+    where = join_path(_options_path(layer), "inputs")
+    if name == MODEL_INPUT:
+        return -1
+    if name in defined:
+        return defined[name]
+    if name == layer.name:
+        raise SpecError(
+            f"layer '{name}' cannot take its own output as input",
+            where=where,
+            hint="inputs: names earlier layers (or `input`, the model's input).",
+        )
+    if name in later:
+        raise SpecError(
+            f"'{name}' is defined later (model.layers[{later[name]}]): a layer's inputs "
+            "must come before it in the list",
+            where=where,
+            hint="Move this layer after it, or take another input.",
+        )
+    known = [*defined, MODEL_INPUT]
+    raise SpecError(
+        f"unknown layer name '{name}' in inputs",
+        where=where,
+        hint=f"{did_you_mean(name, known)}Names defined before this layer: {', '.join(known)}. "
+        "A layer is referred to by the name: it is given (not by the names `cnnkit summary` "
+        "makes up for unnamed layers, such as conv2d_1).",
+    )
+
+
+def _check_arity(layer: Layer) -> None:
+    if not layer.merges and len(layer.sources) != 1:
+        raise SpecError(
+            f"{layer.keras_name} takes one input, but inputs names {len(layer.sources)}",
+            where=join_path(_options_path(layer), "inputs"),
+            hint="To combine several layers use a merge layer: Add, Concatenate, Multiply, "
+            "Average, Maximum, Minimum, Subtract.",
+        )
+    if layer.merges and layer.inputs is None:
+        raise SpecError(
+            f"{layer.keras_name} merges several layers: say which with inputs:",
+            where=_options_path(layer),
+            hint=f"e.g. - {layer.keras_name}: {{inputs: [main, shortcut]}} (layers given "
+            "name: main and name: shortcut).",
+        )
+
+
+def _infer_shapes(
+    layers: list[Layer | None], input_shape: tuple[int, ...], errors: ErrorList, contexts: list
+) -> None:
+    shapes: list[tuple[int, ...] | None] = []
+    for i, layer in enumerate(layers):
+        shape = None
+        if layer is not None:
+            inputs = [input_shape if s < 0 else shapes[s] for s in layer.sources]
+            if all(s is not None for s in inputs):
+                with errors.collect(), _in_context(contexts[i]):
+                    shape = layer.infer_shape(inputs if layer.merges else inputs[0])
+        shapes.append(shape)  # None: unknown after a broken layer, or failed itself
+
+
+def unused_layers(layers: Sequence[Layer]) -> list[Layer]:
+    """Layers whose output no layer takes (the last is the model's output): they do not
+    affect the model, so the model skips them and their weights never train."""
+    used = {s for layer in layers for s in layer.sources}
+    return [layer for i, layer in enumerate(layers[:-1]) if i not in used]
+
+
+def _options_path(layer: Layer) -> str:
+    return layer.where
+
+
+def _layer(entry: Any, i: int, path: str) -> tuple[Layer, SpecError | None]:
     """The layer of one `- Name: {options}` entry, and the error of its misspelt options."""
-    path = f"model.layers[{i}]"
     if not isinstance(entry, dict) or len(entry) != 1:
         raise SpecError(
             f"expected one layer written as `- LayerName: {{options}}`, found {entry!r}",
@@ -68,9 +200,23 @@ def _layer(entry: Any, i: int) -> tuple[Layer, SpecError | None]:
     if cls.keras_name == "Activation" and isinstance(options, str):
         options = {"activation": options}  # `- Activation: relu` shorthand
     layer_path = join_path(path, str(type_name))
+    graph = _graph_options(options, layer_path)
+    if isinstance(options, dict):
+        options = {k: v for k, v in options.items() if k not in GRAPH_OPTIONS}
+    layer, misspelt = _resolved_layer(cls, options, i, layer_path)
+    layer.name, layer.inputs = graph["name"], graph["inputs"]
+    return layer, misspelt
+
+
+def _graph_options(options: Any, path: str) -> dict[str, Any]:
+    given = {k: v for k, v in options.items() if k in GRAPH_OPTIONS} if isinstance(options, dict) else {}
+    return resolve_options(given, GRAPH_OPTIONS, path)
+
+
+def _resolved_layer(cls, options: Any, i: int, layer_path: str) -> tuple[Layer, SpecError | None]:
     what = f"{cls.keras_name} option"
     try:
-        resolved = resolve_options(options, cls.OPTIONS, layer_path, what=what)
+        resolved = resolve_options(options, {**cls.OPTIONS}, layer_path, what=what)
     except SpecError as error:
         # a misspelt option alone: build the layer without it so the shapes after it are
         # still inferred and checked; the error is reported all the same

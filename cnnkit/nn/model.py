@@ -1,7 +1,15 @@
-"""Sequential: the layer stack of a spec, with forward, backward, parameters and summary rows."""
+"""Model: the layers of a spec, a stack or a graph, with forward, backward, parameters and
+summary rows.
+
+The layers are kept in the spec's order, which is a topological order of the graph (a layer's
+inputs come before it, cnnkit.nn.build); each layer's `sources` are the positions of the
+layers it reads (-1: the model's input). A Sequential spec is the graph whose every layer
+reads the one before it. Checkpoint keys are layers.{position}.{weight}, whatever the names.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import CheckpointError
-from cnnkit.nn.build import build_layers
+from cnnkit.nn.build import build_layers, unused_layers
 from cnnkit.nn.layers.base import ActivationMixin, Layer, Weight, format_shape
 from cnnkit.nn.layers.core import Dropout
 from cnnkit.nn.regularizers import penalty, penalty_grad
@@ -18,28 +26,62 @@ from cnnkit.seeding import random_stream
 
 @dataclass
 class SummaryRow:
-    name: str  # Keras-style instance name: conv2d, conv2d_1, dense, dense_1 ...
+    name: str  # the spec's name:, else Keras-style: conv2d, conv2d_1, dense, dense_1 ...
     type: str
     output_shape: str
     params: int  # all of the layer's parameters, as Keras' "Param #": trainable + non-trainable
     macs: int
     non_trainable: int = 0  # of params: BatchNormalization's moving statistics
+    connected_to: tuple[str, ...] = ()  # the names of its inputs ("input_layer": the model's)
 
 
-class Sequential:
+@dataclass
+class LayerTimings:
+    """Seconds spent in each layer's forward and backward (summed over calls), by position."""
+
+    forward: list[float]
+    backward: list[float]
+
+    @classmethod
+    def of(cls, model: Model) -> LayerTimings:
+        return cls([0.0] * len(model.layers), [0.0] * len(model.layers))
+
+    def __bool__(self) -> bool:
+        return True
+
+
+INPUT_NAME = "input_layer"  # Keras' name of the model's input in a functional summary
+
+
+class Model:
     def __init__(self, layers: list[Layer], input_shape: tuple[int, ...]):
         self.layers = layers
         self.input_shape = tuple(input_shape)
+        self.skipped = {layer.index for layer in unused_layers(layers)}
+        # how many layers read each output: inference lets an output go after its last reader
+        self.readers = [0] * len(layers)
+        for layer in layers:
+            if layer.index not in self.skipped:
+                for s in layer.sources:
+                    if s >= 0:
+                        self.readers[s] += 1
+
+    @property
+    def is_graph(self) -> bool:
+        """Whether any layer reads another than the one before it (or several)."""
+        return any(layer.sources != (layer.index - 1,) for layer in self.layers)
 
     @classmethod
     def from_configs(
         cls, entries: Sequence[Mapping[str, Any]], input_shape: Sequence[int]
-    ) -> Sequential:
+    ) -> Model:
         """Fresh layer objects from resolved `- Name: {config}` entries (shapes inferred,
         nothing allocated)."""
         layers = build_layers(list(entries), tuple(input_shape))
         model = cls(layers, tuple(input_shape))
-        layers[0].needs_input_grad = False
+        for layer in layers:  # nobody needs dLoss/dImage: Conv2D skips a whole convolution
+            if all(s < 0 for s in layer.sources):
+                layer.needs_input_grad = False
         # check_head guaranteed the last layer ends in an activation its loss accepts (or is
         # linear with from_logits); the layer hands logits on and the loss applies the head
         # (Loss.class_probabilities), fused with itself for numerical stability.
@@ -49,7 +91,7 @@ class Sequential:
         return model
 
     # -- parameters ----------------------------------------------------------------------
-    def build(self, seed: int, dtype=np.float32) -> Sequential:
+    def build(self, seed: int, dtype=np.float32) -> Model:
         """Allocate weights from `seed`; dropout masks draw from their own seeded stream."""
         init_rng = random_stream(seed, "init")
         self.dropout_rng = random_stream(seed, "dropout")
@@ -132,23 +174,52 @@ class Sequential:
             store[name] = np.array(array, dtype=dtype)
 
     # -- computation ---------------------------------------------------------------------
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Outputs of the last layer before its fused head activation (logits).
+    def forward(
+        self, x: np.ndarray, training: bool = False, timings: LayerTimings | None = None
+    ) -> np.ndarray:
+        """Outputs of the last layer before its fused head activation (logits). timings:
+        add each layer's seconds to it (cnnkit bench's per-layer table).
 
         In inference nothing will call backward: each layer lets go of what it kept for it as
-        soon as it has run, which keeps evaluate's peak memory to about one layer's arrays."""
+        soon as it has run, and an output is let go after its last reader, which keeps
+        evaluate's peak memory to the outputs still waiting for a reader."""
+        outputs: list[np.ndarray | None] = [None] * len(self.layers)
+        waiting = list(self.readers)
         for layer in self.layers:
-            x = layer.forward(x, training)
+            if layer.index in self.skipped:
+                continue
+            inputs = [x if s < 0 else outputs[s] for s in layer.sources]
+            start = time.perf_counter() if timings else 0.0
+            outputs[layer.index] = layer.forward(inputs if layer.merges else inputs[0], training)
+            if timings:
+                timings.forward[layer.index] += time.perf_counter() - start
             if not training:
                 layer.release_cache()
-        return x
+                for s in layer.sources:
+                    waiting[s] -= 1
+                    if s >= 0 and waiting[s] == 0:
+                        outputs[s] = None
+        return outputs[-1]
 
-    def backward(self, dlogits: np.ndarray) -> None:
+    def backward(self, dlogits: np.ndarray, timings: LayerTimings | None = None) -> None:
         """Every trainable weight's gradient of the loss plus regularization_loss: the layers'
-        backward give the data part, the declared regularizers' gradients are added here."""
-        grad = dlogits
+        backward give the data part (a layer read by several gets the sum of their
+        gradients), the declared regularizers' gradients are added here."""
+        grads: list[np.ndarray | None] = [None] * len(self.layers)
+        grads[-1] = dlogits
         for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+            if layer.index in self.skipped:  # no effect on the loss: zero gradients
+                layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
+                continue
+            start = time.perf_counter() if timings else 0.0
+            dx = layer.backward(grads[layer.index])
+            grads[layer.index] = None
+            for s, g in zip(layer.sources, dx if layer.merges else [dx], strict=True):
+                if s >= 0 and g is not None:
+                    # a new array: g may be a layer's workspace, or reach several layers
+                    grads[s] = g if grads[s] is None else grads[s] + g
+            if timings:
+                timings.backward[layer.index] += time.perf_counter() - start
         for layer in self.layers:
             for weight in _regularized(layer):
                 extra = penalty_grad(weight.regularizer, layer.params[weight.name])
@@ -156,22 +227,36 @@ class Sequential:
                     layer.grads[weight.name] = layer.grads[weight.name] + extra
 
     # -- description ---------------------------------------------------------------------
-    def summary_rows(self) -> list[SummaryRow]:
+    def layer_names(self) -> list[str]:
+        """Each layer's name: the spec's, else Keras' (type_name, then type_name_1, ... over
+        the unnamed layers of that type, skipping the names the spec took)."""
+        taken = {layer.name for layer in self.layers if layer.name}
         counts: dict[str, int] = {}
-        rows = []
+        names = []
         for layer in self.layers:
-            n = counts.get(layer.type_name, 0)
-            counts[layer.type_name] = n + 1
+            name = layer.name
+            while name is None or (layer.name is None and name in taken):
+                n = counts.get(layer.type_name, 0)
+                counts[layer.type_name] = n + 1
+                name = layer.type_name if n == 0 else f"{layer.type_name}_{n}"
+            names.append(name)
+        return names
+
+    def summary_rows(self) -> list[SummaryRow]:
+        names = self.layer_names()
+        rows = []
+        for layer, name in zip(self.layers, names, strict=True):
             trainable = sum(int(np.prod(s)) for s in layer.param_shapes().values())
             non_trainable = sum(int(np.prod(s)) for s in layer.state_shapes().values())
             rows.append(
                 SummaryRow(
-                    name=layer.type_name if n == 0 else f"{layer.type_name}_{n}",
+                    name=name,
                     type=layer.keras_name,
                     output_shape=format_shape(layer.output_shape),
                     params=trainable + non_trainable,
                     macs=layer.macs(),
                     non_trainable=non_trainable,
+                    connected_to=tuple(INPUT_NAME if s < 0 else names[s] for s in layer.sources),
                 )
             )
         return rows

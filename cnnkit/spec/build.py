@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.metrics import MetricSet
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import Model
 from cnnkit.nn.optimizers import Optimizer
 from cnnkit.nn.registry import LOSSES, OPTIMIZERS
 from cnnkit.spec.config import Spec
 
 
-def build_model(spec: Spec) -> Sequential:
+def build_model(spec: Spec) -> Model:
     """Fresh (unbuilt) layers from the spec's layer configs: build(seed) allocates them."""
-    return Sequential.from_configs(spec.to_dict()["model"]["layers"], spec.model.input_shape)
+    return Model.from_configs(spec.to_dict()["model"]["layers"], spec.model.input_shape)
 
 
 def last_activation(spec: Spec) -> str:

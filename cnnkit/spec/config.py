@@ -19,8 +19,9 @@ import yaml
 from cnnkit.data.augment import resolve_augmentation
 from cnnkit.data.sources import SOURCES, count_classes
 from cnnkit.errors import SpecError
-from cnnkit.nn.build import build_layers
+from cnnkit.nn.build import build_layers, unused_layers
 from cnnkit.nn.layers.base import Layer
+from cnnkit.spec.blocks import expand_blocks
 from cnnkit.nn.metrics import (
     check_metrics,
     head_classes,
@@ -215,6 +216,12 @@ MODEL_OPTIONS = {
     "weights": Option(_weights_path, default=None),
     # build_layers checks the list; cnnkit.spec.schema describes it from the layer table
     "layers": Option(Checker(lambda value, path: value, dict), doc="a list of layers"),
+    # cnnkit.spec.blocks checks and expands them
+    "blocks": Option(
+        Checker(lambda value, path: value, dict),
+        default=None,
+        doc="groups of layers written once, with parameters, used in layers: like a layer",
+    ),
 }
 
 TRAIN_OPTIONS = {
@@ -454,14 +461,14 @@ def validate(
         )
     else:
         data = errors.attempt(_data_section, top["data"])
-    model = _model_section(top, data, errors)
+    notes: list[str] = []
+    model = _model_section(top, data, errors, notes)
     loss = errors.attempt(_named_section, top.get("loss", SECTION_DEFAULTS["loss"]), LOSSES, "loss")
     optimizer = errors.attempt(
         _optimizer_section, top.get("optimizer", SECTION_DEFAULTS["optimizer"])
     )
     metrics = errors.attempt(parse_metrics, top.get("metrics", ["accuracy"]), "metrics")
     train = errors.attempt(resolve_options, top.get("train"), TRAIN_OPTIONS, "train")
-    notes: list[str] = []
     schedule, callbacks = _monitored_sections(top, data, metrics, notes, errors)
     augmentation = errors.attempt(resolve_augmentation, top.get("augmentation"))
     logging = errors.attempt(resolve_options, top.get("logging"), LOGGING_OPTIONS, "logging")
@@ -503,7 +510,7 @@ def _check_top_level_keys(top: Mapping, errors: ErrorList) -> None:
 
 
 def _model_section(
-    top: Mapping, data: DataSection | None, errors: ErrorList
+    top: Mapping, data: DataSection | None, errors: ErrorList, notes: list[str]
 ) -> ModelSection | None:
     """model: its options and shape-checked layers (None when either is broken). Without an
     input shape the layers' options are still checked."""
@@ -518,10 +525,25 @@ def _model_section(
     given = top.get("data")
     raw_source = given.get("source") if isinstance(given, Mapping) else None
     input_shape = errors.attempt(_model_input_shape, model["input_shape"], data, raw_source)
-    layers = errors.attempt(build_layers, model["layers"], input_shape)
+    expanded = errors.attempt(expand_blocks, model["layers"], model["blocks"])
+    if expanded is None:
+        return None
+    layers = errors.attempt(
+        build_layers, expanded.entries, input_shape, expanded.paths, expanded.contexts
+    )
     if input_shape is None or layers is None:
         return None
+    notes.extend(_unused_layer_notes(layers))
     return ModelSection(tuple(input_shape), tuple(layers), model["weights"])
+
+
+def _unused_layer_notes(layers: Sequence[Layer]) -> list[str]:
+    return [
+        f"warning: {layer.where} ({layer.name or layer.keras_name}): no layer takes its "
+        "output, so it does not change the model's output and its weights are not trained; "
+        "name it in a later layer's inputs, or remove it"
+        for layer in unused_layers(layers)
+    ]
 
 
 def _optimizer_section(given: Any) -> dict[str, Any]:

@@ -9,12 +9,12 @@ import numpy as np
 
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.metrics import MetricSet
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import Model
 from cnnkit.nn.optimizers import Optimizer
 
 
 class TrainStep:
-    def __init__(self, model: Sequential, loss_fn: Loss, optimizer: Optimizer, metrics: MetricSet):
+    def __init__(self, model: Model, loss_fn: Loss, optimizer: Optimizer, metrics: MetricSet):
         self.model, self.loss_fn, self.optimizer, self.metrics = model, loss_fn, optimizer, metrics
         self.params = model.named_params()  # arrays updated in place by the optimizer
 

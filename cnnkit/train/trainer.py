@@ -23,7 +23,7 @@ from cnnkit.data.batches import Split, Splits, batches, prefetch
 from cnnkit.interrupts import Interrupted, StopFlag
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.metrics import MetricSet
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import Model
 from cnnkit.nn.optimizers import Optimizer
 from cnnkit.runs.layout import RunDir
 from cnnkit.seeding import random_stream
@@ -53,7 +53,7 @@ class EvalResult:
 
 
 def inference(
-    model: Sequential,
+    model: Model,
     split: Split,
     rescale: float | Callable[[np.ndarray], np.ndarray],
     batch_size: int,
@@ -66,7 +66,7 @@ def inference(
 
 
 def predict_probabilities(
-    model: Sequential,
+    model: Model,
     loss_fn: Loss,
     x: np.ndarray,
     rescale: float | Callable[[np.ndarray], np.ndarray],
@@ -82,7 +82,7 @@ def predict_probabilities(
 
 
 def evaluate_split(
-    model: Sequential,
+    model: Model,
     loss_fn: Loss,
     split: Split,
     rescale: float | Callable[[np.ndarray], np.ndarray],
@@ -140,7 +140,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: Sequential,
+        model: Model,
         loss_fn: Loss,
         optimizer: Optimizer,
         splits: Splits,

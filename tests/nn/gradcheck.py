@@ -75,20 +75,29 @@ def make_layer(cls, user_options, input_shape, seed=0, randomize_params=True):
 
 
 def check_layer_gradients(layer, x, training=False, before_forward=None, tol=TOL):
-    """FD-check dL/dx and dL/dparam for L = sum(layer.forward(x) * R); return (y, dx)."""
-    x = np.array(x, dtype=np.float64)  # own copy: perturbed in place
+    """FD-check dL/dx and dL/dparam for L = sum(layer.forward(x) * R); return (y, dx).
+
+    x may be a list (a merge layer's inputs): each input's gradient is checked. backward must
+    leave R as it was (in a graph the same gradient array can reach several layers)."""
+    many = isinstance(x, list)
+    xs = [np.array(a, dtype=np.float64) for a in (x if many else [x])]  # own copies: perturbed
 
     def forward():
         if before_forward is not None:
             before_forward(layer)
-        return layer.forward(x, training)
+        return layer.forward(xs if many else xs[0], training)
 
     y = forward()
     assert y.dtype == np.float64
-    assert y.shape == (x.shape[0], *layer.output_shape)
+    assert y.shape == (xs[0].shape[0], *layer.output_shape)
     r = np.random.default_rng(1234).standard_normal(y.shape)
-    dx = layer.backward(r.copy())
-    assert dx.shape == x.shape and dx.dtype == np.float64
+    dy = r.copy()
+    dx = layer.backward(dy)
+    np.testing.assert_array_equal(dy, r, err_msg="backward wrote into its dy")
+    dxs = dx if many else [dx]
+    assert len(dxs) == len(xs)
+    for d, a in zip(dxs, xs):
+        assert d.shape == a.shape and d.dtype == np.float64
     grads = {name: g.copy() for name, g in layer.grads.items()}
     assert set(grads) == set(layer.params), "every parameter needs a gradient, and only those"
     for name, g in grads.items():
@@ -98,8 +107,9 @@ def check_layer_gradients(layer, x, training=False, before_forward=None, tol=TOL
     def objective():
         return float(np.sum(forward() * r))
 
-    err = rel_error(dx, numerical_gradient(objective, x))
-    assert err < tol, f"input gradient: relative error {err:.3g}"
+    for k, (d, a) in enumerate(zip(dxs, xs)):
+        err = rel_error(d, numerical_gradient(objective, a))
+        assert err < tol, f"input {k} gradient: relative error {err:.3g}"
     for name, param in layer.params.items():
         err = rel_error(grads[name], numerical_gradient(objective, param))
         assert err < tol, f"{name} gradient: relative error {err:.3g}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnkit.nn.memory import available_memory, check_memory, optimizer_slots, plan
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import Model
 from cnnkit.nn.registry import OPTIMIZERS
 from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
@@ -34,7 +34,7 @@ optimizer: {name: adam, amsgrad: true}
 """
 
 
-def kept_bytes(model: Sequential, x: np.ndarray, training: bool) -> list[int]:
+def kept_bytes(model: Model, x: np.ndarray, training: bool) -> list[int]:
     """Bytes of the distinct arrays each layer keeps after a forward pass (its output and
     its attributes), not counting its input: what the memory plan claims."""
     kept = []

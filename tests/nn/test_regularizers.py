@@ -1,5 +1,5 @@
 """Weight penalties (cnnkit.nn.regularizers): spec forms, the loss value by hand, and
-their gradients, added once by the model (Sequential.backward).
+their gradients, added once by the model (Model.backward).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from cnnkit.errors import SpecError
 from cnnkit.nn.layers.core import Dense
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import Model
 from cnnkit.nn.registry import LOSSES
 from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
@@ -120,7 +120,7 @@ def test_dense_regularizer_gradient_alone(reg):
     layer = make_layer(
         Dense, {"units": 3, "kernel_regularizer": reg, "bias_regularizer": reg}, (4,)
     )
-    model = Sequential([layer], (4,))
+    model = Model([layer], (4,))
     for array in layer.params.values():
         array[...] = away_from_zero(np.random.default_rng(2), array.shape, margin=0.05)
     x = np.random.default_rng(3).standard_normal((2, 4))

@@ -8,16 +8,23 @@ A layer is created from its resolved spec options. Its life, in the order the mo
    the declaration of each weight with `add_weight` (name, shape, initializer, regularizer,
    trainable), as Keras' Layer.build; no array is allocated, so that `cnnkit summary` and the
    memory plan work from the spec alone;
-3. `create_weights(rng, dtype)`: the arrays of the declared weights (Sequential.build);
+3. `create_weights(rng, dtype)`: the arrays of the declared weights (Model.build);
 4. `forward` / `backward` on batches of NHWC arrays. backward stores the data gradient of each
    trainable weight in `grads`; the model adds the declared regularizers' gradients once.
 
 A layer also declares what its forward keeps for backward (`saved_arrays`, read by the memory
 plan, cnnkit.nn.memory) and may define its PyTorch twin (`torch_twin`, for `bench --vs torch`).
+
+Graphs: every layer may carry a `name` and the names of its `inputs` (GRAPH_OPTIONS; the model
+wires them, cnnkit.nn.build). A merge layer (`merges = True`: Add, Concatenate, ...) takes a
+list: `compute_output_shape` and `build` get the list of input shapes, `forward` the list of
+arrays, and `backward` returns one gradient per input. backward must not write into `dy`:
+in a graph the same gradient array may reach several layers.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -27,9 +34,63 @@ from cnnkit.errors import SpecError
 from cnnkit.nn.activations import ACTIVATIONS
 from cnnkit.nn.initializers import check_initializer, initialize
 from cnnkit.nn.regularizers import check_regularizer
-from cnnkit.options import Option
+from cnnkit.options import Option, checker
 
 Shape = tuple[int, ...]  # one sample's shape, without the batch axis
+
+# Keras' identifier rule, narrowed to what is also a Python identifier: a name works as a
+# checkpoint's sidecar entry, a --set path part and a TensorFlow/PyTorch module name.
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MODEL_INPUT = "input"  # the name that refers to the model's input in `inputs:`
+
+
+@checker({"type": "string", "pattern": NAME_PATTERN.pattern + "$"})
+def _layer_name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise SpecError(
+            f"invalid layer name {value!r}",
+            where=path,
+            hint="A name starts with a letter or _ and has only letters, digits and _ "
+            "(e.g. block1_conv, shortcut).",
+        )
+    if value == MODEL_INPUT:
+        raise SpecError(
+            f"'{MODEL_INPUT}' is reserved: in inputs: it means the model's input",
+            where=path,
+            hint="Choose another name, e.g. stem.",
+        )
+    return value
+
+
+@checker(
+    {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        ]
+    }
+)
+def _input_names(value: Any, path: str) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise SpecError(
+            f"expected a list of layer names, found {value!r}",
+            where=path,
+            hint="e.g. inputs: [main, shortcut] (names given with name:, or `input` for the "
+            "model's input).",
+        )
+    return tuple(values)
+
+
+# The options every layer takes besides its own (cnnkit.nn.build reads them off the entry).
+GRAPH_OPTIONS: dict[str, Option] = {
+    "name": Option(_layer_name, default=None, doc="a unique name, for inputs: and --set"),
+    "inputs": Option(
+        _input_names,
+        default=None,
+        doc="names of earlier layers this one takes (default: the previous layer)",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +118,7 @@ class Layer:
     keras_name: ClassVar[str] = "Layer"  # Keras spelling, accepted in specs too
     aliases: ClassVar[tuple[str, ...]] = ()
     OPTIONS: ClassVar[dict[str, Option]] = {}
+    merges: ClassVar[bool] = False  # takes a list of inputs (Add, Concatenate, ...)
 
     def __init__(self, options: dict[str, Any], index: int, where: str = ""):
         self.options = options
@@ -67,8 +129,14 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         # non-trainable arrays a checkpoint must hold (BatchNormalization's moving statistics)
         self.state: dict[str, np.ndarray] = {}
-        self.input_shape: Shape | None = None
+        self.input_shape: Shape | None = None  # a merge layer's: its first input's
+        self.input_shapes: list[Shape] = []  # one per input
         self.output_shape: Shape | None = None
+        # the graph (cnnkit.nn.build): the spec's name and inputs, and the positions of the
+        # layers this one reads (-1: the model's input); by default the previous layer
+        self.name: str | None = None
+        self.inputs: tuple[str, ...] | None = None
+        self.sources: tuple[int, ...] = (index - 1,)
         # False for the first layer: nobody needs dLoss/dImage, and for Conv2D skipping it
         # saves a whole backward convolution.
         self.needs_input_grad = True
@@ -76,7 +144,7 @@ class Layer:
     def release_cache(self) -> None:
         """Drop the arrays forward kept for backward (attributes named _x, _z, _argmax, ...).
 
-        Inference calls it after each layer (Sequential.forward with training=False), so that
+        Inference calls it after each layer (Model.forward with training=False), so that
         evaluate and predict hold one layer's arrays at a time, not every layer's. Workspaces,
         parameters and state live in dicts and are kept."""
         for name, value in list(vars(self).items()):
@@ -100,14 +168,21 @@ class Layer:
         return array[: shape[0]]
 
     # -- shapes and weight declarations (no arrays) -------------------------------------
-    def infer_shape(self, input_shape: Shape) -> Shape:
+    def infer_shape(self, input_shape: Shape | list[Shape]) -> Shape:
         """Set the shapes and declare the weights (build); return the output shape. Raises
-        SpecError if the input does not fit."""
-        input_shape = tuple(input_shape)
-        output_shape = tuple(self.compute_output_shape(input_shape))
-        self.input_shape, self.output_shape = input_shape, output_shape
+        SpecError if the input does not fit. A merge layer takes the list of its inputs'."""
+        if self.merges:
+            shapes = [tuple(s) for s in input_shape]
+            output_shape = tuple(self.compute_output_shape(shapes))
+            self.input_shape, self.input_shapes = shapes[0], shapes
+            build_arg: Any = shapes
+        else:
+            build_arg = tuple(input_shape)
+            output_shape = tuple(self.compute_output_shape(build_arg))
+            self.input_shape, self.input_shapes = build_arg, [build_arg]
+        self.output_shape = output_shape
         self.weights = {}
-        self.build(input_shape)
+        self.build(build_arg)
         return output_shape
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -146,7 +221,7 @@ class Layer:
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
         """The arrays forward allocates and keeps until the next batch (for backward), per
         image: what the memory plan counts. `last`: the model's output layer, which hands
-        logits to the loss (Sequential.from_configs). By default: the layer's output."""
+        logits to the loss (Model.from_configs). By default: the layer's output."""
         return [SavedArray(self.output_shape)]
 
     def shape_error(self, input_shape: Shape, message: str, hint: str | None = None) -> SpecError:
@@ -175,7 +250,14 @@ class Layer:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        return dict(self.options)
+        """The resolved options, then name and inputs when the spec gave them (a Sequential
+        spec's config is unchanged by the graph options)."""
+        config = dict(self.options)
+        if self.name is not None:
+            config["name"] = self.name
+        if self.inputs is not None:
+            config["inputs"] = list(self.inputs)
+        return config
 
     # -- the PyTorch twin (cnnkit bench --vs torch) -------------------------------------
     def torch_twin(self, twin: Any) -> None:

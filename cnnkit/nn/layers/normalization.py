@@ -127,3 +127,23 @@ class BatchNormalization(Layer):
             dx,
         )
         return dx.reshape(dy.shape)
+
+    def torch_twin(self, twin) -> None:
+        """nn.BatchNorm2d (BatchNorm1d on features) with Keras' epsilon; PyTorch's momentum is
+        the new batch's weight, 1 - Keras'. The moving statistics are copied in as they are
+        now (PyTorch updates its running variance with the unbiased batch variance, Keras
+        and cnnkit with the biased one: the twins agree in training mode and on these
+        statistics, not on the statistics after a few steps)."""
+        o = self.options
+        if not (o["center"] and o["scale"]):
+            raise twin.unsupported("a BatchNormalization without center or scale")
+        image = len(self.input_shape) == 3
+        norm = (twin.nn.BatchNorm2d if image else twin.nn.BatchNorm1d)(
+            self.input_shape[-1], eps=o["epsilon"], momentum=1.0 - o["momentum"]
+        )
+        twin.add(norm)
+        twin.copy(self, "gamma", norm.weight)
+        twin.copy(self, "beta", norm.bias)
+        with twin.torch.no_grad():
+            norm.running_mean.copy_(twin.torch.from_numpy(np.array(self.state["moving_mean"])))
+            norm.running_var.copy_(twin.torch.from_numpy(np.array(self.state["moving_variance"])))

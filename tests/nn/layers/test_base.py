@@ -41,8 +41,17 @@ from cnnkit.nn.layers.pooling import (
     GlobalMaxPooling2D,
     MaxPooling2D,
 )
+from cnnkit.nn.layers.merging import (
+    Add,
+    Average,
+    Concatenate,
+    Maximum,
+    Minimum,
+    Multiply,
+    Subtract,
+)
 from cnnkit.nn.layers.reshaping import ZeroPadding2D
-from cnnkit.nn.model import Sequential
+from cnnkit.nn.model import Model
 from cnnkit.options import resolve_options
 from tests.nn.gradcheck import (
     away_from_zero,
@@ -60,6 +69,7 @@ class Sample:
     keras_params: int  # Keras' "Param #" (trainable + non-trainable), by its formula
     keras_non_trainable: int = 0
     inputs: Any = field(default=away_from_zero)  # (rng, shape) -> x: kinks and ties out of reach
+    # a merge layer's input_shape is the list of its inputs' shapes
 
 
 # Keras' formulas: Conv2D kh*kw*c_in*filters (+ filters with use_bias); Dense n_in*units
@@ -103,6 +113,21 @@ SAMPLES: dict[type, list[Sample]] = {
         Sample({}, (3, 4, 2), 0),
         Sample({"padding": [[1, 0], [2, 3]]}, (2, 3, 1), 0),
     ],
+    # merges: no weights; element-wise ones broadcast axes of size 1, as Keras'
+    Add: [
+        Sample({}, [(3, 4, 2), (3, 4, 2), (3, 4, 2)], 0),
+        Sample({}, [(3, 4, 2), (1, 1, 2)], 0),
+    ],
+    Subtract: [Sample({}, [(3, 4, 2), (3, 4, 2)], 0)],
+    Multiply: [Sample({}, [(5,), (5,), (5,)], 0), Sample({}, [(2, 3, 2), (2, 3, 1)], 0)],
+    Average: [Sample({}, [(2, 3, 2), (2, 3, 2)], 0)],
+    Maximum: [Sample({}, [(2, 3, 2), (2, 3, 2), (2, 3, 2)], 0, inputs=distinct_values)],
+    Minimum: [Sample({}, [(4,), (4,)], 0, inputs=distinct_values)],
+    Concatenate: [
+        Sample({}, [(3, 4, 2), (3, 4, 3)], 0),
+        Sample({"axis": 1}, [(2, 3, 2), (1, 3, 2)], 0),
+        Sample({"axis": -1}, [(4,), (2,), (3,)], 0),
+    ],
 }
 
 CASES = [
@@ -113,8 +138,20 @@ CASES = [
 BATCH = 3
 
 
-def sample_input(sample: Sample, batch: int = BATCH, seed: int = 5) -> np.ndarray:
-    return sample.inputs(np.random.default_rng(seed), (batch, *sample.input_shape))
+def sample_input(sample: Sample, batch: int = BATCH, seed: int = 5) -> Any:
+    """The batch for the sample's layer: an array, or a merge layer's list of arrays (the
+    inputs drawn as one array, so that distinct_values stays distinct across them)."""
+    rng = np.random.default_rng(seed)
+    if not isinstance(sample.input_shape, list):
+        return sample.inputs(rng, (batch, *sample.input_shape))
+    sizes = [int(np.prod(s)) for s in sample.input_shape]
+    flat = sample.inputs(rng, (batch, sum(sizes)))
+    parts = np.split(flat, np.cumsum(sizes)[:-1], axis=1)
+    return [p.reshape(batch, *s) for p, s in zip(parts, sample.input_shape, strict=True)]
+
+
+def as32(x: Any) -> Any:
+    return [a.astype(np.float32) for a in x] if isinstance(x, list) else x.astype(np.float32)
 
 
 @pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda cls: cls.keras_name)
@@ -134,7 +171,7 @@ def test_shape_inference_is_pure_and_forward_agrees(cls, sample):
     layer.create_weights(np.random.default_rng(0), np.dtype(np.float32))
     layer.rng = np.random.default_rng(0)  # Dropout's, set by the model
     for training in (False, True):
-        y = layer.forward(sample_input(sample).astype(np.float32), training)
+        y = layer.forward(as32(sample_input(sample)), training)
         assert y.shape == (BATCH, *shape) and y.dtype == np.float32
 
 
@@ -148,10 +185,12 @@ def test_finite_difference_gradients(cls, sample, training):
 
 @pytest.mark.parametrize("cls, sample", CASES)
 def test_weights_round_trip_through_a_checkpoint(cls, sample, tmp_path):
-    def model(seed: int) -> Sequential:
+    if cls.merges:
+        pytest.skip("a merge layer has no weights (graphs: tests/nn/test_model.py)")
+    def model(seed: int) -> Model:
         layer = cls(resolve_options(sample.options, cls.OPTIONS, "test"), index=0)
         layer.infer_shape(sample.input_shape)
-        return Sequential([layer], sample.input_shape).build(seed)
+        return Model([layer], sample.input_shape).build(seed)
 
     trained, fresh = model(0), model(1)
     x = sample_input(sample).astype(np.float32)
@@ -171,7 +210,7 @@ def test_weights_round_trip_through_a_checkpoint(cls, sample, tmp_path):
 @pytest.mark.parametrize("cls, sample", CASES)
 def test_keras_parameter_count(cls, sample):
     layer = make_layer(cls, sample.options, sample.input_shape)
-    (row,) = Sequential([layer], sample.input_shape).summary_rows()
+    (row,) = Model([layer], sample.input_shape).summary_rows()
     assert (row.params, row.non_trainable) == (sample.keras_params, sample.keras_non_trainable)
     assert row.type == cls.keras_name and row.name == cls.type_name
 
@@ -180,7 +219,7 @@ def kept_bytes(layer, x: np.ndarray, training: bool) -> int:
     """Bytes of the distinct arrays `layer` keeps after its forward (output and attributes),
     its input not counted."""
     y = layer.forward(x, training)
-    counted, total = [x], 0
+    counted, total = list(x) if isinstance(x, list) else [x], 0
     for array in (y, *vars(layer).values()):
         if isinstance(array, np.ndarray) and not any(np.shares_memory(array, c) for c in counted):
             counted.append(array)
@@ -196,11 +235,11 @@ def test_declared_saved_arrays_are_what_forward_keeps(cls, sample, last):
     layer.create_weights(np.random.default_rng(0), np.dtype(np.float32))
     layer.rng = np.random.default_rng(0)
     if last and isinstance(layer, ActivationMixin) and layer.fuses_head():
-        layer.returns_logits = True  # as Sequential.from_configs makes the last layer
+        layer.returns_logits = True  # as Model.from_configs makes the last layer
     for training in (False, True):
         # per image: the difference of two batch sizes (what does not scale cancels)
         small, large = (
-            kept_bytes(layer, sample_input(sample, n).astype(np.float32), training) for n in (2, 5)
+            kept_bytes(layer, as32(sample_input(sample, n)), training) for n in (2, 5)
         )
         declared = sum(
             int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
@@ -227,8 +266,11 @@ def test_torch_twin_computes_the_same_function(cls, sample):
             name = key.removeprefix("layers.0.")
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(to_torch(layer.params[name]))))
         x = sample_input(sample)
-        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
-        out = net(torch.from_numpy(nchw)).numpy()
+
+        def nchw(a):
+            return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a))
+
+        out = net([nchw(a) for a in x] if cls.merges else nchw(x)).numpy()
     expected = layer.forward(x, False)
     if twin.flat_from is not None:  # torch flattens (C, H, W): the next Dense is permuted
         expected = x.transpose(0, 3, 1, 2).reshape(BATCH, -1)

@@ -310,17 +310,14 @@ class TorchRunner:
             sides["cnnkit"]["loss"] = relative_error(loss, ref_loss)
             sides["torch"]["loss"] = relative_error(torch_loss.item(), ref_loss)
             refs = {
-                key: twin_params[names[id(tensor)]].grad.numpy()
-                for key, tensor, _ in self.copies
+                key: twin_params[names[id(tensor)]].grad.numpy() for key, tensor, _ in self.copies
             }
             # a gradient that is zero in exact arithmetic (a bias before BatchNormalization)
             # is only rounding noise: measured against a thousandth of the largest gradient
             floor = 1e-3 * max((float(np.abs(r).max()) for r in refs.values()), default=0.0)
             for key, tensor, to_torch in self.copies:
                 ref = refs[key]
-                sides["cnnkit"]["gradients"][key] = relative_error(
-                    to_torch(grads[key]), ref, floor
-                )
+                sides["cnnkit"]["gradients"][key] = relative_error(to_torch(grads[key]), ref, floor)
                 sides["torch"]["gradients"][key] = relative_error(tensor.grad.numpy(), ref, floor)
             self.optimizer.zero_grad(set_to_none=True)
         per_array = {}

@@ -858,6 +858,23 @@ def bench_progress(text: str) -> None:
     error_console.print(f"[dim]bench: {escape(text)}[/dim]")
 
 
+def _guard_line(check: dict[str, Any]) -> str:
+    """The correctness guard's verdict, in one sentence."""
+    mine, theirs = check["cnnkit"], check["torch"]
+    guard = f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 reference"
+    if mine["max"] > check["tolerance"]:  # passed as no worse than PyTorch's float32
+        guard += (
+            f", or as close as PyTorch's float32 ({mine['worst']}: {mine['max']:.1e}, "
+            "ill-conditioned)"
+        )
+    if theirs["ok"]:
+        return guard + ", PyTorch float32 too"
+    return guard + (
+        f"; [yellow]PyTorch float32 is not[/yellow] ({theirs['worst']}: "
+        f"{theirs['max']:.1e}), its own rounding: the benchmark ran"
+    )
+
+
 def bench_renderables(result: dict[str, Any]) -> list[Any]:
     """`cnnkit bench`: throughput table (with PyTorch and ratios under --vs torch), then the
     per-layer times, slowest first."""
@@ -898,24 +915,7 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
             f"Allocated during one training step (numpy, peak): {result['step_alloc_mb']:.1f} MB"
         )
     if torch:
-        check = torch["check"]
-        theirs = check["torch"]
-        mine = check["cnnkit"]
-        guard = f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 reference"
-        if mine["max"] > check["tolerance"]:  # passed as no worse than PyTorch's float32
-            guard = (
-                f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 "
-                f"reference, or as close as PyTorch's float32 ({mine['worst']}: "
-                f"{mine['max']:.1e}, ill-conditioned)"
-            )
-        if theirs["ok"]:
-            guard += ", PyTorch float32 too"
-        else:
-            guard += (
-                f"; [yellow]PyTorch float32 is not[/yellow] ({theirs['worst']}: "
-                f"{theirs['max']:.1e}), its own rounding: the benchmark ran"
-            )
-        notes.append(guard)
+        notes.append(_guard_line(torch["check"]))
         ratios = ", ".join(
             f"{r['train_ratio']:.2f}/{r['infer_ratio']:.2f}" for r in result["rounds_detail"]
         )

@@ -35,7 +35,9 @@ def build_layers(
             hint="Example:\n  layers:\n    - Conv2D: {filters: 32, kernel_size: 3}\n"
             "    - Flatten: {}\n    - Dense: {units: 10, activation: softmax}",
         )
-    paths = list(paths) if paths is not None else [f"model.layers[{i}]" for i in range(len(raw_layers))]
+    paths = (
+        list(paths) if paths is not None else [f"model.layers[{i}]" for i in range(len(raw_layers))]
+    )
     contexts = list(contexts) if contexts is not None else [None] * len(raw_layers)
     errors = ErrorList()
     layers: list[Layer | None] = []
@@ -82,9 +84,7 @@ def _wire(
     the positions of the layers that could not be wired (their shapes are not inferred)."""
     miswired: set[int] = set()
     defined: dict[str, int] = {}
-    later = {
-        layer.name: i for i, layer in enumerate(layers) if layer is not None and layer.name
-    }
+    later = {layer.name: i for i, layer in enumerate(layers) if layer is not None and layer.name}
     for i, layer in enumerate(layers):
         if layer is None:
             continue
@@ -209,7 +209,11 @@ def _layer(entry: Any, i: int, path: str) -> tuple[Layer, SpecError | None]:
 
 
 def _graph_options(options: Any, path: str) -> dict[str, Any]:
-    given = {k: v for k, v in options.items() if k in GRAPH_OPTIONS} if isinstance(options, dict) else {}
+    given = (
+        {k: v for k, v in options.items() if k in GRAPH_OPTIONS}
+        if isinstance(options, dict)
+        else {}
+    )
     return resolve_options(given, GRAPH_OPTIONS, path)
 
 

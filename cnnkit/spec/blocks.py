@@ -166,7 +166,10 @@ def _layer_entry(entry: Any, path: str, scope: _Scope, out: Expanded) -> Any:
     ((type_name, options),) = entry.items()
     if not isinstance(options, dict):
         return {type_name: _substitute(options, path, scope)}
-    options = {k: _substitute(v, join_path(join_path(path, type_name), k), scope) for k, v in options.items()}
+    options = {
+        k: _substitute(v, join_path(join_path(path, type_name), k), scope)
+        for k, v in options.items()
+    }
     if scope.in_block and isinstance(options.get("name"), str):
         scope.local.add(options["name"])
         options["name"] = scope.scoped(options["name"])

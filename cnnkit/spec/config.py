@@ -21,7 +21,6 @@ from cnnkit.data.sources import SOURCES, count_classes
 from cnnkit.errors import SpecError
 from cnnkit.nn.build import build_layers, unused_layers
 from cnnkit.nn.layers.base import Layer
-from cnnkit.spec.blocks import expand_blocks
 from cnnkit.nn.metrics import (
     check_metrics,
     head_classes,
@@ -45,6 +44,7 @@ from cnnkit.options import (
     require_mapping,
     resolve_options,
 )
+from cnnkit.spec.blocks import expand_blocks
 from cnnkit.spec.callbacks import CALLBACK_SECTIONS, DEFAULT_MONITORS
 from cnnkit.spec.overrides import SECTION_DEFAULTS, Override, apply_overrides, as_overrides
 from cnnkit.spec.sections import (

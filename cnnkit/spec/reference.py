@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from cnnkit.nn.layers.base import GRAPH_OPTIONS
 from cnnkit.spec.schema import Schema, build_schema
 
 PAGE = "docs/reference/spec.md"
@@ -228,13 +229,15 @@ def shared_kinds(layers: dict[str, Schema]) -> dict[str, tuple[str, Schema]]:
 def layers_lines(schema: Schema, kinds: dict[str, tuple[str, Schema]]) -> list[str]:
     """Every layer: the spellings accepted, the bare-value shorthand if any, its options."""
     spellings: dict[str, list[str]] = {}
-    layer_items = schema["properties"]["model"]["properties"]["layers"]["items"]
+    layer_items = schema["$defs"]["layer_entry"]
     for spelling, ref in layer_items["properties"].items():
         spellings.setdefault(ref["$ref"].rsplit("/", 1)[-1], []).append(spelling)
     lines = _heading(2, "Layers", "layers")
     lines += [
         "Each item of `model.layers` is a one-key mapping, `- LayerName: {options}`, "
-        "first layer to last.",
+        "first layer to last. Every layer also takes "
+        + "; ".join(f"`{key}`: {opt.doc}" for key, opt in GRAPH_OPTIONS.items())
+        + " (a graph: see [Graph specs](../graphs.md)).",
         "",
     ]
     for name, written in spellings.items():
@@ -267,11 +270,23 @@ def kind_lines(name: str, schema: Schema) -> list[str]:
     return lines
 
 
+def _without_graph_options(schema: Schema) -> Schema:
+    """The schema with name: and inputs: left out of each layer's table (said once)."""
+    schema = json.loads(json.dumps(schema))
+    for layer in schema["$defs"].values():
+        options = mapping_variant(layer) or {}
+        for key in GRAPH_OPTIONS:
+            options.get("properties", {}).pop(key, None)
+    return schema
+
+
 def spec_reference(schema: Schema | None = None) -> str:
     """The page, as committed: every top-level key in spec order, then layers and kinds."""
-    schema = schema or build_schema()
+    schema = _without_graph_options(schema or build_schema())
     layers = {
-        name: layer for name, layer in schema["$defs"].items() if name not in NUMBER_SPELLINGS
+        name: layer
+        for name, layer in schema["$defs"].items()
+        if name not in NUMBER_SPELLINGS and name != "layer_entry"
     }
     kinds = shared_kinds(layers)
     lines = [

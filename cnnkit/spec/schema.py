@@ -22,6 +22,7 @@ from typing import Any
 
 from cnnkit.data.augment import AUGMENT_OPTIONS
 from cnnkit.nn.layers import ALL_LAYERS
+from cnnkit.nn.layers.base import GRAPH_OPTIONS
 from cnnkit.nn.metrics import METRIC_ALIASES, METRIC_OPTIONS
 from cnnkit.nn.registry import LOSSES, OPTIMIZERS
 from cnnkit.nn.schedules import SCHEDULES
@@ -51,24 +52,66 @@ def _named_section(table: Mapping[str, Any], what: str) -> Schema:
 
 def _layers_schema(defs: Schema) -> Schema:
     names: dict[str, Schema] = {}
+    for key, option in GRAPH_OPTIONS.items():  # every layer's: defined once
+        defs[f"layer_{key}"] = option.json_schema()
     for cls in ALL_LAYERS:
         options = options_schema(cls.OPTIONS, title=cls.keras_name)
+        options["properties"].update({k: {"$ref": f"#/$defs/layer_{k}"} for k in GRAPH_OPTIONS})
         if cls.keras_name == "Activation":  # `- Activation: relu` shorthand
             options = {"anyOf": [options["properties"]["activation"], options]}
         defs[cls.keras_name] = options
         for spelling in (cls.keras_name, cls.type_name, *cls.aliases):
             names[spelling] = {"$ref": f"#/$defs/{cls.keras_name}"}
+    layer = {
+        "type": "object",
+        "properties": names,
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": 1,
+    }
+    # a block's use, `- residual: {filters: 32}`: any other one-key mapping (cnnkit check
+    # knows the blocks and reports a name that is neither)
+    use = {
+        "type": "object",
+        "propertyNames": {"not": {"enum": list(names)}},
+        "additionalProperties": {"type": ["object", "null"]},
+        "minProperties": 1,
+        "maxProperties": 1,
+    }
+    defs["layer_entry"] = layer
     return {
         "type": "array",
         "minItems": 1,
-        "description": "the Sequential stack, first to last: - LayerName: {options}",
-        "items": {
-            "type": "object",
-            "properties": names,
-            "additionalProperties": False,
-            "minProperties": 1,
-            "maxProperties": 1,
+        "description": "the layers, first to last: - LayerName: {options} (or - BlockName: "
+        "{params}); each reads the previous one unless its inputs: names others",
+        "items": {"anyOf": [{"$ref": "#/$defs/layer_entry"}, use]},
+    }
+
+
+def _blocks_schema() -> Schema:
+    block = {
+        "type": "object",
+        "properties": {
+            "params": {
+                "description": "the parameters ($name in the layers) and their defaults, or "
+                "a list of names without defaults",
+                "anyOf": [{"type": "object"}, {"type": "array", "items": {"type": "string"}}],
+            },
+            # layers whose values may be $parameters: checked by cnnkit check, not here
+            "layers": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "object", "minProperties": 1, "maxProperties": 1},
+            },
         },
+        "required": ["layers"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": ["object", "null"],
+        "description": "groups of layers written once, with parameters, used in layers: like "
+        "a layer",
+        "additionalProperties": block,
     }
 
 
@@ -106,6 +149,10 @@ def build_schema() -> Schema:
     defs: Schema = dict(NUMBER_DEFS)
     model = options_schema(config.MODEL_OPTIONS)
     model["properties"]["layers"] = _layers_schema(defs)
+    model["properties"]["blocks"] = _blocks_schema()
+    # without blocks, every entry is a layer (an unknown name is flagged as you type)
+    model["if"] = {"not": {"required": ["blocks"]}}
+    model["then"] = {"properties": {"layers": {"items": {"$ref": "#/$defs/layer_entry"}}}}
     model["type"] = "object"
     data = options_schema(config.DATA_OPTIONS)
     properties = {

@@ -96,7 +96,7 @@ def check_layer_gradients(layer, x, training=False, before_forward=None, tol=TOL
     np.testing.assert_array_equal(dy, r, err_msg="backward wrote into its dy")
     dxs = dx if many else [dx]
     assert len(dxs) == len(xs)
-    for d, a in zip(dxs, xs):
+    for d, a in zip(dxs, xs, strict=True):
         assert d.shape == a.shape and d.dtype == np.float64
     grads = {name: g.copy() for name, g in layer.grads.items()}
     assert set(grads) == set(layer.params), "every parameter needs a gradient, and only those"
@@ -107,7 +107,7 @@ def check_layer_gradients(layer, x, training=False, before_forward=None, tol=TOL
     def objective():
         return float(np.sum(forward() * r))
 
-    for k, (d, a) in enumerate(zip(dxs, xs)):
+    for k, (d, a) in enumerate(zip(dxs, xs, strict=True)):
         err = rel_error(d, numerical_gradient(objective, a))
         assert err < tol, f"input {k} gradient: relative error {err:.3g}"
     for name, param in layer.params.items():

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cnnkit.cli.app import app
 from cnnkit.errors import SpecError
 from cnnkit.nn.layers import ALL_LAYERS
+from cnnkit.nn.layers.base import GRAPH_OPTIONS
 from cnnkit.options import Option, checker, options_schema
 from cnnkit.spec.config import load_spec
 from cnnkit.spec.schema import SCHEMA_FILE, build_schema, schema_text
@@ -67,12 +68,29 @@ def test_schema_rejects_what_the_validator_rejects(validator):
     assert not validator.is_valid(bad)
 
 
+def test_block_uses_are_accepted_only_in_a_spec_with_blocks():
+    """The schema cannot know a spec's block names: with model.blocks any one-key entry that
+    is not a layer is a use (cnnkit check reports an unknown one); without, only layers."""
+    validator = jsonschema.Draft202012Validator(build_schema())
+    spec = {
+        "data": {"source": "mnist"},
+        "model": {"layers": [{"residual": {"filters": 8}}, {"Dense": {"units": 10}}]},
+    }
+    assert not validator.is_valid(spec)
+    spec["model"]["blocks"] = {"residual": {"params": {"filters": 4}, "layers": [{"Conv2D": {}}]}}
+    assert validator.is_valid(spec)
+    spec["model"]["layers"].append({"Dense": {"units": 10, "inputs": ["x"], "name": "out"}})
+    assert validator.is_valid(spec)
+    spec["model"]["layers"][-1]["Dense"]["name"] = "not a name"
+    assert not validator.is_valid(spec)
+
+
 def test_every_layer_and_option_is_in_the_schema():
     schema = build_schema()
     for cls in ALL_LAYERS:
         options = schema["$defs"][cls.keras_name]
         options = options.get("anyOf", [options])[-1]
-        assert set(options["properties"]) == set(cls.OPTIONS)
+        assert set(options["properties"]) == set(cls.OPTIONS) | set(GRAPH_OPTIONS)
 
 
 def test_an_option_kind_checks_and_describes_itself():

@@ -44,7 +44,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MODEL_INPUT = "input"  # the name that refers to the model's input in `inputs:`
 
 
-@checker({"type": "string", "pattern": NAME_PATTERN.pattern + "$"})
+@checker({"type": "string", "pattern": "^" + NAME_PATTERN.pattern + "$"})
 def _layer_name(value: Any, path: str) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise SpecError(

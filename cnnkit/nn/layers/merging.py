@@ -19,7 +19,11 @@ from cnnkit.options import Option
 def _unbroadcast(grad: np.ndarray, shape: Shape) -> np.ndarray:
     """The gradient of an input of `shape` (no batch axis) broadcast to grad's shape: summed
     over the axes it was stretched along."""
-    axes = tuple(i + 1 for i, (g, s) in enumerate(zip(grad.shape[1:], shape)) if s == 1 and g != 1)
+    axes = tuple(
+        i + 1
+        for i, (g, s) in enumerate(zip(grad.shape[1:], shape, strict=True))
+        if s == 1 and g != 1
+    )
     return grad.sum(axis=axes, keepdims=True) if axes else grad
 
 
@@ -35,7 +39,7 @@ class _Merge(Layer):
         names = self.inputs or ()
         return ", ".join(
             f"{name} {format_shape(shape)}"
-            for name, shape in zip((*names, *["?"] * len(shapes)), shapes)
+            for name, shape in zip((*names, *["?"] * len(shapes)), shapes, strict=False)
         )
 
     def check_count(self, shapes: list[Shape]) -> None:

@@ -34,13 +34,6 @@ from cnnkit.nn.layers.core import (
     Rescaling,
     SpatialDropout2D,
 )
-from cnnkit.nn.layers.normalization import BatchNormalization
-from cnnkit.nn.layers.pooling import (
-    AveragePooling2D,
-    GlobalAveragePooling2D,
-    GlobalMaxPooling2D,
-    MaxPooling2D,
-)
 from cnnkit.nn.layers.merging import (
     Add,
     Average,
@@ -49,6 +42,13 @@ from cnnkit.nn.layers.merging import (
     Minimum,
     Multiply,
     Subtract,
+)
+from cnnkit.nn.layers.normalization import BatchNormalization
+from cnnkit.nn.layers.pooling import (
+    AveragePooling2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
 )
 from cnnkit.nn.layers.reshaping import ZeroPadding2D
 from cnnkit.nn.model import Model
@@ -187,6 +187,7 @@ def test_finite_difference_gradients(cls, sample, training):
 def test_weights_round_trip_through_a_checkpoint(cls, sample, tmp_path):
     if cls.merges:
         pytest.skip("a merge layer has no weights (graphs: tests/nn/test_model.py)")
+
     def model(seed: int) -> Model:
         layer = cls(resolve_options(sample.options, cls.OPTIONS, "test"), index=0)
         layer.infer_shape(sample.input_shape)
@@ -238,9 +239,7 @@ def test_declared_saved_arrays_are_what_forward_keeps(cls, sample, last):
         layer.returns_logits = True  # as Model.from_configs makes the last layer
     for training in (False, True):
         # per image: the difference of two batch sizes (what does not scale cancels)
-        small, large = (
-            kept_bytes(layer, as32(sample_input(sample, n)), training) for n in (2, 5)
-        )
+        small, large = (kept_bytes(layer, as32(sample_input(sample, n)), training) for n in (2, 5))
         declared = sum(
             int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
             for a in layer.saved_arrays(training, last=last)
@@ -268,7 +267,9 @@ def test_torch_twin_computes_the_same_function(cls, sample):
         x = sample_input(sample)
 
         def nchw(a):
-            return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a))
+            return torch.from_numpy(
+                np.ascontiguousarray(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a)
+            )
 
         out = net([nchw(a) for a in x] if cls.merges else nchw(x)).numpy()
     expected = layer.forward(x, False)

@@ -25,6 +25,7 @@ from cnnkit.data.sources import SOURCES, Dataset, resolve_data_dir, spec_dir
 from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
 from cnnkit.interrupts import catch_signals
 from cnnkit.io import atomic_write_text, write_json
+from cnnkit.nn.layers.base import format_shape
 from cnnkit.nn.memory import MemoryPlan, MemoryWarning, available_memory, check_memory, plan
 from cnnkit.nn.metrics import per_class_report
 from cnnkit.nn.model import Model, SummaryRow
@@ -70,6 +71,7 @@ class ModelSummary:
     rows: list[SummaryRow]
     totals: dict[str, int]
     memory: MemoryPlan | None = None  # per-layer and total memory for a batch (cnnkit.nn.memory)
+    input_shape: str | None = None  # "(None, 28, 28, 1)": a graph's table has an InputLayer row
 
 
 def summarize(spec: Spec, batch_size: int | None = None) -> ModelSummary:
@@ -87,7 +89,13 @@ def summarize(spec: Spec, batch_size: int | None = None) -> ModelSummary:
         "bytes": total * 4,  # float32
         "macs": sum(r.macs for r in rows),
     }
-    return ModelSummary(f'Model: "{spec.name}"', rows, totals, plan(spec, batch_size))
+    return ModelSummary(
+        f'Model: "{spec.name}"',
+        rows,
+        totals,
+        plan(spec, batch_size),
+        format_shape(model.input_shape),
+    )
 
 
 @dataclass
@@ -269,7 +277,7 @@ def train(
     if statistics is not None:
         write_json(run.normalization, statistics)
     info = summarize(spec)
-    table = summary_table(info.title, info.rows, info.totals)
+    table = summary_table(info.title, info.rows, info.totals, input_shape=info.input_shape)
     summary_text = render_text(table)
     atomic_write_text(run.summary, summary_text)
     history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text, callbacks)

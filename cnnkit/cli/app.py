@@ -317,7 +317,9 @@ def summary(
     if as_json:
         print(json.dumps(api.summary_dict(info), indent=2))
         return
-    display.console.print(display.summary_table(info.title, info.rows, info.totals, info.memory))
+    display.console.print(
+        display.summary_table(info.title, info.rows, info.totals, info.memory, info.input_shape)
+    )
 
 
 @app.command()

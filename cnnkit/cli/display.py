@@ -52,7 +52,9 @@ def plural(n: int, word: str) -> str:
 def check_renderables(report: Any) -> list[Any]:
     """`cnnkit check`: the summary with its memory plan, memory warnings, then ok."""
     info = report.summary
-    out: list[Any] = [summary_table(info.title, info.rows, info.totals, info.memory)]
+    out: list[Any] = [
+        summary_table(info.title, info.rows, info.totals, info.memory, info.input_shape)
+    ]
     if report.available is not None:
         out.append(f"Memory available now: {human_bytes(report.available)} (MemAvailable)")
     else:

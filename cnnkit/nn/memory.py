@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.nn.build import unused_layers
 from cnnkit.nn.layers.base import Layer
 
 FLOAT = 4  # float32 weights, gradients and optimizer state
@@ -87,7 +88,6 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
     layers = spec.model.layers
     rows: list[LayerMemory] = []
     weights = gradients = state = 0
-    backward_peak = 0
     for i, layer in enumerate(layers):
         is_last = i == len(layers) - 1
         trainable = sum(_numel(s) for s in layer.param_shapes().values())
@@ -102,13 +102,11 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
                 + trainable * (1 + slots) * FLOAT,
             )
         )
-        # backward: dy (output), the activation's dz, dx (input) alive together
-        transient = 2 * _numel(layer.output_shape) + _numel(layer.input_shape)
-        backward_peak = max(backward_peak, batch * transient * FLOAT)
     image = batch * _numel(spec.model.input_shape) * FLOAT
     # the loss keeps the batch's probabilities and hands back their gradient
     head = 2 * batch * _numel(layers[-1].output_shape) * FLOAT
-    forward_total = image + weights + sum(r.forward for r in rows)
+    backward_peak = batch * _backward_peak(layers)
+    forward_total = image + weights + _inference_peak(layers, rows)
     training_total = image + weights + sum(r.training for r in rows) + head + backward_peak
     return MemoryPlan(
         batch_size=batch,
@@ -121,6 +119,56 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
         forward_total=forward_total,
         training_total=training_total,
     )
+
+
+def _readers(layers) -> list[int]:
+    """How many layers read each layer's output (layers nothing reads are skipped)."""
+    readers = [0] * len(layers)
+    skipped = {layer.index for layer in unused_layers(list(layers))}
+    for layer in layers:
+        if layer.index not in skipped:
+            for s in layer.sources:
+                if s >= 0:
+                    readers[s] += 1
+    return readers
+
+
+def _inference_peak(layers, rows: list[LayerMemory]) -> int:
+    """The most bytes of activations alive at once in inference (Model.forward): the outputs
+    still waiting for a reader, plus what the running layer allocates. Each layer lets go of
+    what it kept for backward once it has run; an output lives until its last reader ran."""
+    waiting = _readers(layers)
+    alive: dict[int, int] = {}  # layer -> bytes of its output still held
+    peak = 0
+    for i, layer in enumerate(layers):
+        peak = max(peak, sum(alive.values()) + rows[i].forward)
+        output = rows[i].forward and min(rows[i].forward, _numel(layer.output_shape) * FLOAT)
+        if waiting[i] or i == len(layers) - 1:
+            alive[i] = output  # (a view of its input, as Flatten's, is 0)
+        for s in layer.sources:
+            if s >= 0:
+                waiting[s] -= 1
+                if waiting[s] == 0:
+                    alive.pop(s, None)
+    return peak
+
+
+def _backward_peak(layers) -> int:
+    """Per image, the largest transient of the backward pass (Model.backward): the running
+    layer's output gradient, its activation's gradient and its inputs' gradients, plus the
+    gradients already summed for outputs whose layers have not run backward yet."""
+    pending: dict[int, int] = {len(layers) - 1: _numel(layers[-1].output_shape)}
+    peak = 0
+    for layer in reversed(layers):
+        own = pending.pop(layer.index, 0)
+        if not own:
+            continue  # nothing reads it: skipped
+        inputs = sum(_numel(shape) for shape in layer.input_shapes)
+        peak = max(peak, (sum(pending.values()) + 2 * own + inputs) * FLOAT)
+        for s in layer.sources:
+            if s >= 0:
+                pending[s] = _numel(layers[s].output_shape)
+    return peak
 
 
 def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:

@@ -242,6 +242,20 @@ class Model:
             names.append(name)
         return names
 
+    def layer_records(self) -> list[dict[str, Any]]:
+        """Each checkpoint key prefix with its layer's name, type and inputs (for sidecars:
+        the keys go by position in the spec's list, the names are what a person reads)."""
+        names = self.layer_names()
+        return [
+            {
+                "key": f"layers.{layer.index}",
+                "name": names[layer.index],
+                "type": layer.keras_name,
+                "inputs": [INPUT_NAME if s < 0 else names[s] for s in layer.sources],
+            }
+            for layer in self.layers
+        ]
+
     def summary_rows(self) -> list[SummaryRow]:
         names = self.layer_names()
         rows = []

@@ -13,7 +13,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from cnnkit.nn.model import SummaryRow
+from cnnkit.nn.model import INPUT_NAME, SummaryRow
 
 
 def human_bytes(n: float) -> str:
@@ -24,10 +24,26 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+def is_graph(rows: list[SummaryRow]) -> bool:
+    """Whether any layer reads another than the one before it (Keras' functional table)."""
+    previous = (INPUT_NAME,)
+    for row in rows:
+        if row.connected_to and tuple(row.connected_to) != previous:
+            return True
+        previous = (row.name,)
+    return False
+
+
 def summary_table(
-    title: str, rows: list[SummaryRow], totals: dict[str, int], memory: Any = None
+    title: str,
+    rows: list[SummaryRow],
+    totals: dict[str, int],
+    memory: Any = None,
+    input_shape: str | None = None,
 ) -> Any:
     """Keras' summary; with a cnnkit.nn.memory.MemoryPlan, per-layer and total memory too.
+    A graph gets Keras' functional table: an InputLayer row (input_shape) and the layers each
+    layer is connected to.
 
     Laid out for the width it is printed at (Fits): one row per layer when that fits; in a
     narrower terminal (80 columns) the layer's type goes under its name, then the memory
@@ -54,17 +70,32 @@ def summary_table(
         ]
     caption = Text("\n".join(lines))
 
-    def layers(stacked: bool, with_memory: bool) -> Table:
+    graph = is_graph(rows)
+
+    def layers(stacked: bool, with_memory: bool, compact: bool = False) -> Table:
+        """compact (a graph in a narrow terminal): no MACs column (the total is in the
+        caption), inputs by name without Keras' [0][0]."""
         table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("Layer (type)")
-        for name in ("Output Shape", "Param #", "MACs / image"):
+        for name in ("Output Shape", "Param #", *([] if compact else ["MACs / image"])):
             table.add_column(name, justify="left" if name == "Output Shape" else "right")
+        if graph:  # Keras' functional summary
+            table.add_column("Connected to")
         if with_memory:
             table.add_column("Forward", justify="right")
             table.add_column("Training", justify="right")
+        if graph:
+            label = f"{INPUT_NAME}\n(InputLayer)" if stacked else f"{INPUT_NAME} (InputLayer)"
+            cells = [label, input_shape or "?", "0", *([] if compact else ["0"]), "-"]
+            table.add_row(*cells, *(["", ""] if with_memory else []))
         for i, row in enumerate(rows):
             label = f"{row.name}\n({row.type})" if stacked else f"{row.name} ({row.type})"
-            cells = [escape(label), row.output_shape, f"{row.params:,}", f"{row.macs:,}"]
+            cells = [escape(label), row.output_shape, f"{row.params:,}"]
+            cells += [] if compact else [f"{row.macs:,}"]
+            if graph:
+                joiner = ",\n" if stacked else ", "
+                suffix = "" if compact else "[0][0]"
+                cells.append(escape(joiner.join(f"{n}{suffix}" for n in row.connected_to)))
             if with_memory:
                 layer = memory.layers[i]
                 cells += [human_bytes(layer.forward), human_bytes(layer.training)]
@@ -84,11 +115,16 @@ def summary_table(
         return table
 
     if memory is None:
-        return Fits(Group(layers(False, False), caption), Group(layers(True, False), caption))
+        return Fits(
+            Group(layers(False, False), caption),
+            Group(layers(True, False), caption),
+            Group(layers(True, False, compact=True), caption),
+        )
     return Fits(
         Group(layers(False, True), caption),
         Group(layers(True, True), caption),
         Group(layers(True, False), memory_table(), caption),
+        Group(layers(True, False, compact=True), memory_table(), caption),
     )
 
 

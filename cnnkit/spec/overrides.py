@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from cnnkit.errors import SpecError
-from cnnkit.options import closest, load_yaml
+from cnnkit.options import closest, did_you_mean, load_yaml
 
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 # sections that may be written as a bare name (`loss: mse`): `--set loss.label_smoothing=0.1`
@@ -184,6 +184,13 @@ def _apply(raw: dict, override: Override) -> None:
     while i < len(parts) - 1:
         part, following = parts[i], parts[i + 1]
         here = join_parts(parts[: i + 1])
+        if isinstance(part, str) and isinstance(node, list) and parts[i - 1] == "layers":
+            # model.layers.shortcut.filters: the layer named shortcut, written as the path
+            # validation reports (model.layers[3].Conv2D.filters), so its errors name the --set
+            index = _named_entry(node, part, join_parts(parts[:i]), override)
+            parts[i : i + 1] = [index, next(iter(node[index]))]
+            override.path = join_parts(parts)
+            continue
         if isinstance(part, int):
             parent = join_parts(parts[:i])
             layers, node = node, _list_item(node, part, parent, override)
@@ -221,6 +228,14 @@ def _apply(raw: dict, override: Override) -> None:
             node = child
         i += 1
     last = parts[-1]
+    if (
+        isinstance(last, str)
+        and isinstance(node, list)
+        and len(parts) > 1
+        and parts[-2] == "layers"
+    ):
+        last = parts[-1] = _named_entry(node, last, join_parts(parts[:-1]), override)
+        override.path = join_parts(parts)
     if isinstance(last, int):
         _list_item(node, last, join_parts(parts[:-1]), override)
         node[last] = override.value
@@ -231,6 +246,25 @@ def _apply(raw: dict, override: Override) -> None:
             f"{join_parts(parts[:-1])} is not a mapping, so it has no key '{last}'",
             at_value=False,
         )
+
+
+def _named_entry(layers: list, name: str, path: str, override: Override) -> int:
+    """The position of the layer entry whose options say `name: <name>`."""
+    names = []
+    for index, entry in enumerate(layers):
+        options = (
+            next(iter(entry.values())) if isinstance(entry, dict) and len(entry) == 1 else None
+        )
+        if isinstance(options, dict) and isinstance(options.get("name"), str):
+            if options["name"] == name:
+                return index
+            names.append(options["name"])
+    raise override.error(
+        f"{path} has no layer named '{name}'",
+        hint=f"{did_you_mean(name, names)}Named layers there: {', '.join(names) or '(none)'}"
+        f"; or give the position: {path}[2].Conv2D.filters.",
+        at_value=False,
+    )
 
 
 def _list_item(node: Any, index: int, path: str, override: Override) -> Any:

@@ -267,13 +267,21 @@ class Trainer:
         self.history.append(row)
         return row
 
+    def model_meta(self) -> dict[str, Any]:
+        """What every checkpoint's sidecar says about the model its arrays belong to: the
+        spec's hash, the class names, and each layers.{i} key's layer (name and type)."""
+        return {
+            "spec_hash": self.spec.hash(),
+            "class_names": self.class_names,
+            "layers": self.model.layer_records(),
+        }
+
     def checkpoint_meta(self, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
         """What best.json and last.json say about an epoch's end."""
         return {
             "epoch": epoch,
             "metrics": {k: v for k, v in row.items() if k != "epoch"},
-            "spec_hash": self.spec.hash(),
-            "class_names": self.class_names,
+            **self.model_meta(),
         }
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -56,8 +56,7 @@ class BackupAndRestore(Callback):
         info, arrays = trainer.state_dict()
         entries, callback_arrays = trainer.callbacks.state_dict()
         last_meta = {
-            "spec_hash": trainer.spec.hash(),
-            "class_names": trainer.class_names,
+            **trainer.model_meta(),
             **meta,
             "kind": "last",
             "step": trainer.step,

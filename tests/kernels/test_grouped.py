@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cnnkit.kernels import grouped
 from cnnkit.kernels.grouped import (
     grouped_conv2d_backward_input,
     grouped_conv2d_backward_weights,
@@ -28,6 +29,7 @@ GROUPED_SHAPES = [
     (1, 7, 5, 3, 3, 2, 3, 3),  # Cg = 1, Fg = 1: the depthwise M = 1 loop
     (2, 6, 7, 3, 2, 3, 3, 6),  # Cg = 1, Fg = 2: the depthwise M > 1 loop
     (2, 7, 6, 4, 3, 3, 2, 6),  # Cg = 2, Fg = 3
+    (2, 7, 6, 16, 3, 2, 2, 6),  # Cg = 8: each group on the GEMM convolution kernels
     (1, 5, 8, 6, 3, 2, 3, 3),  # Cg = 2, Fg = 1
     (3, 6, 6, 6, 1, 1, 3, 9),  # 1x1, Cg = 2, Fg = 3
     (2, 5, 7, 1, 3, 3, 1, 2),  # one channel, groups 1
@@ -129,6 +131,7 @@ def close_sum(actual, expected, dtype):
         (37, 9, 7, 16, 3, 3, 16, 16),  # batch > weight-gradient chunks, depthwise M = 1
         (19, 10, 9, 8, 3, 3, 8, 16),  # depthwise M = 2
         (18, 9, 8, 12, 3, 3, 3, 6),  # groups 3, Cg = 4, Fg = 2
+        (18, 9, 8, 27, 3, 3, 3, 6),  # groups 3, Cg = 9: GEMM per group
     ],
 )
 def test_grouped_big_batches_against_reference(shape):
@@ -158,3 +161,13 @@ def test_grouped_kernels_bitwise_deterministic(dtype):
         for arrays, again in zip(first, [run_kernels(*case) for case in cases], strict=True):
             for a, b_ in zip(arrays, again, strict=True):
                 assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_loops_take_any_group_size(dtype, monkeypatch):
+    """Groups of >= 8 channels run on the GEMM convolution per group; the direct loops,
+    forced here, compute the same for them."""
+    monkeypatch.setattr(grouped, "_GEMM_MIN_CHANNELS", 10**6)
+    shape = (3, 7, 6, 16, 3, 2, 2, 6)
+    x, wt, b, out_hw, pad, dout = grouped_case(shape, "same", (2, 1), (1, 2), dtype)
+    check_against_reference(x, wt, b, 2, (2, 1), (1, 2), pad, out_hw, dout, close)

@@ -79,6 +79,58 @@ def conv2d_backward_weights(x, dout, w_shape, stride, dilation, pad):
     return dwt.astype(dout.dtype), db.astype(dout.dtype)
 
 
+# -- grouped and depthwise convolution: each group (or channel) a plain convolution ----------
+
+
+def _group_slices(c, f, groups):
+    """(input channels, filters) of each group: group g reads channels g*C/G.. and makes
+    filters g*F/G.. (Keras' Conv2D groups)."""
+    cg, fg = c // groups, f // groups
+    return [(slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)) for g in range(groups)]
+
+
+def grouped_conv2d_forward(x, w, b, groups, stride, dilation, pad, out_hw):
+    """Each group's filters convolve only its own input channels: conv2d per group."""
+    f = w.shape[3]
+    out = np.empty((x.shape[0], *out_hw, f), dtype=x.dtype)
+    for cs, fs in _group_slices(x.shape[3], f, groups):
+        out[..., fs] = conv2d_forward(x[..., cs], w[..., fs], b[fs], stride, dilation, pad, out_hw)
+    return out
+
+
+def grouped_conv2d_backward_input(dout, w, groups, x_shape, stride, dilation, pad):
+    dx = np.empty(x_shape, dtype=dout.dtype)
+    for cs, fs in _group_slices(x_shape[3], w.shape[3], groups):
+        shape = (*x_shape[:3], cs.stop - cs.start)
+        dx[..., cs] = conv2d_backward_input(dout[..., fs], w[..., fs], shape, stride, dilation, pad)
+    return dx
+
+
+def grouped_conv2d_backward_weights(x, dout, groups, w_shape, stride, dilation, pad):
+    dw = np.empty(w_shape, dtype=dout.dtype)
+    db = np.empty(w_shape[3], dtype=dout.dtype)
+    for cs, fs in _group_slices(x.shape[3], w_shape[3], groups):
+        shape = (*w_shape[:3], fs.stop - fs.start)
+        dw[..., fs], db[fs] = conv2d_backward_weights(
+            x[..., cs], dout[..., fs], shape, stride, dilation, pad
+        )
+    return dw, db
+
+
+def depthwise_conv2d_forward(x, w, b, stride, dilation, pad, out_hw):
+    """w (KH, KW, C, M): output channel c*M + m is channel c convolved with w[:, :, c, m]."""
+    c_n, m_n = w.shape[2], w.shape[3]
+    out = np.empty((x.shape[0], *out_hw, c_n * m_n), dtype=x.dtype)
+    for c in range(c_n):
+        for m in range(m_n):
+            k = c * m_n + m
+            out[..., k : k + 1] = conv2d_forward(
+                x[..., c : c + 1], w[:, :, c : c + 1, m : m + 1], b[k : k + 1],
+                stride, dilation, pad, out_hw,
+            )  # fmt: skip
+    return out
+
+
 def _pool_windows(h, wd, pool, stride, pad, out_hw):
     """Yield (oh, ow, [(ih, iw), ...]) with the in-range window positions in row-major order."""
     (ph, pw), (sh, sw), (pt, pl), (oh_n, ow_n) = pool, stride, pad, out_hw

@@ -6,7 +6,7 @@ added to LAYER_MODULES). Import a layer from its module (cnnkit.nn.layers.reshap
 names below are re-exported for the callers that predate that rule.
 """
 
-from cnnkit.nn.layers import conv, core, merging, normalization, pooling, reshaping
+from cnnkit.nn.layers import conv, core, depthwise, merging, normalization, pooling, reshaping
 from cnnkit.nn.layers.base import Layer
 from cnnkit.nn.layers.conv import Conv2D
 from cnnkit.nn.layers.core import Activation, Dense, Dropout, Flatten, LeakyReLU, SpatialDropout2D
@@ -18,7 +18,7 @@ from cnnkit.nn.layers.pooling import (
     MaxPooling2D,
 )
 
-LAYER_MODULES = (conv, core, normalization, pooling, reshaping, merging)
+LAYER_MODULES = (conv, depthwise, core, normalization, pooling, reshaping, merging)
 
 
 def _layers_defined_in(module) -> list[type[Layer]]:

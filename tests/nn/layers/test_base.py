@@ -34,6 +34,7 @@ from cnnkit.nn.layers.core import (
     Rescaling,
     SpatialDropout2D,
 )
+from cnnkit.nn.layers.depthwise import DepthwiseConv2D, SeparableConv2D
 from cnnkit.nn.layers.merging import (
     Add,
     Average,
@@ -72,7 +73,9 @@ class Sample:
     # a merge layer's input_shape is the list of its inputs' shapes
 
 
-# Keras' formulas: Conv2D kh*kw*c_in*filters (+ filters with use_bias); Dense n_in*units
+# Keras' formulas: Conv2D kh*kw*(c_in/groups)*filters (+ filters with use_bias);
+# DepthwiseConv2D kh*kw*c_in*depth_multiplier (+ c_in*depth_multiplier); SeparableConv2D
+# kh*kw*c_in*depth_multiplier + c_in*depth_multiplier*filters (+ filters); Dense n_in*units
 # (+ units); BatchNormalization 4*C (gamma, beta trainable; moving_mean, moving_variance
 # non-trainable, 2*C), less C for each of scale/center off; every other layer here 0.
 SAMPLES: dict[type, list[Sample]] = {
@@ -86,6 +89,48 @@ SAMPLES: dict[type, list[Sample]] = {
             {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same", "use_bias": False},
             (5, 4, 3),
             3 * 3 * 3 * 2,
+        ),
+        Sample(
+            {"filters": 6, "kernel_size": 3, "groups": 2, "padding": "same", "activation": "relu"},
+            (5, 4, 4),
+            3 * 3 * (4 // 2) * 6 + 6,
+        ),
+        Sample(
+            {"filters": 3, "kernel_size": [2, 3], "groups": 3, "strides": 2, "use_bias": False},
+            (6, 7, 6),
+            2 * 3 * (6 // 3) * 3,
+        ),
+    ],
+    DepthwiseConv2D: [
+        Sample({"kernel_size": 3, "depth_multiplier": 2}, (5, 6, 8), 3 * 3 * 8 * 2 + 8 * 2),
+        Sample(
+            {"kernel_size": [3, 2], "strides": 2, "padding": "same", "activation": "tanh"},
+            (6, 5, 3),
+            3 * 2 * 3 * 1 + 3,
+        ),
+        Sample(
+            {"kernel_size": 3, "dilation_rate": 2, "use_bias": False, "activation": "relu"},
+            (6, 7, 2),
+            3 * 3 * 2,
+        ),
+    ],
+    SeparableConv2D: [
+        Sample(
+            {"filters": 4, "kernel_size": 3, "depth_multiplier": 2, "activation": "tanh"},
+            (5, 6, 3),
+            3 * 3 * 3 * 2 + 3 * 2 * 4 + 4,
+        ),
+        Sample(
+            {
+                "filters": 5,
+                "kernel_size": [2, 3],
+                "strides": 2,
+                "padding": "same",
+                "use_bias": False,
+                "activation": "relu",
+            },
+            (6, 5, 2),
+            2 * 3 * 2 * 1 + 2 * 1 * 5,
         ),
     ],
     Dense: [

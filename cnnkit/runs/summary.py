@@ -47,7 +47,25 @@ def summary_table(
 
     Laid out for the width it is printed at (Fits): one row per layer when that fits; in a
     narrower terminal (80 columns) the layer's type goes under its name, then the memory
-    columns move to a table of their own. Names, shapes and figures are never cut."""
+    columns move to a table of their own (then a graph's MACs column goes, and its inputs
+    lose Keras' [0][0]). Names, shapes and figures are never cut."""
+    caption = _caption(totals, memory)
+    table = _LayersTable(title, rows, memory, input_shape)
+    if memory is None:
+        return Fits(
+            Group(table.render(False, False), caption),
+            Group(table.render(True, False), caption),
+            Group(table.render(True, False, compact=True), caption),
+        )
+    return Fits(
+        Group(table.render(False, True), caption),
+        Group(table.render(True, True), caption),
+        Group(table.render(True, False), _memory_table(rows, memory), caption),
+        Group(table.render(True, False, compact=True), _memory_table(rows, memory), caption),
+    )
+
+
+def _caption(totals: dict[str, int], memory: Any) -> Text:
     lines = [
         f"Total params: {totals['total']:,} ({human_bytes(totals['bytes'])})",
         f"Trainable params: {totals['trainable']:,}",
@@ -68,64 +86,61 @@ def summary_table(
             f"    optimizer state {human_bytes(memory.optimizer_state)}, weights "
             f"{human_bytes(memory.weights)}",
         ]
-    caption = Text("\n".join(lines))
+    return Text("\n".join(lines))
 
-    graph = is_graph(rows)
 
-    def layers(stacked: bool, with_memory: bool, compact: bool = False) -> Table:
-        """compact (a graph in a narrow terminal): no MACs column (the total is in the
-        caption), inputs by name without Keras' [0][0]."""
-        table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+class _LayersTable:
+    """The table of layers in one of its layouts."""
+
+    def __init__(self, title: str, rows: list[SummaryRow], memory: Any, input_shape: str | None):
+        self.title, self.rows, self.memory, self.input_shape = title, rows, memory, input_shape
+        self.graph = is_graph(rows)
+
+    def render(self, stacked: bool, with_memory: bool, compact: bool = False) -> Table:
+        """stacked: the type under the name; compact (a graph in a narrow terminal): no MACs
+        column (the total is in the caption), inputs by name without Keras' [0][0]."""
+        table = Table(title=self.title, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("Layer (type)")
         for name in ("Output Shape", "Param #", *([] if compact else ["MACs / image"])):
             table.add_column(name, justify="left" if name == "Output Shape" else "right")
-        if graph:  # Keras' functional summary
+        if self.graph:  # Keras' functional summary
             table.add_column("Connected to")
         if with_memory:
             table.add_column("Forward", justify="right")
             table.add_column("Training", justify="right")
-        if graph:
+        if self.graph:
             label = f"{INPUT_NAME}\n(InputLayer)" if stacked else f"{INPUT_NAME} (InputLayer)"
-            cells = [label, input_shape or "?", "0", *([] if compact else ["0"]), "-"]
+            cells = [label, self.input_shape or "?", "0", *([] if compact else ["0"]), "-"]
             table.add_row(*cells, *(["", ""] if with_memory else []))
-        for i, row in enumerate(rows):
-            label = f"{row.name}\n({row.type})" if stacked else f"{row.name} ({row.type})"
-            cells = [escape(label), row.output_shape, f"{row.params:,}"]
-            cells += [] if compact else [f"{row.macs:,}"]
-            if graph:
-                joiner = ",\n" if stacked else ", "
-                suffix = "" if compact else "[0][0]"
-                cells.append(escape(joiner.join(f"{n}{suffix}" for n in row.connected_to)))
-            if with_memory:
-                layer = memory.layers[i]
-                cells += [human_bytes(layer.forward), human_bytes(layer.training)]
-            table.add_row(*cells)
+        for i, row in enumerate(self.rows):
+            table.add_row(*self._cells(i, row, stacked, with_memory, compact))
         return table
 
-    def memory_table() -> Table:
-        table = Table(
-            title=f"Memory per layer, batch of {memory.batch_size}",
-            box=box.SIMPLE_HEAVY,
-            title_justify="left",
-        )
-        for name in ("Layer", "Forward", "Training"):
-            table.add_column(name, justify="left" if name == "Layer" else "right")
-        for row, layer in zip(rows, memory.layers, strict=True):
-            table.add_row(row.name, human_bytes(layer.forward), human_bytes(layer.training))
-        return table
+    def _cells(self, i: int, row: SummaryRow, stacked: bool, with_memory: bool, compact: bool):
+        label = f"{row.name}\n({row.type})" if stacked else f"{row.name} ({row.type})"
+        cells = [escape(label), row.output_shape, f"{row.params:,}"]
+        cells += [] if compact else [f"{row.macs:,}"]
+        if self.graph:
+            joiner = ",\n" if stacked else ", "
+            suffix = "" if compact else "[0][0]"
+            cells.append(escape(joiner.join(f"{n}{suffix}" for n in row.connected_to)))
+        if with_memory:
+            layer = self.memory.layers[i]
+            cells += [human_bytes(layer.forward), human_bytes(layer.training)]
+        return cells
 
-    if memory is None:
-        return Fits(
-            Group(layers(False, False), caption),
-            Group(layers(True, False), caption),
-            Group(layers(True, False, compact=True), caption),
-        )
-    return Fits(
-        Group(layers(False, True), caption),
-        Group(layers(True, True), caption),
-        Group(layers(True, False), memory_table(), caption),
-        Group(layers(True, False, compact=True), memory_table(), caption),
+
+def _memory_table(rows: list[SummaryRow], memory: Any) -> Table:
+    table = Table(
+        title=f"Memory per layer, batch of {memory.batch_size}",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
     )
+    for name in ("Layer", "Forward", "Training"):
+        table.add_column(name, justify="left" if name == "Layer" else "right")
+    for row, layer in zip(rows, memory.layers, strict=True):
+        table.add_row(row.name, human_bytes(layer.forward), human_bytes(layer.training))
+    return table
 
 
 class Fits:

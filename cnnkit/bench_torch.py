@@ -184,12 +184,6 @@ class TorchRunner:
         twin = TwinBuilder(torch)
         blocks = []
         for layer in model.layers:
-            # not modelled by the twin, which is the guard's reference: refuse rather than
-            # blame cnnkit's (correct) penalty gradients
-            regularized = [w.name for w in layer.weights.values() if w.regularizer]
-            if regularized:
-                what = f"{regularized[0]}_regularizer (layer {layer.index}, {layer.keras_name})"
-                raise _unsupported(what)
             start = len(twin.modules)
             layer.torch_twin(twin)
             blocks.append(torch.nn.Sequential(*twin.modules[start:]))
@@ -200,6 +194,14 @@ class TorchRunner:
         else:  # a stack: PyTorch's own Sequential, as a PyTorch user would write it
             self.net = torch.nn.Sequential(*twin.modules)
         self.copies, self.has_dropout = twin.copies, twin.has_dropout
+        # the declared regularizers: Keras' penalties added to the twin's loss, as cnnkit adds
+        # them to its own (l1 * sum|w| + l2 * sum w^2, on the twin's copy of each weight)
+        self.penalties = {
+            f"layers.{layer.index}.{w.name}": w.regularizer
+            for layer in model.layers
+            for w in layer.weights.values()
+            if w.trainable and w.regularizer
+        }
         self.copy_weights(model)
         self.loss = self._loss(spec, loss_fn)
         self.optimizer = self._optimizer(spec)
@@ -248,11 +250,25 @@ class TorchRunner:
             for key, tensor, to_torch in self.copies:
                 tensor.copy_(self.torch.from_numpy(np.ascontiguousarray(to_torch(params[key]))))
 
+    def penalty(self, tensors: dict[str, Any]):
+        """The regularization loss of the twin whose weights are `tensors` (by cnnkit key)."""
+        total = 0.0
+        for key, reg in self.penalties.items():
+            w = tensors[key]
+            if reg["l1"]:
+                total = total + reg["l1"] * w.abs().sum()
+            if reg["l2"]:
+                total = total + reg["l2"] * (w * w).sum()
+        return total
+
+    def own_tensors(self) -> dict[str, Any]:
+        return {key: tensor for key, tensor, _ in self.copies}
+
     # -- timed work ---------------------------------------------------------------------------
     def train_step(self) -> None:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss(self.net(self.x), self.y).backward()
+        (self.loss(self.net(self.x), self.y) + self.penalty(self.own_tensors())).backward()
         self.optimizer.step()
 
     def infer(self):
@@ -296,16 +312,18 @@ class TorchRunner:
         if not self.has_dropout:  # dropout's random masks differ: gradients are not comparable
             twin.train()
             y = self.y.double() if self.binary else self.y
-            ref_loss = self.loss(twin(self.x.double()), y)
+            twin_tensors = {k: twin_params[names[id(t)]] for k, t, _ in self.copies}
+            ref_loss = self.loss(twin(self.x.double()), y) + self.penalty(twin_tensors)
             ref_loss.backward()
             ref_loss = ref_loss.item()
             logits = ours.model.forward(ours.x, training=True)
             loss, dlogits = ours.loss_fn(logits, ours.y)
+            loss += ours.model.regularization_loss()
             ours.model.backward(dlogits)
             grads = ours.model.named_grads()
             self.net.train()
             self.optimizer.zero_grad(set_to_none=True)
-            torch_loss = self.loss(self.net(self.x), self.y)
+            torch_loss = self.loss(self.net(self.x), self.y) + self.penalty(self.own_tensors())
             torch_loss.backward()
             sides["cnnkit"]["loss"] = relative_error(loss, ref_loss)
             sides["torch"]["loss"] = relative_error(torch_loss.item(), ref_loss)

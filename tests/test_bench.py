@@ -154,13 +154,16 @@ def test_bench_refuses_a_wrong_cnnkit_kernel(bench_spec, monkeypatch, capsys, re
 @pytest.mark.parametrize(
     ("change", "refused"),
     [
-        ({"model.layers[0].Conv2D.kernel_regularizer": {"l2": 0.01}}, "kernel_regularizer"),
+        ({"model.layers[0].Conv2D.kernel_regularizer": {"l2": 0.5}}, None),
+        ({"model.layers[0].Conv2D.kernel_regularizer": {"l1_l2": {"l1": 0.3, "l2": 0.2}}}, None),
         ({"loss": {"name": "categorical_crossentropy", "label_smoothing": 0.1}}, None),
+        ({"optimizer": {"name": "adagrad"}}, "the adagrad optimizer"),
     ],
 )
 def test_twin_models_the_loss_or_refuses(bench_spec, change, refused, restore_threads):
     """What the twin (the guard's reference) cannot model is refused up front, never blamed
-    on cnnkit; label smoothing it models."""
+    on cnnkit; label smoothing and the regularizers' penalties (large enough here to weigh in
+    the loss and the gradients) it models."""
     pytest.importorskip("torch")
     from cnnkit.bench_torch import TorchRunner
 

@@ -32,7 +32,8 @@ RESIDUAL = """\
     residual:
       params: {filters: 2, activation: relu}
       layers:
-        - Conv2D: {filters: $filters, kernel_size: 3, activation: $activation, padding: same, name: main}
+        - Conv2D:
+            {filters: $filters, kernel_size: 3, activation: $activation, padding: same, name: main}
         - Add: {inputs: [main, input]}
 """
 

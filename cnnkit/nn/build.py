@@ -5,6 +5,7 @@ graph), and every output shape inferred (no arrays allocated)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cnnkit.errors import SpecError
@@ -48,7 +49,7 @@ def build_layers(
             if misspelt is not None:
                 errors.add(misspelt)
         layers.append(layer)
-    miswired = _wire(layers, paths, errors, contexts)
+    miswired = _wire(layers, list(raw_layers), paths, errors, contexts)
     if input_shape is not None:
         wired = [None if i in miswired else layer for i, layer in enumerate(layers)]
         _infer_shapes(wired, tuple(input_shape), errors, contexts)
@@ -77,58 +78,81 @@ def add_context(error: SpecError, context: str | None) -> None:
 
 
 def _wire(
-    layers: list[Layer | None], paths: list[str], errors: ErrorList, contexts: list
+    layers: list[Layer | None], entries: list, paths: list[str], errors: ErrorList, contexts: list
 ) -> set[int]:
     """Each layer's sources (positions of the layers it reads, -1 the model input) from its
     `inputs:` names: refused when a name is unknown, defined later, or given twice. Returns
-    the positions of the layers that could not be wired (their shapes are not inferred)."""
+    the positions of the layers that could not be wired (their shapes are not inferred),
+    also those reading a layer whose own options failed (reported already: not again here)."""
     miswired: set[int] = set()
-    defined: dict[str, int] = {}
-    later = {layer.name: i for i, layer in enumerate(layers) if layer is not None and layer.name}
+    names = _Names(paths, {i for i, layer in enumerate(layers) if layer is None})
+    for i, entry in enumerate(entries):
+        name = layers[i].name if layers[i] is not None else _entry_name(entry)
+        if name is not None:
+            names.first.setdefault(name, i)
     for i, layer in enumerate(layers):
         if layer is None:
             continue
         found = len(errors.found)
         with errors.collect(), _in_context(contexts[i]):
-            if layer.name is not None and layer.name in defined:
-                first = defined[layer.name]
+            if layer.name is not None and names.first[layer.name] != i:
+                first = names.first[layer.name]
                 raise SpecError(
                     f"duplicate layer name '{layer.name}' (first at {paths[first]})",
-                    where=join_path(_options_path(layer), "name"),
+                    where=join_path(layer.where, "name"),
                     hint="Every name: must be unique in the model.",
                 )
             if layer.inputs is not None:
-                layer.sources = tuple(
-                    _source(layer, name, defined, later, i) for name in layer.inputs
-                )
+                sources = [_source(layer, k, names, i) for k in range(len(layer.inputs))]
+                layer.sources = tuple(s for s in sources if s is not None)
+                if None in sources:
+                    miswired.add(i)
             _check_arity(layer)
         if len(errors.found) > found:
             miswired.add(i)
-        if layer.name is not None and layer.name not in defined:
-            defined[layer.name] = i
     return miswired
 
 
-def _source(layer: Layer, name: str, defined: dict, later: dict, i: int) -> int:
-    where = join_path(_options_path(layer), "inputs")
+def _entry_name(entry: Any) -> str | None:
+    """The name: of a `- Name: {options}` entry whose layer could not be made."""
+    options = next(iter(entry.values())) if isinstance(entry, dict) and len(entry) == 1 else None
+    name = options.get("name") if isinstance(options, dict) else None
+    return name if isinstance(name, str) else None
+
+
+@dataclass
+class _Names:
+    """The names of a layer list, for wiring: each name's first position (a failed layer's
+    too), the entries' YAML paths and the positions of the layers that failed."""
+
+    paths: list[str]
+    failed: set[int]
+    first: dict[str, int] = field(default_factory=dict)
+
+
+def _source(layer: Layer, k: int, names: _Names, i: int) -> int | None:
+    """The position of the layer that inputs[k] names; None: a layer that failed itself."""
+    name = layer.inputs[k]
+    where = join_path(join_path(layer.where, "inputs"), k)
     if name == MODEL_INPUT:
         return -1
-    if name in defined:
-        return defined[name]
-    if name == layer.name:
+    at = names.first.get(name)
+    if at is not None and at < i:
+        return None if at in names.failed else at
+    if at == i:
         raise SpecError(
             f"layer '{name}' cannot take its own output as input",
             where=where,
             hint="inputs: names earlier layers (or `input`, the model's input).",
         )
-    if name in later:
+    if at is not None:
         raise SpecError(
-            f"'{name}' is defined later (model.layers[{later[name]}]): a layer's inputs "
+            f"'{name}' is defined later ({names.paths[at]}): a layer's inputs "
             "must come before it in the list",
             where=where,
             hint="Move this layer after it, or take another input.",
         )
-    known = [*defined, MODEL_INPUT]
+    known = [*(n for n, at in names.first.items() if at < i), MODEL_INPUT]
     raise SpecError(
         f"unknown layer name '{name}' in inputs",
         where=where,
@@ -139,17 +163,17 @@ def _source(layer: Layer, name: str, defined: dict, later: dict, i: int) -> int:
 
 
 def _check_arity(layer: Layer) -> None:
-    if not layer.merges and len(layer.sources) != 1:
+    if not layer.merges and layer.inputs is not None and len(layer.inputs) != 1:
         raise SpecError(
-            f"{layer.keras_name} takes one input, but inputs names {len(layer.sources)}",
-            where=join_path(_options_path(layer), "inputs"),
+            f"{layer.keras_name} takes one input, but inputs names {len(layer.inputs)}",
+            where=join_path(layer.where, "inputs"),
             hint="To combine several layers use a merge layer: Add, Concatenate, Multiply, "
             "Average, Maximum, Minimum, Subtract.",
         )
     if layer.merges and layer.inputs is None:
         raise SpecError(
             f"{layer.keras_name} merges several layers: say which with inputs:",
-            where=_options_path(layer),
+            where=layer.where,
             hint=f"e.g. - {layer.keras_name}: {{inputs: [main, shortcut]}} (layers given "
             "name: main and name: shortcut).",
         )
@@ -170,14 +194,14 @@ def _infer_shapes(
 
 
 def unused_layers(layers: Sequence[Layer]) -> list[Layer]:
-    """Layers whose output no layer takes (the last is the model's output): they do not
-    affect the model, so the model skips them and their weights never train."""
-    used = {s for layer in layers for s in layer.sources}
-    return [layer for i, layer in enumerate(layers[:-1]) if i not in used]
-
-
-def _options_path(layer: Layer) -> str:
-    return layer.where
+    """Layers the model's output (the last layer's) does not depend on: no layer takes their
+    output, or only such layers do. They do not affect the model, so the model skips them
+    and their weights never train."""
+    needed = {len(layers) - 1}
+    for i in range(len(layers) - 1, -1, -1):  # spec order is topological: readers come later
+        if i in needed:
+            needed.update(s for s in layers[i].sources if s >= 0)
+    return [layer for i, layer in enumerate(layers) if i not in needed]
 
 
 def _layer(entry: Any, i: int, path: str) -> tuple[Layer, SpecError | None]:

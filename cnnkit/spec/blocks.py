@@ -14,9 +14,10 @@ into the flat list the model runs; the run's config.yaml holds that list.
         - residual: {filters: 32, name: stage2}   # its layers: stage2_main, ...
 
 `$name` (a whole value, also inside lists) is the use's parameter. Names inside a block are
-its own: each use prefixes them with its name (default: the block's name, then name_1, ...),
-and the use's name refers to the block's last layer. A use takes the previous layer, or the
-one its `inputs:` names.
+its own: each use prefixes them with its name (default: the block's name, then name_1, ...
+over the unnamed uses in the same list), and the use's name refers to the block's last layer.
+A use takes the previous layer (first in a block: that block's input), or the one its
+`inputs:` names. Every use's errors are collected, so one pass reports them all.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnkit.errors import SpecError
-from cnnkit.nn.layers.base import GRAPH_OPTIONS, MODEL_INPUT
+from cnnkit.nn.build import add_context
+from cnnkit.nn.layers.base import GRAPH_OPTIONS, MODEL_INPUT, NAME_PATTERN
 from cnnkit.nn.registry import canonical_layer, layer_names
-from cnnkit.options import did_you_mean, join_path, require_mapping, resolve_options
-
-MAX_DEPTH = 8  # blocks inside blocks: deeper is a cycle or a mistake
+from cnnkit.options import (
+    ErrorList,
+    did_you_mean,
+    join_path,
+    require_mapping,
+    resolve_options,
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class Expanded:
     paths: list[str] = field(default_factory=list)
     contexts: list[str | None] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # a use's name -> its last layer's
-    uses: dict[str, int] = field(default_factory=dict)  # uses so far of each block
+    errors: ErrorList = field(default_factory=ErrorList)
 
 
 @dataclass
@@ -67,46 +73,69 @@ class _Scope:
     # the block's input: a name, or None for the layer at input_index (named when needed)
     block_input: str | None = None
     input_index: int = -1  # -1: the model's input
-    local: set[str] = field(default_factory=set)  # names defined inside the block
-    context: str | None = None
-    depth: int = 0
+    local: set[str] = field(default_factory=set)  # the names the block defines
+    context: str | None = None  # which use, for the hints of its errors
+    using: tuple[str, ...] = ()  # the blocks being expanded, outermost first
+    start: int = 0  # the position of the scope's first entry in the flat list
+    uses: dict[str, int] = field(default_factory=dict)  # unnamed uses so far of each block
 
     def scoped(self, name: str) -> str:
         return f"{self.prefix}_{name}" if self.prefix else name
 
+    def default_name(self, block: str) -> str:
+        n = self.uses.get(block, 0)
+        self.uses[block] = n + 1
+        return block if n == 0 else f"{block}_{n}"
+
 
 def parse_blocks(raw: Any) -> dict[str, Block]:
-    """The blocks of `model.blocks` (a mapping name -> {params, layers}), checked."""
+    """The blocks of `model.blocks` (a mapping name -> {params, layers}), checked; every
+    broken block is reported."""
     if raw is None:
         return {}
     blocks = require_mapping(raw, "model.blocks", "a mapping of block names to {params, layers}")
+    errors = ErrorList()
     parsed = {}
     for name, body in blocks.items():
-        path = join_path("model.blocks", str(name))
-        if canonical_layer(str(name)) is not None:
-            raise SpecError(
-                f"a block cannot be named like the layer {name}",
-                where=path,
-                hint="Choose another name, e.g. residual, conv_bn.",
-            )
-        body = require_mapping(body, path, "a mapping with params: and layers:")
-        unknown = [k for k in body if k not in ("params", "layers")]
-        if unknown:
-            raise SpecError(
-                f"unknown key '{unknown[0]}' in block {name}",
-                where=join_path(path, unknown[0]),
-                hint=f"{did_you_mean(unknown[0], ['params', 'layers'])}A block has params: "
-                "(its parameters and defaults) and layers: (its list of layers).",
-            )
-        layers = body.get("layers")
-        if not isinstance(layers, list) or not layers:
-            raise SpecError(
-                "a block needs a non-empty list of layers",
-                where=join_path(path, "layers"),
-                hint="e.g. layers: [{Conv2D: {filters: $filters, kernel_size: 3}}]",
-            )
-        parsed[str(name)] = Block(str(name), _params(body.get("params"), path), layers, path)
+        with errors.collect():
+            parsed[str(name)] = _block(str(name), body)
+    errors.raise_if_any()
     return parsed
+
+
+def _block(name: str, body: Any) -> Block:
+    path = join_path("model.blocks", name)
+    if canonical_layer(name) is not None:
+        raise SpecError(
+            f"a block cannot be named like the layer {name}",
+            where=path,
+            hint="Choose another name, e.g. residual, conv_bn.",
+        )
+    if not NAME_PATTERN.fullmatch(name) or name == MODEL_INPUT:
+        raise SpecError(
+            f"invalid block name {name!r}"
+            + (f": '{MODEL_INPUT}' means the model's input" if name == MODEL_INPUT else ""),
+            where=path,
+            hint="A block's name prefixes the names of its layers: it starts with a letter or _ "
+            "and has only letters, digits and _ (e.g. residual, conv_bn).",
+        )
+    body = require_mapping(body, path, "a mapping with params: and layers:")
+    unknown = [k for k in body if k not in ("params", "layers")]
+    if unknown:
+        raise SpecError(
+            f"unknown key '{unknown[0]}' in block {name}",
+            where=join_path(path, unknown[0]),
+            hint=f"{did_you_mean(unknown[0], ['params', 'layers'])}A block has params: "
+            "(its parameters and defaults) and layers: (its list of layers).",
+        )
+    layers = body.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise SpecError(
+            "a block needs a non-empty list of layers",
+            where=join_path(path, "layers"),
+            hint="e.g. layers: [{Conv2D: {filters: $filters, kernel_size: 3}}]",
+        )
+    return Block(name, _params(body.get("params"), path), layers, path)
 
 
 def _params(raw: Any, path: str) -> dict[str, Any]:
@@ -125,7 +154,8 @@ def _params(raw: Any, path: str) -> dict[str, Any]:
 
 
 def expand_blocks(raw_layers: Any, raw_blocks: Any) -> Expanded:
-    """The flat layer list of `model.layers` with every block use replaced by its layers."""
+    """The flat layer list of `model.layers` with every block use replaced by its layers;
+    every use's errors are raised together."""
     blocks = parse_blocks(raw_blocks)
     out = Expanded()
     if not isinstance(raw_layers, list) or not blocks:
@@ -137,16 +167,25 @@ def expand_blocks(raw_layers: Any, raw_blocks: Any) -> Expanded:
             out.entries = raw_layers  # build_layers reports what is wrong with it
         return out
     _expand_list(raw_layers, "model.layers", blocks, _Scope(), out)
+    out.errors.raise_if_any()
     return out
+
+
+def _single(entry: Any) -> tuple[Any, Any]:
+    """(key, value) of a `- Key: value` entry; (None, None) for anything else."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        return next(iter(entry.items()))
+    return None, None
 
 
 def _expand_list(entries: list, base: str, blocks: dict, scope: _Scope, out: Expanded) -> None:
     for k, entry in enumerate(entries):
         path = f"{base}[{k}]"
-        key = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
-        if isinstance(key, str) and key in blocks:
-            _expand_use(blocks[key], entry[key], path, blocks, scope, out)
-        else:
+        key, value = _single(entry)
+        try:
+            if isinstance(key, str) and key in blocks:
+                _expand_use(blocks[key], value, path, blocks, scope, out)
+                continue
             if isinstance(key, str) and canonical_layer(key) is None:
                 raise SpecError(
                     f"unknown layer or block '{key}'",
@@ -157,13 +196,16 @@ def _expand_list(entries: list, base: str, blocks: dict, scope: _Scope, out: Exp
             out.entries.append(_layer_entry(entry, path, scope, out))
             out.paths.append(path)
             out.contexts.append(scope.context)
+        except SpecError as error:  # the next entries are still expanded and checked
+            add_context(error, scope.context)
+            out.errors.add(error)
 
 
 def _layer_entry(entry: Any, path: str, scope: _Scope, out: Expanded) -> Any:
     """A layer's entry with the use's parameters put in and its names scoped."""
-    if not isinstance(entry, dict) or len(entry) != 1:
+    type_name, options = _single(entry)
+    if type_name is None:
         return entry  # build_layers reports it
-    ((type_name, options),) = entry.items()
     if not isinstance(options, dict):
         return {type_name: _substitute(options, path, scope)}
     options = {
@@ -171,7 +213,6 @@ def _layer_entry(entry: Any, path: str, scope: _Scope, out: Expanded) -> Any:
         for k, v in options.items()
     }
     if scope.in_block and isinstance(options.get("name"), str):
-        scope.local.add(options["name"])
         options["name"] = scope.scoped(options["name"])
     if "inputs" in options:
         names = options["inputs"]
@@ -200,10 +241,9 @@ def _name_of(out: Expanded, index: int, fallback: str) -> str:
     the model's input)."""
     if index < 0:
         return MODEL_INPUT
-    entry = out.entries[index]
-    if not isinstance(entry, dict) or len(entry) != 1:
+    type_name, options = _single(out.entries[index])
+    if type_name is None:
         return fallback  # a broken entry: build_layers reports it
-    ((type_name, options),) = entry.items()
     if isinstance(options, str):  # `- Activation: relu`
         options = {"activation": options}
     options = dict(options) if isinstance(options, dict) else {}
@@ -223,7 +263,7 @@ def _substitute(value: Any, path: str, scope: _Scope) -> Any:
                 where=path,
                 hint=f"{did_you_mean(name, list(scope.params))}The block's parameters: "
                 f"{', '.join('$' + p for p in scope.params) or '(none)'}; declare it in "
-                f"params:.\n{scope.context or ''}".rstrip(),
+                "params:.",
             )
         return copy.deepcopy(scope.params[name])
     if isinstance(value, list):
@@ -238,52 +278,77 @@ def _expand_use(
 ) -> None:
     """One use of a block: its layers with the use's parameters, names and input."""
     use_path = join_path(path, block.name)
-    if scope.depth >= MAX_DEPTH:
+    inner = _use_scope(block, given, use_path, blocks, scope, out)
+    start, named_input = len(out.entries), inner.block_input
+    _expand_list(block.layers, join_path(block.path, "layers"), blocks, inner, out)
+    if named_input is not None and len(out.entries) > start:
+        _give_first_input(out, start, named_input)
+    # the use's name refers to the block's last layer
+    if len(out.entries) > start:
+        out.aliases[inner.prefix] = _name_of(out, len(out.entries) - 1, inner.prefix)
+
+
+def _use_scope(
+    block: Block, given: Any, use_path: str, blocks: dict, scope: _Scope, out: Expanded
+) -> _Scope:
+    """The scope a use's layers are expanded in: its parameters, prefix and input."""
+    if block.name in scope.using:
+        cycle = " -> ".join((*scope.using[scope.using.index(block.name) :], block.name))
         raise SpecError(
-            f"blocks nested more than {MAX_DEPTH} deep (does {block.name} use itself?)",
+            f"block {block.name} uses itself ({cycle})",
             where=use_path,
             hint="A block may use other blocks, but not itself.",
         )
-    given = _substitute(dict(given or {}), use_path, scope)
     given = require_mapping(given, use_path, f"the parameters of block {block.name}")
+    given = _substitute(dict(given), use_path, scope)
     graph = resolve_options(
         {k: v for k, v in given.items() if k in GRAPH_OPTIONS}, GRAPH_OPTIONS, use_path
     )
-    params = _use_params(block, given, use_path)
-    n = out.uses.get(block.name, 0)
-    out.uses[block.name] = n + 1
-    own = graph["name"] or (block.name if n == 0 else f"{block.name}_{n}")
     if graph["inputs"] is not None and len(graph["inputs"]) != 1:
         raise SpecError(
             f"a block takes one input, but inputs names {len(graph['inputs'])}",
             where=join_path(use_path, "inputs"),
             hint="Give one name: inputs: [stem].",
         )
-    named_input = graph["inputs"] is not None
+    params = _use_params(block, given, use_path)
+    prefix = scope.scoped(graph["name"] or scope.default_name(block.name))
+    context = f"(in block {block.name}, used at {use_path} as {prefix})"
     inner = _Scope(
         in_block=True,
-        prefix=scope.scoped(own),
+        prefix=prefix,
         params=params,
-        block_input=_reference(graph["inputs"][0], scope, out) if named_input else None,
         input_index=len(out.entries) - 1,
-        context=f"(in block {block.name}, used at {use_path} as {scope.scoped(own)})",
-        depth=scope.depth + 1,
+        local=_own_names(block.layers, blocks),
+        context=f"{context}\n{scope.context}" if scope.context else context,
+        using=(*scope.using, block.name),
+        start=len(out.entries),
     )
-    start = len(out.entries)
-    _expand_list(block.layers, join_path(block.path, "layers"), blocks, inner, out)
-    if named_input and len(out.entries) > start:
-        _give_first_input(out, start, inner.block_input)
-    # the use's name refers to the block's last layer
-    out.aliases[inner.prefix] = _name_of(out, len(out.entries) - 1, inner.prefix)
-    if scope.in_block:
-        scope.local.add(own)
+    if graph["inputs"] is not None:
+        inner.block_input = _reference(graph["inputs"][0], scope, out)
+    elif scope.in_block and len(out.entries) == scope.start:  # first in its block
+        inner.block_input, inner.input_index = scope.block_input, scope.input_index
+    return inner
+
+
+def _own_names(entries: list, blocks: dict) -> set[str]:
+    """The names a block's entries define (its layers' name:, its uses' names), known before
+    its layers are expanded, so that a reference to a later one is scoped too."""
+    names: set[str] = set()
+    counter = _Scope()
+    for entry in entries:
+        key, options = _single(entry)
+        name = options.get("name") if isinstance(options, dict) else None
+        if isinstance(key, str) and key in blocks and not isinstance(name, str):
+            name = counter.default_name(key)
+        if isinstance(name, str):
+            names.add(name)
+    return names
 
 
 def _give_first_input(out: Expanded, start: int, name: str) -> None:
     """A use with inputs: its first layer reads that layer (unless it names its own)."""
-    entry = out.entries[start]
-    if isinstance(entry, dict) and len(entry) == 1:
-        ((type_name, options),) = entry.items()
+    type_name, options = _single(out.entries[start])
+    if type_name is not None:
         if isinstance(options, str):
             options = {"activation": options}
         options = dict(options or {})

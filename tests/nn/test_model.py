@@ -1,10 +1,13 @@
-"""Sequential (cnnkit.nn.model): whole-model gradients, Keras' parameter counts (AlexNet:
-62,378,344), named weights and their checkpoint round trip, the logits head, inference memory.
+"""Model (cnnkit.nn.model): whole-model gradients, of stacks and of graphs (a residual block
+with a projection shortcut, a Concatenate branch, an output read by three layers), Keras'
+parameter counts (AlexNet: 62,378,344), named weights and their checkpoint round trip, the
+logits head, inference memory (outputs let go after their last reader).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +287,166 @@ def test_inference_lets_go_of_backward_arrays_and_gives_the_same_outputs():
             n for n, v in vars(layer).items() if n.startswith("_") and isinstance(v, np.ndarray)
         ]
         assert not cached, (layer.keras_name, cached)
+
+
+# -- graphs -------------------------------------------------------------------------------
+
+GRAPH_SPECS = {
+    # a residual block with a projection shortcut: the main path strides and normalizes, the
+    # shortcut is a strided 1x1 convolution, the two are added and then go through relu
+    "residual-projection": """\
+    - Conv2D: {filters: 3, kernel_size: 3, padding: same, activation: tanh, name: stem}
+    - Conv2D: {filters: 4, kernel_size: 3, strides: 2, padding: same, use_bias: false}
+    - BatchNormalization: {name: main}
+    - Conv2D: {filters: 4, kernel_size: 1, strides: 2, inputs: [stem], name: shortcut}
+    - Add: {inputs: [main, shortcut]}
+    - Activation: relu
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}""",
+    # two branches of the input joined along the channels
+    "concatenate-branch": """\
+    - Conv2D: {filters: 2, kernel_size: 3, padding: same, activation: tanh, name: wide}
+    - Conv2D: {filters: 3, kernel_size: 1, inputs: [input], activation: tanh, name: narrow}
+    - Concatenate: {inputs: [wide, narrow]}
+    - Conv2D: {filters: 2, kernel_size: 1}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}""",
+    # trunk's output is read by three layers: its gradient is the sum of theirs
+    "three-readers": """\
+    - Conv2D: {filters: 2, kernel_size: 3, padding: same, activation: tanh, name: trunk}
+    - Conv2D: {filters: 2, kernel_size: 1, name: x1}
+    - Conv2D: {filters: 2, kernel_size: 3, padding: same, inputs: [trunk], name: x2}
+    - Multiply: {inputs: [x1, x2, trunk]}
+    - Flatten: {}
+    - Dense: {units: 3, activation: softmax}""",
+}
+
+
+def graph_outputs(model, x, training=True) -> list[np.ndarray]:
+    """Every layer's output, the graph run layer by layer (nothing released)."""
+    outputs: list[np.ndarray] = []
+    for layer in model.layers:
+        inputs = [x if s < 0 else outputs[s] for s in layer.sources]
+        outputs.append(layer.forward(inputs if layer.merges else inputs[0], training))
+    return outputs
+
+
+@pytest.mark.parametrize("layers", list(GRAPH_SPECS.values()), ids=list(GRAPH_SPECS))
+def test_graph_model_gradients(layers):
+    """Float64 finite differences of the loss of a whole graph model, for every trainable
+    weight: the gradients of a layer read by several are summed; BatchNormalization in
+    training mode (batch statistics)."""
+    spec = parse_spec(spec_text(layers, input_shape=(6, 6, 2), classes=3, seed=4))
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    assert model.is_graph
+    loss_fn = LOSSES[spec.loss.name](**spec.loss.options)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 6, 2))
+    labels = np.array([0, 2])
+    params = model.named_params()
+    for array in params.values():
+        array[...] = rng.standard_normal(array.shape) * 0.5
+    for layer in model.layers:  # relu's kink: its input must be away from 0
+        if layer.options.get("activation") == "relu":
+            z = graph_outputs(model, x)[layer.sources[0]]
+            assert np.min(np.abs(z)) > KINK_MARGIN, "pick another seed: relu kink"
+    _, dlogits = loss_fn(model.forward(x, training=True), labels)
+    model.backward(dlogits)
+    grads = {k: g.copy() for k, g in model.named_grads().items()}
+    assert sorted(grads) == sorted(params)
+
+    def objective():
+        return loss_fn(model.forward(x, training=True), labels)[0]
+
+    for key, param in params.items():
+        n = min(12, param.size)
+        indices = np.sort(rng.choice(param.size, size=n, replace=False))
+        numeric = numerical_gradient(objective, param, indices).reshape(-1)[indices]
+        analytic = grads[key].reshape(-1)[indices]
+        err = rel_error(analytic, numeric)
+        assert err < TOL, f"{key}: relative error {err:.3g}"
+        assert np.abs(analytic).max() > 0, f"{key}: all sampled gradients are zero"
+
+
+def test_an_output_read_by_three_layers_gets_the_sum_of_their_gradients():
+    """trunk is read by x1, x2 and Multiply: the gradient its backward gets is the sum of the
+    three readers' input gradients, each computed here by hand."""
+    spec = parse_spec(spec_text(GRAPH_SPECS["three-readers"], seed=4))
+    model = build_model(spec).build(spec.seed, dtype=np.float64)
+    assert model.readers[0] == 3
+    trunk, x1, x2, multiply, flatten, dense = model.layers
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 6, 2))
+    dlogits = rng.standard_normal((2, 3))
+    graph_outputs(model, x)
+    d_x1, d_x2, d_trunk = multiply.backward(flatten.backward(dense.backward(dlogits)))
+    expected = x1.backward(d_x1) + x2.backward(d_x2) + d_trunk
+    received: list[np.ndarray] = []
+    original = trunk.backward
+    trunk.backward = lambda g: received.append(g.copy()) or original(g)
+    model.forward(x, training=True)
+    model.backward(dlogits)
+    (seen,) = received
+    np.testing.assert_allclose(seen, expected, rtol=1e-12, atol=1e-12)
+
+
+class _Tracked(np.ndarray):
+    """A view of a layer's output that a weak reference can follow (a plain ndarray cannot)."""
+
+
+def test_graph_inference_gives_the_training_output_and_frees_outputs_after_their_last_reader():
+    """Without dropout or BatchNormalization, inference and training forward agree exactly;
+    in inference trunk's output is let go once Multiply, its last reader, has run (training
+    keeps it for backward), and every layer's backward arrays are released."""
+    spec = parse_spec(spec_text(GRAPH_SPECS["three-readers"], seed=4))
+    model = build_model(spec).build(spec.seed)
+    x = np.random.default_rng(0).random((4, 6, 6, 2), dtype=np.float32)
+    alive_at: dict[int, set[int]] = {}  # layer index -> outputs still held when it starts
+    refs: dict[int, weakref.ref] = {}
+    for layer in model.layers:
+        layer.forward = _tracking(layer, layer.forward, alive_at, refs)
+    trained = np.array(model.forward(x, training=True))
+    assert alive_at[4] == {0, 1, 2, 3}  # training keeps every output for backward
+    refs.clear()
+    inferred = np.array(model.forward(x, training=False))
+    np.testing.assert_array_equal(inferred, trained)
+    assert {0, 1} <= alive_at[2] and {0, 1, 2} <= alive_at[3]
+    assert not alive_at[4] & {0, 1, 2}, alive_at[4]  # trunk, x1, x2: read by Multiply only
+    for layer in model.layers:
+        cached = [
+            n for n, v in vars(layer).items() if n.startswith("_") and isinstance(v, np.ndarray)
+        ]
+        assert not cached, (layer.keras_name, cached)
+
+
+def _tracking(layer, forward, alive_at, refs):
+    def run(x, training):
+        alive_at[layer.index] = {i for i, ref in refs.items() if ref() is not None}
+        out = forward(x, training).view(_Tracked)
+        refs[layer.index] = weakref.ref(out)
+        return out
+
+    return run
+
+
+def test_a_sequential_spec_is_unchanged_by_the_graph_options():
+    """No name:/inputs: in its config; every layer reads the one before it."""
+    spec = parse_spec(MODEL_SPEC)
+    layers = spec.to_dict()["model"]["layers"]
+    assert not [e for e in layers for c in e.values() if {"name", "inputs"} & set(c)]
+    model = build_model(spec)
+    assert not model.is_graph and model.skipped == set()
+    assert [layer.sources for layer in model.layers] == [(-1,), (0,), (1,), (2,)]
+    assert parse_spec(spec.to_yaml()).hash() == spec.hash()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Conv2D's groups option (9677f87) is written into every config as groups: 1, which "
+    "changes the hash of every Sequential spec with a Conv2D: a run trained before it no longer "
+    "evaluates or resumes (its checkpoint's spec_hash differs). Remove this mark once fixed.",
+)
+def test_a_sequential_spec_keeps_the_hash_its_checkpoints_carry():
+    """The hash of MODEL_SPEC computed at commit 2cb1f30, before graph specs and grouped
+    convolutions: resume, evaluate and predict compare it with the checkpoint's spec_hash."""
+    assert parse_spec(MODEL_SPEC).hash() == "758644b2f8662473"

@@ -196,9 +196,10 @@ class Model:
             if not training:
                 layer.release_cache()
                 for s in layer.sources:
-                    waiting[s] -= 1
-                    if s >= 0 and waiting[s] == 0:
-                        outputs[s] = None
+                    if s >= 0:
+                        waiting[s] -= 1
+                        if waiting[s] == 0:
+                            outputs[s] = None
         return outputs[-1]
 
     def backward(self, dlogits: np.ndarray, timings: LayerTimings | None = None) -> None:

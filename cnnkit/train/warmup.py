@@ -64,14 +64,16 @@ def kernels_used(model: Any, augmenter: Any = None) -> list[str]:
     """Qualified names of the kernels (cnnkit.kernels.nojit.lazy stand-ins) that the methods
     of the model's layer classes, the activations they use and the augmenter call: what a
     training step may need to compile."""
-    owners: list[Any] = [type(layer) for layer in model.layers]
+    owners: list[Any] = [(type(layer), layer.unused_kernel_modules()) for layer in model.layers]
     if augmenter is not None:
-        owners.append(type(augmenter))
+        owners.append((type(augmenter), ()))
     names: list[str] = []
-    for owner in owners:
+    for owner, unused in owners:
         for cls in owner.__mro__:
             for function in vars(cls).values():
-                names += _kernels_called(function)
+                names += [
+                    k for k in _kernels_called(function) if k.rpartition(".")[0] not in unused
+                ]
     if any(getattr(layer, "options", {}).get("activation") == "gelu" for layer in model.layers):
         from cnnkit.nn import activations
 

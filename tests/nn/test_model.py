@@ -440,12 +440,6 @@ def test_a_sequential_spec_is_unchanged_by_the_graph_options():
     assert parse_spec(spec.to_yaml()).hash() == spec.hash()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Conv2D's groups option (9677f87) is written into every config as groups: 1, which "
-    "changes the hash of every Sequential spec with a Conv2D: a run trained before it no longer "
-    "evaluates or resumes (its checkpoint's spec_hash differs). Remove this mark once fixed.",
-)
 def test_a_sequential_spec_keeps_the_hash_its_checkpoints_carry():
     """The hash of MODEL_SPEC computed at commit 2cb1f30, before graph specs and grouped
     convolutions: resume, evaluate and predict compare it with the checkpoint's spec_hash."""

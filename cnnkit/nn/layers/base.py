@@ -119,6 +119,9 @@ class Layer:
     aliases: ClassVar[tuple[str, ...]] = ()
     OPTIONS: ClassVar[dict[str, Option]] = {}
     merges: ClassVar[bool] = False  # takes a list of inputs (Add, Concatenate, ...)
+    # options added after the layer's first release: left out of its config at their default,
+    # so that a spec's config.yaml and hash (which checkpoints carry) do not change
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: dict[str, Any], index: int, where: str = ""):
         self.options = options
@@ -218,6 +221,11 @@ class Layer:
         """Multiply-accumulates per image in the forward pass."""
         return 0
 
+    def unused_kernel_modules(self) -> tuple[str, ...]:
+        """Kernel modules this layer's methods name but this instance never calls (Conv2D
+        with groups 1 never runs the grouped kernels): left out of the compile estimate."""
+        return ()
+
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
         """The arrays forward allocates and keeps until the next batch (for backward), per
         image: what the memory plan counts. `last`: the model's output layer, which hands
@@ -250,9 +258,14 @@ class Layer:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        """The resolved options, then name and inputs when the spec gave them (a Sequential
-        spec's config is unchanged by the graph options)."""
-        config = dict(self.options)
+        """The resolved options (ADDED_OPTIONS only when not at their default), then name and
+        inputs when the spec gave them: a Sequential spec's config and hash are unchanged by
+        the graph options and by options added later."""
+        config = {
+            key: value
+            for key, value in self.options.items()
+            if key not in self.ADDED_OPTIONS or value != self.OPTIONS[key].default
+        }
         if self.name is not None:
             config["name"] = self.name
         if self.inputs is not None:

@@ -125,6 +125,7 @@ class Conv2D(KernelBiasMixin, ConvWindow, Layer):
     type_name = "conv2d"
     keras_name = "Conv2D"
     aliases = ("convolution2d", "Convolution2D")
+    ADDED_OPTIONS = ("groups",)  # new in 0.2: older specs' configs have none
     OPTIONS = {
         "filters": Option("int", minimum=1, doc="number of output channels, e.g. 32"),
         **WINDOW_OPTIONS,
@@ -183,6 +184,9 @@ class Conv2D(KernelBiasMixin, ConvWindow, Layer):
     def _bias(self, dtype) -> np.ndarray:
         bias = self.params.get("bias")
         return bias if bias is not None else np.zeros(self.options["filters"], dtype)
+
+    def unused_kernel_modules(self) -> tuple[str, ...]:
+        return ("cnnkit.kernels.grouped",) if self.options["groups"] == 1 else ()
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         w, groups = self.params["kernel"], self.options["groups"]

@@ -205,7 +205,10 @@ class TorchRunner:
         self.copy_weights(model)
         self.loss = self._loss(spec, loss_fn)
         self.optimizer = self._optimizer(spec)
-        self.x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        # a fresh copy: np.ascontiguousarray keeps the transposed strides of a one-channel
+        # batch (numpy calls it contiguous: the size-1 axis's stride does not matter to it),
+        # and PyTorch 2.13's convolution backward corrupted the heap on such a tensor
+        self.x = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))
         self.y = torch.from_numpy(np.asarray(y))
         if self.binary:
             self.y = self.y.float().reshape(-1, 1)

@@ -313,7 +313,7 @@ def test_torch_twin_computes_the_same_function(cls, sample):
 
         def nchw(a):
             return torch.from_numpy(
-                np.ascontiguousarray(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a)
+                np.array(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a, order="C")
             )
 
         out = net([nchw(a) for a in x] if cls.merges else nchw(x)).numpy()

@@ -40,7 +40,7 @@ def test_wide_terminal_keeps_the_one_row_per_layer_summary():
     proc = run_subprocess("summary", "configs/mnist.yaml", columns=160)
     assert proc.returncode == 0, proc.stderr
     assert re.search(
-        r"batch_normalization \(BatchNormalization\)\s+\(None, 26, 26, 32\)", proc.stdout
+        r"batch_normalization \(BatchNormalization\)\s+\(None, 13, 13, 32\)", proc.stdout
     )
     assert "Memory per layer" not in proc.stdout
 

@@ -106,7 +106,7 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
     # the loss keeps the batch's probabilities and hands back their gradient
     head = 2 * batch * _numel(layers[-1].output_shape) * FLOAT
     backward_peak = batch * _backward_peak(layers)
-    forward_total = image + weights + _inference_peak(layers, rows)
+    forward_total = image + weights + _inference_peak(layers, rows, batch)
     training_total = image + weights + sum(r.training for r in rows) + head + backward_peak
     return MemoryPlan(
         batch_size=batch,
@@ -133,7 +133,7 @@ def _readers(layers) -> list[int]:
     return readers
 
 
-def _inference_peak(layers, rows: list[LayerMemory]) -> int:
+def _inference_peak(layers, rows: list[LayerMemory], batch: int) -> int:
     """The most bytes of activations alive at once in inference (Model.forward): the outputs
     still waiting for a reader, plus what the running layer allocates. Each layer lets go of
     what it kept for backward once it has run; an output lives until its last reader ran."""
@@ -142,7 +142,7 @@ def _inference_peak(layers, rows: list[LayerMemory]) -> int:
     peak = 0
     for i, layer in enumerate(layers):
         peak = max(peak, sum(alive.values()) + rows[i].forward)
-        output = rows[i].forward and min(rows[i].forward, _numel(layer.output_shape) * FLOAT)
+        output = min(rows[i].forward, batch * _numel(layer.output_shape) * FLOAT)
         if waiting[i] or i == len(layers) - 1:
             alive[i] = output  # (a view of its input, as Flatten's, is 0)
         for s in layer.sources:

@@ -285,6 +285,9 @@ def _layer_key(entry: Any, name: str | int, path: str, override: Override, layer
         raise override.error(f"{path} is not a `- LayerName: {{options}}` entry", at_value=False)
     ((key, options),) = entry.items()
     actual = _layer_class(key)
+    if actual is None and name == key and isinstance(options, dict | None):
+        entry[key] = options or {}  # a block's use (cnnkit.spec.blocks checks its name)
+        return key
     if isinstance(name, int) or actual is None or _layer_class(name) is not actual:
         left_out = _layer_class(name) is None and actual is not None and name in actual.OPTIONS
         raise override.error(

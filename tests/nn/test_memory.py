@@ -123,3 +123,31 @@ def test_available_memory_reads_meminfo(tmp_path):
     assert available_memory(meminfo) == 2048 * 1024
     fallback = available_memory(tmp_path / "missing")  # sysconf, or None: never an exception
     assert fallback is None or fallback > 0
+
+
+def _graph_spec(shortcut: bool) -> str:
+    add = "    - Add: {inputs: [c2, stem]}\n" if shortcut else ""
+    return f"""
+name: g
+data: {{source: synthetic, num_classes: 3}}
+model:
+  input_shape: [8, 8, 2]
+  layers:
+    - Conv2D: {{filters: 4, kernel_size: 3, padding: same, activation: relu, name: stem}}
+    - Conv2D: {{filters: 4, kernel_size: 3, padding: same}}
+    - Conv2D: {{filters: 4, kernel_size: 3, padding: same, name: c2}}
+{add}    - GlobalAveragePooling2D: {{}}
+    - Dense: {{units: 3, activation: softmax}}
+"""
+
+
+def test_inference_keeps_an_output_alive_until_its_last_reader():
+    """With the shortcut, the stem's output (8x8x4 floats an image) is still alive while the
+    two convolutions after it run: the inference peak holds three such maps, not two."""
+    one_map = 8 * 8 * 4 * 4
+    stack, graph = (plan(parse_spec(_graph_spec(s)), 10) for s in (False, True))
+    assert stack.weights == graph.weights and stack.input == graph.input
+    assert stack.forward_total - stack.input - stack.weights == 10 * 2 * one_map
+    assert graph.forward_total - graph.input - graph.weights == 10 * 3 * one_map
+    # backward: the stem's summed gradient waits while the main path runs backward
+    assert graph.backward_peak == stack.backward_peak + 10 * one_map

@@ -234,3 +234,29 @@ def test_layer_suggestion_points_at_the_layer_of_that_type():
     assert "Conv2D.units" not in error.hint
     (error,) = errors_of(["model.layers[0].filters=16"])
     assert "--set model.layers[0].Conv2D.filters=..." in error.hint
+
+
+GRAPH = ROOT / "configs" / "resnet20.yaml"
+
+
+def test_a_named_layer_is_addressed_by_its_name():
+    """model.layers.NAME: the entry whose name: it is; in a block's definition, every use."""
+    example = ROOT / "docs" / "examples" / "resnet_fashion_mnist.yaml"
+    # `- conv_bn: {filters: 16, name: stem}`: a block's use, named
+    spec = load_spec(example, ["model.layers.stem.kernel_size=5"])
+    assert spec.model.layers[0].keras_name == "Conv2D"
+    assert spec.model.layers[0].options["kernel_size"] == [5, 5]
+    spec = load_spec(GRAPH, ["model.blocks.downsample.layers.shortcut.kernel_size=3"])
+    shortcuts = [lay for lay in spec.model.layers if lay.name and lay.name.endswith("shortcut")]
+    assert len(shortcuts) == 2 and all(s.options["kernel_size"] == [3, 3] for s in shortcuts)
+
+
+def test_an_error_in_a_named_layer_names_the_set_and_an_unknown_name_the_names_there():
+    errors = errors_of(["model.blocks.downsample.layers.shortcut.filters=0"], GRAPH)
+    assert len(errors) == 2  # the block's two uses
+    for error in errors:
+        assert error.where.startswith("--set model.blocks.downsample.layers.shortcut.filters=0")
+        assert "filters" in error.where and "downsample" in error.hint
+    (error,) = errors_of(["model.blocks.downsample.layers.shortcutt.filters=8"], GRAPH)
+    assert "has no layer named 'shortcutt'" in error.message
+    assert "did you mean 'shortcut'?" in error.hint and "main" in error.hint

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit.errors import SpecError, SpecErrors
 from cnnkit.nn.layers.merging import Add, Concatenate
 from cnnkit.spec.build import build_model
 from cnnkit.spec.config import parse_spec
+from tests.specs import errors_of, position
 
 HEAD = """\
 name: g
@@ -35,21 +35,6 @@ RESIDUAL = """\
 def spec_of(layers: str, tail: str = HEAD_OUT) -> str:
     """The layers, then (by default) a Flatten and a 3-unit softmax head."""
     return HEAD + layers + tail + LOSS
-
-
-def errors_of(text: str) -> list[SpecError]:
-    with pytest.raises(SpecError) as info:
-        parse_spec(text, Path("g.yaml"))
-    error = info.value
-    return error.errors if isinstance(error, SpecErrors) else [error]
-
-
-def position(text: str, line_needle: str, needle: str) -> str:
-    """g.yaml:line:column of `needle` on the first line holding `line_needle`."""
-    for number, line in enumerate(text.splitlines(), 1):
-        if line_needle in line:
-            return f"g.yaml:{number}:{line.index(needle) + 1}"
-    raise AssertionError(line_needle)
 
 
 def test_a_residual_graph_is_wired_by_name():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnkit.errors import SpecError, SpecErrors
 from cnnkit.nn.registry import canonical_layer
 from cnnkit.spec.config import load_spec, parse_spec
+from tests.specs import errors_of, position
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -52,20 +52,6 @@ def flat(text: str) -> list[tuple[str, dict]]:
 def graph(text: str) -> list[tuple[str, str | None, list | None]]:
     """(type, name, inputs) of each expanded layer, the head left out."""
     return [(t, c.get("name"), c.get("inputs")) for t, c in flat(text)[:-2]]
-
-
-def errors_of(text: str) -> list[SpecError]:
-    with pytest.raises(SpecError) as info:
-        parse_spec(text, Path("g.yaml"))
-    error = info.value
-    return error.errors if isinstance(error, SpecErrors) else [error]
-
-
-def position(text: str, line_needle: str, needle: str) -> str:
-    for number, line in enumerate(text.splitlines(), 1):
-        if line_needle in line:
-            return f"g.yaml:{number}:{line.index(needle) + 1}"
-    raise AssertionError(line_needle)
 
 
 def test_parameters_and_defaults_are_put_in():

@@ -62,7 +62,7 @@ class _Pooling2D(Layer):
         twin.add(pool(tuple(self.options["pool_size"]), tuple(self.strides)))
 
     def get_config(self):
-        config = dict(self.options)
+        config = super().get_config()  # with the spec's name and inputs
         config["strides"] = list(self.strides) if self.output_shape else config["strides"]
         return config
 

@@ -74,3 +74,23 @@ def test_global_max_pooling_gradient_goes_to_first_maximum():
 def test_global_pooling_needs_an_image():
     with pytest.raises(SpecError, match="image-shaped"):
         build_layers([{"GlobalAveragePooling2D": {}}], (10,))
+
+
+@pytest.mark.parametrize("name", ["MaxPooling2D", "AveragePooling2D"])
+def test_a_named_pooling_layer_keeps_its_name_and_inputs_in_the_resolved_spec(name):
+    """The resolved config (a run's config.yaml, what build_model rebuilds from) keeps name:
+    and inputs:, or a later layer's inputs: [pooled] names nothing."""
+    from cnnkit.spec.build import build_model
+    from cnnkit.spec.config import parse_spec
+
+    spec = parse_spec(
+        "data: {source: synthetic, num_classes: 2}\n"
+        "model:\n  input_shape: [4, 4, 1]\n  layers:\n"
+        "    - Conv2D: {filters: 2, kernel_size: 1, name: stem}\n"
+        f"    - {name}: {{pool_size: 2, inputs: [stem], name: pooled}}\n"
+        "    - Flatten: {inputs: [pooled]}\n"
+        "    - Dense: {units: 2, activation: softmax}\n"
+    )
+    config = spec.to_dict()["model"]["layers"][1][name]
+    assert (config["name"], config["inputs"], config["strides"]) == ("pooled", ["stem"], [2, 2])
+    assert build_model(spec).layers[2].sources == (1,)

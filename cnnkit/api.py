@@ -768,6 +768,102 @@ def predict(
     return results
 
 
+EXPORT_FORMATS = ("onnx",)
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the model file (written only when the verification passed)
+    report: Path  # FILE.verify.json: the verification's figures, written either way
+    checkpoint: Path
+    opset: int
+    bytes: int
+    verification: Any  # cnnkit.export.verify.Verification
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.path),
+            "report": str(self.report),
+            "checkpoint": str(self.checkpoint),
+            "opset": self.opset,
+            "bytes": self.bytes,
+            "verification": self.verification.to_dict(),
+        }
+
+
+def export(
+    run_dir: Path,
+    checkpoint: str = "best",
+    format: str = "onnx",
+    out: Path | None = None,
+    opset: int = 17,
+    verify_on: int | None = None,
+    progress: LoadProgress | None = None,
+) -> ExportResult:
+    """`cnnkit export`: the run's model as an ONNX file (default RUN_DIR/model.onnx) that
+    takes raw pixels and gives class probabilities (the contract: cnnkit.export), checked by
+    onnx.checker (full) and then by onnxruntime against cnnkit's own inference (evaluate's
+    and predict's path) on the run's test split (verify_on: its first N images; no test
+    split: validation, else train). The figures go to FILE.verify.json; beyond the
+    tolerance (1e-4) the model file is not written and VerificationError (exit 1) is raised.
+    Without the onnx extra: ExtraMissing (exit 2)."""
+    if format not in EXPORT_FORMATS:
+        raise DataError(
+            f"unknown export format '{format}'",
+            where="--format",
+            hint=f"Valid: {', '.join(EXPORT_FORMATS)}.",
+        )
+    from cnnkit.export import require_onnx
+
+    require_onnx()
+    from cnnkit.export import onnx as onnx_export
+    from cnnkit.export import verify
+
+    run_dir = Path(run_dir)
+    onnx_export.check_opset(opset)
+    spec, model, path, meta = load_model(run_dir, checkpoint)
+    preprocessor = Preprocessor.from_spec(spec, saved=RunDir(run_dir).read_normalization)
+    loss_fn = build_loss(spec)
+    split_name, data, class_names = _verification_images(spec, progress)
+    names = meta.get("class_names") or class_names
+    proto = onnx_export.to_onnx(
+        model,
+        loss_fn,
+        preprocessor,
+        onnx_export.metadata(spec, meta, path, names),
+        opset,
+        spec.name,
+    )
+    onnx_export.check(proto)
+    model_bytes = proto.SerializeToString()
+    x = data.x[:verify_on] if verify_on else data.x
+    batch_size = spec.train.eval_batch_size
+    ours = predict_probabilities(model, loss_fn, x, preprocessor, batch_size)
+    theirs = verify.run_onnx(model_bytes, x, batch_size)
+    verification = verify.compare(theirs, ours, split_name)
+    out = Path(out) if out is not None else RunDir(run_dir).exported_model
+    report = verify.verification_file(out)
+    result = ExportResult(out, report, path, opset, len(model_bytes), verification)
+    write_json(report, result.to_dict())
+    if not verification.passed:
+        raise verify.mismatch_error(verification, report)
+    onnx_export.save(proto, out)
+    return result
+
+
+def _verification_images(spec: Spec, progress: LoadProgress | None) -> tuple[str, Split, list]:
+    """(split name, split, class names): the test split, else validation, else train."""
+    splits = make_splits(load_dataset(spec, progress), spec.data, spec.seed)
+    for name, split in (
+        ("test", splits.test),
+        ("validation", splits.validation),
+        ("train", splits.train),
+    ):
+        if split is not None and len(split):
+            return name, split, splits.class_names
+    raise DataError("the run's data has no images to verify the export on", where=spec.data.path)
+
+
 def _round_robin_by_class(y: np.ndarray, n: int) -> np.ndarray:
     """Indices of up to n samples: the first of every class, then the second, ..."""
     per_class = [np.flatnonzero(y == c) for c in np.unique(y)]

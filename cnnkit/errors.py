@@ -65,3 +65,16 @@ class DivergenceError(CnnkitError):
     """The loss or a gradient became NaN or infinite: training stopped (exit code 3)."""
 
     exit_code = 3
+
+
+class ExtraMissing(CnnkitError):
+    """An optional capability's packages are not installed: the message names the extra to
+    install (`pip install "cnnkit[onnx]"`)."""
+
+
+class VerificationError(CnnkitError):
+    """A result cnnkit checked after producing it disagrees with cnnkit itself (an exported
+    model's probabilities beyond the tolerance): the file is written, with the figures
+    beside it, and the command fails (exit code 1)."""
+
+    exit_code = 1

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("spec", ("cnnkit.spec",)),
     ("runs", ("cnnkit.runs",)),
     ("train", ("cnnkit.train",)),
+    ("export", ("cnnkit.export",)),
     ("api", ("cnnkit.api", "cnnkit.bench", "cnnkit.bench_torch")),
     ("cli", ("cnnkit.cli", "cnnkit.__main__")),
 ]  # fmt: skip

@@ -296,6 +296,57 @@ def predict(
         raise typer.Exit(1)
 
 
+ExportFormat = Enum("ExportFormat", {name: name for name in api.EXPORT_FORMATS}, type=str)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `cnnkit train`.")],
+    checkpoint: CheckpointOpt = "best",
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="The file format.")
+    ] = ExportFormat.onnx,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The file to write (default RUN/model.onnx).")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="The ONNX opset to write (13 or newer).")] = 17,
+    verify_on: Annotated[
+        int | None,
+        typer.Option(
+            "--verify-on",
+            min=1,
+            help="Check on the first N test images (default: the whole test split).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export the run's model to ONNX, with its preprocessing and head, checked by onnxruntime.
+
+    The model takes `image`: float32 (N, H, W, C), raw pixels 0-255 in the run's colour mode,
+    and gives `probabilities`: float32 (N, classes), as `cnnkit predict`. It is checked by
+    onnx.checker, then run by onnxruntime next to cnnkit on the test split: the share of equal
+    argmax and the largest probability difference are printed and written to FILE.verify.json.
+    Exit code 1 (and no model file) when they differ by more than 1e-4; 2 without the onnx
+    extra (pip install "cnnkit[onnx]").
+
+    Example: cnnkit export runs/mnist --verify-on 1000
+    """
+    result = api.export(
+        run,
+        checkpoint,
+        format.value,
+        out,
+        opset,
+        verify_on,
+        progress=display.load_progress(as_json),
+    )
+    if as_json:
+        print(json.dumps(json_safe(result.to_dict()), indent=2))
+        return
+    for line in display.export_lines(result.to_dict()):
+        display.console.print(line, soft_wrap=True)
+
+
 @app.command()
 def summary(
     spec_or_run: Annotated[Path, typer.Argument(help="YAML spec or run directory.")],

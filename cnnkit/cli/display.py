@@ -403,6 +403,21 @@ _SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 _LISTED = 10  # rows shown for a long list (--json has the counts and more examples)
 
 
+def export_lines(result: dict[str, Any]) -> list[str]:
+    """`cnnkit export`: the file written and the verification's two figures."""
+    v = result["verification"]
+    size = result["bytes"] / 1024
+    return [
+        f"Wrote [bold]{result['model']}[/bold] (ONNX opset {result['opset']}, {size:,.1f} KiB) "
+        f"from {result['checkpoint']}",
+        "onnx.checker (full check): passed",
+        f"onnxruntime {v['onnxruntime_version']} vs cnnkit on {plural(v['images'], 'image')} "
+        f"of the {v['split']} split: argmax agrees on {v['argmax_agreement']:.2%}, largest "
+        f"probability difference {v['max_abs_difference']:.2g} (tolerance {v['tolerance']:g})",
+        f"Wrote {result['report']}",
+    ]
+
+
 def data_check_renderables(report: dict[str, Any]) -> list[Any]:
     """`cnnkit data check`: class counts, a size histogram, one table per finding, a line per
     piece of information, then a clean / summary line. A few dozen lines for any folder."""

@@ -13,6 +13,7 @@
       run.json               the run's state (cnnkit.runs.state)
       curves.png, report.md  the training curves and the run's Markdown report
       normalization.json     featurewise statistics of the training split, when the spec uses them
+      model.onnx             written by `cnnkit export` (its default --out), with model.verify.json
       skipped_images.txt     unreadable images skipped (data.skip_bad_images)
       tensorboard/           TensorBoard events (logging.tensorboard: true)
       evaluation.json        written by `cnnkit evaluate`, with confusion_matrix.png,
@@ -132,6 +133,11 @@ class RunDir:
     @property
     def normalization(self) -> Path:
         return self.root / "normalization.json"
+
+    @property
+    def exported_model(self) -> Path:
+        """`cnnkit export`'s default file (its figures: model.verify.json beside it)."""
+        return self.root / "model.onnx"
 
     @property
     def skipped_images(self) -> Path:

@@ -20,7 +20,13 @@ from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, make_splits
 from cnnkit.data.check import ARRAY_SOURCES, check_arrays, check_folder
 from cnnkit.data.folder import LoadProgress
-from cnnkit.data.images import ImageOptions, PreparedImage, collect_images, prepare_image
+from cnnkit.data.images import (
+    ImageBytes,
+    ImageOptions,
+    PreparedImage,
+    collect_images,
+    prepare_image,
+)
 from cnnkit.data.sources import SOURCES, Dataset, resolve_data_dir, spec_dir
 from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
 from cnnkit.interrupts import catch_signals
@@ -686,6 +692,135 @@ def write_error_analysis(
     }
 
 
+@dataclass
+class Predictor:
+    """A run's model loaded once with everything `predict` prepares images with: what
+    `cnnkit predict` calls once and `cnnkit serve` keeps for every request.
+
+    One preparation path: the run's data.* options (cnnkit.data.images.ImageOptions), the
+    run's Preprocessor, batches of train.eval_batch_size, as evaluate. For an image folder
+    that is all: predicting its test/ folder gives evaluate's probabilities (predictions.csv)
+    bit for bit. Data that did not come from image files (MNIST, npz) is matched with
+    predict-only adaptations: inversion, digit centring (prepare_image)."""
+
+    run_dir: Path
+    spec: Spec
+    model: Model
+    checkpoint: Path
+    meta: dict[str, Any]
+    options: ImageOptions
+    preprocessor: Preprocessor
+    loss_fn: Any
+
+    @classmethod
+    def load(cls, run_dir: Path, checkpoint: str = "best") -> Predictor:
+        run_dir = Path(run_dir)
+        spec, model, path, meta = load_model(run_dir, checkpoint)
+        options = ImageOptions.from_spec(spec)
+        preprocessor = Preprocessor.from_spec(spec, saved=RunDir(run_dir).read_normalization)
+        # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
+        return cls(run_dir, spec, model, path, meta, options, preprocessor, build_loss(spec))
+
+    def class_names(self, columns: int) -> list[str]:
+        """The checkpoint's class names; without them, the probability columns' numbers."""
+        return self.meta.get("class_names") or [str(i) for i in range(columns)]
+
+    def read(self, file: Path | ImageBytes, invert: bool | None = None) -> PreparedImage:
+        """One image file (or an upload's bytes) as the model's uint8 input. Raises
+        ImageError. Pure: safe to call from several threads at once."""
+        source = SOURCES[self.spec.data.source]
+        adapt = self.spec.data.source != "folder"  # a folder's model reads files as trained
+        return prepare_image(
+            file, self.options, source.background, source.centre_digits, invert, adapt=adapt
+        )
+
+    def try_read(
+        self, file: Path | ImageBytes, invert: bool | None = None
+    ) -> PreparedImage | ImageError:
+        """read(), an unreadable file's ImageError returned rather than raised."""
+        try:
+            return self.read(file, invert)
+        except ImageError as error:
+            return error
+
+    def read_all(
+        self, files: Sequence[Path | ImageBytes], invert: bool | None = None
+    ) -> list[PreparedImage | ImageError]:
+        """try_read() of every file, in order. Pillow releases the GIL while decoding and
+        resizing, as in the folder decoder: a folder of photos decodes on every core; each
+        file's result does not depend on the others."""
+        workers = max(1, min(len(files), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(lambda file: self.try_read(file, invert), files))
+
+    def probabilities(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """(N, classes) of uint8 images x, in batches of train.eval_batch_size (or
+        batch_size). Not thread-safe (the model's buffers): one caller at a time."""
+        batch_size = batch_size or self.spec.train.eval_batch_size
+        return predict_probabilities(self.model, self.loss_fn, x, self.preprocessor, batch_size)
+
+    def predict(
+        self,
+        files: Sequence[Path | ImageBytes],
+        top_k: int = 3,
+        invert: bool | None = None,
+        batch_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """`predict`'s entries for these files (no folder expansion)."""
+        read = self.read_all(files, invert)
+        x = stack_readable(files, read)
+        return self.entries(files, read, self.probabilities(x, batch_size), top_k)
+
+    def entries(
+        self,
+        files: Sequence[Path | ImageBytes],
+        read: Sequence[PreparedImage | ImageError],
+        rows: np.ndarray,
+        top_k: int,
+    ) -> list[dict[str, Any]]:
+        """Each file's entry: image, error (None when read), inverted, note, top (top_k
+        classes, most probable first). rows: the probabilities of the readable files, in
+        order."""
+        names = self.class_names(rows.shape[1])
+        k = max(1, min(top_k, rows.shape[1]))
+        results, readable = [], iter(rows)
+        for file, prepared in zip(files, read, strict=True):
+            if isinstance(prepared, ImageError):
+                entry = {"image": str(file), "error": prepared.message, "inverted": False}
+                results.append({**entry, "note": None, "top": []})
+                continue
+            row = next(readable)
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append(
+                {
+                    "image": str(file),
+                    "error": None,
+                    "inverted": prepared.inverted,
+                    "note": prepared.note,
+                    "top": [{"class": names[c], "probability": float(row[c])} for c in order],
+                }
+            )
+        return results
+
+
+def stack_readable(
+    files: Sequence[Path | ImageBytes], read: Sequence[PreparedImage | ImageError]
+) -> np.ndarray:
+    """The readable images as one uint8 batch, in order; ImageError when none could be read
+    (the file's own error for one file)."""
+    arrays = [p.array for p in read if not isinstance(p, ImageError)]
+    if arrays:
+        return np.stack(arrays)
+    first = read[0]
+    if len(files) == 1:
+        raise first
+    raise ImageError(
+        f"none of the {len(files)} images could be read; the first: {first.message}",
+        where=first.where,
+        hint=first.hint,
+    )
+
+
 def predict(
     images: list[str | Path],
     run_dir: Path,
@@ -694,78 +829,13 @@ def predict(
     invert: bool | None = None,
     batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file (folders are expanded), in order.
-
-    One preparation path: the run's data.* options (cnnkit.data.images.ImageOptions), the
-    run's Preprocessor, batches of train.eval_batch_size (or batch_size), as evaluate. For an
-    image folder that is all: predicting its test/ folder gives evaluate's probabilities
-    (predictions.csv) bit for bit. Data that did not come from image files (MNIST, npz) is
-    matched with predict-only adaptations: inversion, digit centring (prepare_image).
+    """Top-k classes with probabilities for each image file (folders are expanded), in order:
+    Predictor.predict of the run's model (its docstring: how images are prepared).
 
     Each entry: image, error (None when read), inverted, note, top. A file that cannot be read
     gets its error and an empty top; ImageError when no file could be read."""
-    run_dir = Path(run_dir)
-    spec, model, path, meta = load_model(run_dir, checkpoint)
-    source = SOURCES[spec.data.source]
-    options = ImageOptions.from_spec(spec)
-    adapt = spec.data.source != "folder"  # a folder's model reads files as training did
-    files = collect_images(images)
-    prepared: dict[int, PreparedImage] = {}
-    errors: dict[int, ImageError] = {}
-
-    def read(file: Path) -> PreparedImage | ImageError:
-        try:
-            return prepare_image(
-                file, options, source.background, source.centre_digits, invert, adapt=adapt
-            )
-        except ImageError as error:
-            return error
-
-    # Pillow releases the GIL while decoding and resizing, as in the folder decoder: a folder
-    # of photos decodes on every core; each file's result does not depend on the others
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        for i, result in enumerate(pool.map(read, files)):
-            if isinstance(result, ImageError):
-                errors[i] = result
-            else:
-                prepared[i] = result
-    if not prepared:
-        first = errors[0]
-        if len(files) == 1:
-            raise first
-        raise ImageError(
-            f"none of the {len(files)} images could be read; the first: {first.message}",
-            where=first.where,
-            hint=first.hint,
-        )
-    ok = sorted(prepared)
-    x = np.stack([prepared[i].array for i in ok])
-    preprocessor = Preprocessor.from_spec(spec, saved=RunDir(run_dir).read_normalization)
-    # through the loss: one sigmoid unit p gives the two classes [1 - p, p]
-    loss_fn = build_loss(spec)
-    batch_size = batch_size or spec.train.eval_batch_size
-    rows = predict_probabilities(model, loss_fn, x, preprocessor, batch_size)
-    probs = dict(zip(ok, rows, strict=True))
-    names = meta.get("class_names") or [str(i) for i in range(rows.shape[1])]
-    k = max(1, min(top_k, rows.shape[1]))
-    results = []
-    for i, file in enumerate(files):
-        if i in errors:
-            entry = {"image": str(file), "error": errors[i].message, "inverted": False}
-            results.append({**entry, "note": None, "top": []})
-            continue
-        row, p = probs[i], prepared[i]
-        order = np.argsort(-row, kind="stable")[:k]
-        results.append(
-            {
-                "image": str(file),
-                "error": None,
-                "inverted": p.inverted,
-                "note": p.note,
-                "top": [{"class": names[c], "probability": float(row[c])} for c in order],
-            }
-        )
-    return results
+    predictor = Predictor.load(Path(run_dir), checkpoint)
+    return predictor.predict(collect_images(images), top_k, invert, batch_size)
 
 
 EXPORT_FORMATS = ("onnx",)

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("cnnkit.train",)),
     ("export", ("cnnkit.export",)),
     ("api", ("cnnkit.api", "cnnkit.bench", "cnnkit.bench_torch")),
+    ("serve", ("cnnkit.serve",)),
     ("cli", ("cnnkit.cli", "cnnkit.__main__")),
 ]  # fmt: skip
 

@@ -348,6 +348,43 @@ def export(
 
 
 @app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run directory to load the model from.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    checkpoint: CheckpointOpt = "best",
+    max_files: Annotated[
+        int, typer.Option("--max-files", min=1, help="Files a request may send.")
+    ] = 64,
+    max_image_mb: Annotated[
+        float, typer.Option("--max-image-mb", min=0.001, help="Size limit of one file, in MiB.")
+    ] = 10.0,
+) -> None:
+    """Serve the run's model over HTTP: POST images to /predict, get predict --json's answer.
+
+    The model loads once; images of concurrent requests are batched. GET /health, GET /model
+    (classes, input shape, spec, metrics), API docs at /docs. Bad input gets a 4xx JSON error.
+    Needs the serve extra: pip install "cnnkit[serve]". Ctrl-C stops it.
+
+    Example: cnnkit serve runs/mnist --port 8000, then
+    curl -F file=@digit.png http://127.0.0.1:8000/predict
+    """
+    from cnnkit.serve import serve as serve_run
+
+    serve_run(
+        run,
+        host,
+        port,
+        checkpoint,
+        max_files=max_files,
+        max_image_bytes=int(max_image_mb * 2**20),
+        on_start=display.print_serving,
+    )
+
+
+@app.command()
 def summary(
     spec_or_run: Annotated[Path, typer.Argument(help="YAML spec or run directory.")],
     batch_size: Annotated[

@@ -399,6 +399,22 @@ def predict_failures(predictions: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def print_serving(info: dict[str, Any]) -> None:
+    """`cnnkit serve`'s first lines: the model served and where (uvicorn's lines follow)."""
+    metrics = info.get("metrics") or {}
+    shown = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float)}
+    epoch = f", epoch {info['epoch']}" if info.get("epoch") is not None else ""
+    scores = f" ({format_metrics(shown)})" if shown else ""
+    print_line(
+        console,
+        f"Serving [bold]{escape(info['name'])}[/bold]: {escape(info['checkpoint'])}{epoch}"
+        f"{scores}, {len(info['classes'])} classes",
+    )
+    url = info["url"]
+    print_line(console, f"POST images to {url}/predict (field file); API docs at {url}/docs")
+    print_line(console, f"Try: curl -F file=@image.png {url}/predict")
+
+
 _SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 _LISTED = 10  # rows shown for a long list (--json has the counts and more examples)
 

@@ -1,7 +1,8 @@
 """Image files -> uint8 arrays in the model's input shape: the one preparation path.
 
 `decode_image` is how every image file becomes model input: folder training and `evaluate`
-(through cnnkit.data.folder's decoder and cache) and `cnnkit predict`. The float step
+(through cnnkit.data.folder's decoder and cache), `cnnkit predict` and `cnnkit serve` (an
+upload's bytes: ImageBytes, read as the file would be). The float step
 (rescale, normalisation) is cnnkit.data.augment.Preprocessor, called the same way by both.
 For data that does not come from image files (MNIST, CIFAR-10, npz) predict adapts a user's
 image to look like the training data (inversion, digit centring): `prepare_image`.
@@ -9,6 +10,7 @@ image to look like the training data (inversion, digit centring): `prepare_image
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +93,33 @@ class ImageOptions:
         return cls(tuple(shape[:2]), modes[shape[2]], "bilinear")
 
 
-def read_converted(path: Path, color_mode: str) -> tuple[str, Image.Image]:
+@dataclass(frozen=True)
+class ImageBytes:
+    """An image file's bytes with its name (an upload to `cnnkit serve`): read as the file
+    itself would be, without a temporary file; errors name it as they would name a path."""
+
+    name: str
+    data: bytes = b""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class _NamedBuffer(io.BytesIO):
+    """Pillow names a file object it cannot identify by its repr: the file's name here."""
+
+    def __init__(self, image: ImageBytes):
+        super().__init__(image.data)
+        self.label = image.name
+
+    def __repr__(self) -> str:
+        return repr(self.label)
+
+
+def read_converted(path: Path | ImageBytes, color_mode: str) -> tuple[str, Image.Image]:
     """(the file's own mode, the image decoded by Pillow in the colour mode): transparency
     composited onto white, except for rgba, which keeps it. Raises READ_ERRORS."""
-    with Image.open(path) as img:
+    with Image.open(_NamedBuffer(path) if isinstance(path, ImageBytes) else path) as img:
         img.load()
         mode = img.mode
         if color_mode != "rgba":
@@ -117,7 +142,7 @@ def decode_image(path: Path, options: ImageOptions) -> np.ndarray:
     return resize_image(read_converted(path, options.color_mode)[1], options)
 
 
-def read_error(path: Path, exc: BaseException) -> ImageError:
+def read_error(path: Path | ImageBytes, exc: BaseException) -> ImageError:
     return ImageError(
         f"cannot read as an image ({exc.__class__.__name__}: {exc})",
         where=str(path),
@@ -133,7 +158,7 @@ class PreparedImage:
 
 
 def prepare_image(
-    path: Path,
+    path: Path | ImageBytes,
     options: ImageOptions,
     background: str | None = None,
     centre_digits: bool = False,

@@ -361,12 +361,21 @@ def serve(
     max_image_mb: Annotated[
         float, typer.Option("--max-image-mb", min=0.001, help="Size limit of one file, in MiB.")
     ] = 10.0,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            help="Images one forward pass gathers from concurrent requests (default: the "
+            "spec's train.eval_batch_size; 1: each request alone).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the run's model over HTTP: POST images to /predict, get predict --json's answer.
 
     The model loads once; images of concurrent requests are batched. GET /health, GET /model
     (classes, input shape, spec, metrics), API docs at /docs. Bad input gets a 4xx JSON error.
-    Needs the serve extra: pip install "cnnkit[serve]". Ctrl-C stops it.
+    Needs the serve extra: pip install "cnnkit\\[serve]". Ctrl-C stops it.
 
     Example: cnnkit serve runs/mnist --port 8000, then
     curl -F file=@digit.png http://127.0.0.1:8000/predict
@@ -380,6 +389,7 @@ def serve(
         checkpoint,
         max_files=max_files,
         max_image_bytes=int(max_image_mb * 2**20),
+        max_batch=max_batch,
         on_start=display.print_serving,
     )
 

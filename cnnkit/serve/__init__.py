@@ -40,11 +40,20 @@ def require_extra() -> None:
 
 def listen(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound here so that a port in use (or a host that is not
-    this machine's) is a user error, not uvicorn's exit."""
+    this machine's) is a user error, not uvicorn's exit.
+
+    Its protocol is IPPROTO_TCP, named: asyncio sets TCP_NODELAY only on sockets that say so
+    (socket.create_server's say 0), and without it every answer on a kept-alive connection
+    waited 40 ms for the client's delayed ACK (Nagle: uvicorn writes headers and body apart)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        return sock
     except OSError as error:
+        sock.close()
         raise CnnkitError(
             f"cannot listen on {host}:{port}: {error.strerror or error}",
             where="--host/--port",
@@ -60,12 +69,15 @@ def serve(
     checkpoint: str = "best",
     max_files: int | None = None,
     max_image_bytes: int | None = None,
+    max_batch: int | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Load the run's model, then answer HTTP on host:port until Ctrl-C or SIGTERM.
 
-    on_start(info): called once the model is loaded and the port bound, before the first
-    request, with GET /model's content and "url"."""
+    max_batch: images one forward pass may gather from concurrent requests (default the
+    spec's train.eval_batch_size; 1: every request alone). on_start(info): called once the
+    model is loaded and the port bound, before the first request, with GET /model's content
+    and "url"."""
     require_extra()
     import uvicorn
 
@@ -73,7 +85,9 @@ def serve(
     from cnnkit.serve.app import Limits, create_app, model_info
 
     defaults = Limits()
-    limits = Limits(max_files or defaults.max_files, max_image_bytes or defaults.max_image_bytes)
+    limits = Limits(
+        max_files or defaults.max_files, max_image_bytes or defaults.max_image_bytes, max_batch
+    )
     sock = listen(host, port)  # before the model loads: a port in use fails at once
     try:
         predictor = Predictor.load(Path(run_dir), checkpoint)

@@ -47,6 +47,7 @@ class Limits:
 
     max_files: int = 64
     max_image_bytes: int = 10 * 2**20
+    max_batch: int | None = None  # images a forward pass may gather (None: eval_batch_size)
 
     @property
     def max_body_bytes(self) -> int:
@@ -119,7 +120,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         predictor,
         limits,
         predictor.class_names(columns),
-        BatchQueue(predictor.probabilities, predictor.spec.train.eval_batch_size),
+        BatchQueue(
+            predictor.probabilities, limits.max_batch or predictor.spec.train.eval_batch_size
+        ),
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="cnnkit-decode"),
     )
 
@@ -245,7 +248,11 @@ def model_info(predictor: Predictor, classes: list[str], limits: Limits) -> dict
         "spec_hash": spec.hash(),
         "spec": spec.to_dict(),
         "cnnkit_version": __version__,
-        "limits": {"max_files": limits.max_files, "max_image_bytes": limits.max_image_bytes},
+        "limits": {
+            "max_files": limits.max_files,
+            "max_image_bytes": limits.max_image_bytes,
+            "max_batch": limits.max_batch or spec.train.eval_batch_size,
+        },
     }
 
 

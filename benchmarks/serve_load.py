@@ -3,10 +3,10 @@
 Usage (from the repo root, the serve extra and httpx installed):
     python benchmarks/serve_load.py [--run RUN_DIR] [--seconds 6] [--out DIR]
 
-Without --run, configs/mnist.yaml (3 Conv2D with BatchNormalization, 104,874 parameters) is trained for one
-short epoch into a temporary folder: the weights do not change the timings. 64 MNIST test digits,
-as PNG bytes, are the images. Then, each bounded (a fixed number of requests, or --seconds,
-whichever comes first):
+Without --run, configs/mnist.yaml (3 Conv2D with BatchNormalization, 104,874 parameters) is
+trained for one short epoch into a temporary folder: the weights do not change the timings. 64
+MNIST test digits, as PNG bytes, are the images. Then, each bounded (a fixed number of
+requests, or --seconds, whichever comes first):
 
 - in process: `cnnkit.api.predict` on 1 and 32 image files per call (it loads the run each
   call, as the command does), and `cnnkit.api.Predictor.predict` on the same images with the

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, ExtraMissing
 
 EXTRA = 'pip install "cnnkit[serve]"'
 
 
 def require_extra() -> None:
-    """The serve extra's packages, or a CnnkitError (exit 2) saying how to install them."""
+    """The serve extra's packages, or ExtraMissing (exit 2) saying how to install them."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -31,7 +31,7 @@ def require_extra() -> None:
         except ImportError:
             import multipart  # noqa: F401  (python-multipart before 0.0.13)
     except ImportError as error:
-        raise CnnkitError(
+        raise ExtraMissing(
             f"cnnkit serve needs the serve extra: the package {error.name!r} is not installed",
             where="cnnkit serve",
             hint=f"Install it with `{EXTRA}` (FastAPI, uvicorn and python-multipart).",

@@ -17,7 +17,7 @@ from PIL import Image
 from cnnkit import api
 from cnnkit.data.idx import read_idx
 from cnnkit.spec.config import load_spec
-from tests.clitools import MNIST, run_cli, run_subprocess
+from tests.clitools import MNIST, run_cli
 from tests.drivers.signal_at_step import SignalAtStep
 from tests.train.test_resume import assert_same_run
 
@@ -141,18 +141,20 @@ def test_set_on_a_named_layer(work, monkeypatch, capsys):
     assert code == 2 and "no layer named 'stm'" in err and "did you mean 'stem'?" in err
 
 
-def test_bench_twin_of_the_graph_passes_the_guard(work):
-    """As a user runs it, one thread, a one-channel input: PyTorch's convolution backward
-    corrupted the heap on the batch's transposed strides before the twin got a fresh copy."""
+def test_bench_twin_of_the_graph_passes_the_guard(work, reference):
+    """After training in this process, one thread, a one-channel input: PyTorch's convolution
+    backward corrupted the heap on the batch's transposed strides before the twin got a fresh
+    copy (bench_torch.TorchRunner)."""
     pytest.importorskip("torch")
-    result = run_subprocess(
-        "bench", "graph.yaml", "--vs", "torch", "--steps", "1", "--rounds", "1",
-        "--threads", "1", "--batch-size", "8", "--json",
-        # without the Dropout (random masks differ), so that the gradients are compared too
-        "--set", "model.layers[6]={Activation: linear}",
-        cwd=work,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    check = json.loads(result.stdout)["torch"]["check"]
+    from cnnkit.bench import _CnnkitRunner
+    from cnnkit.bench_torch import TorchRunner
+
+    # without the Dropout (random masks differ), so that the gradients are compared too
+    spec = load_spec(work / "graph.yaml", ["model.layers[6]={Activation: linear}"])
+    ours = _CnnkitRunner(spec, 8)
+    twin = TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y)
+    check = twin.check_against(ours)
     assert check["ok"] and check["cnnkit"]["ok"], check
     assert len(check["cnnkit"]["gradients"]) == 14  # every trainable array of the graph
+    for _ in range(3):  # the timed steps, where the corrupted heap used to abort
+        twin.train_step()

@@ -196,6 +196,7 @@ class TorchRunner:
         self.copies, self.has_dropout = twin.copies, twin.has_dropout
         # the declared regularizers: Keras' penalties added to the twin's loss, as cnnkit adds
         # them to its own (l1 * sum|w| + l2 * sum w^2, on the twin's copy of each weight)
+        self.tensors = {key: tensor for key, tensor, _ in self.copies}  # by cnnkit key
         self.penalties = {
             f"layers.{layer.index}.{w.name}": w.regularizer
             for layer in model.layers
@@ -264,14 +265,11 @@ class TorchRunner:
                 total = total + reg["l2"] * (w * w).sum()
         return total
 
-    def own_tensors(self) -> dict[str, Any]:
-        return {key: tensor for key, tensor, _ in self.copies}
-
     # -- timed work ---------------------------------------------------------------------------
     def train_step(self) -> None:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        (self.loss(self.net(self.x), self.y) + self.penalty(self.own_tensors())).backward()
+        (self.loss(self.net(self.x), self.y) + self.penalty(self.tensors)).backward()
         self.optimizer.step()
 
     def infer(self):
@@ -326,7 +324,7 @@ class TorchRunner:
             grads = ours.model.named_grads()
             self.net.train()
             self.optimizer.zero_grad(set_to_none=True)
-            torch_loss = self.loss(self.net(self.x), self.y) + self.penalty(self.own_tensors())
+            torch_loss = self.loss(self.net(self.x), self.y) + self.penalty(self.tensors)
             torch_loss.backward()
             sides["cnnkit"]["loss"] = relative_error(loss, ref_loss)
             sides["torch"]["loss"] = relative_error(torch_loss.item(), ref_loss)

@@ -139,3 +139,19 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
             where=str(path),
         )
     return arrays
+
+
+def generated_page_main(argv: list[str] | None, what: str, page: str, render) -> None:
+    """The command line of a generated docs page (`python -m cnnkit.spec.reference --out
+    docs/reference/spec.md`): print render()'s text, or write it atomically to --out."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=f"Print (or write) the {what} page.")
+    parser.add_argument("--out", type=Path, help=f"write it here (the repository's: {page})")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        sys.stdout.write(text)

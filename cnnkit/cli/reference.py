@@ -10,14 +10,12 @@ fails when the committed page is not the generated one.
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
-from pathlib import Path
 
 import typer
 
 from cnnkit.cli.app import app
+from cnnkit.io import generated_page_main
 
 PAGE = "docs/reference/cli.md"
 REGENERATE = f"python -m cnnkit.cli.reference --out {PAGE}"
@@ -111,14 +109,7 @@ def cli_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print (or write) the CLI reference page.")
-    parser.add_argument("--out", type=Path, help=f"write it here (the repository's: {PAGE})")
-    args = parser.parse_args(argv)
-    text = cli_reference()
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    generated_page_main(argv, "CLI reference", PAGE, cli_reference)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,20 @@ def unused_layers(layers: Sequence[Layer]) -> list[Layer]:
     return [layer for i, layer in enumerate(layers) if i not in needed]
 
 
+def reader_counts(layers: Sequence[Layer]) -> list[int]:
+    """How many layers read each layer's output, the layers the model skips
+    (unused_layers) not counted: inference lets an output go after its last reader, and the
+    memory plan counts it alive until then."""
+    skipped = {layer.index for layer in unused_layers(layers)}
+    readers = [0] * len(layers)
+    for layer in layers:
+        if layer.index not in skipped:
+            for s in layer.sources:
+                if s >= 0:
+                    readers[s] += 1
+    return readers
+
+
 def _layer(entry: Any, i: int, path: str) -> tuple[Layer, SpecError | None]:
     """The layer of one `- Name: {options}` entry, and the error of its misspelt options."""
     if not isinstance(entry, dict) or len(entry) != 1:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.nn.build import unused_layers
+from cnnkit.nn.build import reader_counts
 from cnnkit.nn.layers.base import Layer
 
 FLOAT = 4  # float32 weights, gradients and optimizer state
@@ -121,23 +121,11 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
     )
 
 
-def _readers(layers) -> list[int]:
-    """How many layers read each layer's output (layers nothing reads are skipped)."""
-    readers = [0] * len(layers)
-    skipped = {layer.index for layer in unused_layers(list(layers))}
-    for layer in layers:
-        if layer.index not in skipped:
-            for s in layer.sources:
-                if s >= 0:
-                    readers[s] += 1
-    return readers
-
-
 def _inference_peak(layers, rows: list[LayerMemory], batch: int) -> int:
     """The most bytes of activations alive at once in inference (Model.forward): the outputs
     still waiting for a reader, plus what the running layer allocates. Each layer lets go of
     what it kept for backward once it has run; an output lives until its last reader ran."""
-    waiting = _readers(layers)
+    waiting = reader_counts(layers)
     alive: dict[int, int] = {}  # layer -> bytes of its output still held
     peak = 0
     for i, layer in enumerate(layers):

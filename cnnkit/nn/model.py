@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import CheckpointError
-from cnnkit.nn.build import build_layers, unused_layers
+from cnnkit.nn.build import build_layers, reader_counts, unused_layers
 from cnnkit.nn.layers.base import ActivationMixin, Layer, Weight, format_shape
 from cnnkit.nn.layers.core import Dropout
 from cnnkit.nn.regularizers import penalty, penalty_grad
@@ -46,9 +46,6 @@ class LayerTimings:
     def of(cls, model: Model) -> LayerTimings:
         return cls([0.0] * len(model.layers), [0.0] * len(model.layers))
 
-    def __bool__(self) -> bool:
-        return True
-
 
 INPUT_NAME = "input_layer"  # Keras' name of the model's input in a functional summary
 
@@ -58,13 +55,7 @@ class Model:
         self.layers = layers
         self.input_shape = tuple(input_shape)
         self.skipped = {layer.index for layer in unused_layers(layers)}
-        # how many layers read each output: inference lets an output go after its last reader
-        self.readers = [0] * len(layers)
-        for layer in layers:
-            if layer.index not in self.skipped:
-                for s in layer.sources:
-                    if s >= 0:
-                        self.readers[s] += 1
+        self.readers = reader_counts(layers)
 
     @property
     def is_graph(self) -> bool:
@@ -189,9 +180,9 @@ class Model:
             if layer.index in self.skipped:
                 continue
             inputs = [x if s < 0 else outputs[s] for s in layer.sources]
-            start = time.perf_counter() if timings else 0.0
+            start = time.perf_counter() if timings is not None else 0.0
             outputs[layer.index] = layer.forward(inputs if layer.merges else inputs[0], training)
-            if timings:
+            if timings is not None:
                 timings.forward[layer.index] += time.perf_counter() - start
             if not training:
                 layer.release_cache()
@@ -209,17 +200,18 @@ class Model:
         grads: list[np.ndarray | None] = [None] * len(self.layers)
         grads[-1] = dlogits
         for layer in reversed(self.layers):
-            if layer.index in self.skipped:  # no effect on the loss: zero gradients
-                layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
+            if layer.index in self.skipped:  # no effect on the loss: zero gradients, made once
+                if layer.grads.keys() != layer.params.keys():
+                    layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
                 continue
-            start = time.perf_counter() if timings else 0.0
+            start = time.perf_counter() if timings is not None else 0.0
             dx = layer.backward(grads[layer.index])
             grads[layer.index] = None
             for s, g in zip(layer.sources, dx if layer.merges else [dx], strict=True):
                 if s >= 0 and g is not None:
                     # a new array: g may be a layer's workspace, or reach several layers
                     grads[s] = g if grads[s] is None else grads[s] + g
-            if timings:
+            if timings is not None:
                 timings.backward[layer.index] += time.perf_counter() - start
         for layer in self.layers:
             for weight in _regularized(layer):

@@ -10,13 +10,11 @@ tests/spec/test_reference.py fails when the committed page is not the generated 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
+from cnnkit.io import generated_page_main
 from cnnkit.nn.layers.base import GRAPH_OPTIONS
 from cnnkit.spec.schema import Schema, build_schema
 
@@ -313,14 +311,7 @@ def spec_reference(schema: Schema | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print (or write) the spec reference page.")
-    parser.add_argument("--out", type=Path, help=f"write it here (the repository's: {PAGE})")
-    args = parser.parse_args(argv)
-    text = spec_reference()
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    generated_page_main(argv, "spec reference", PAGE, spec_reference)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ environment, used from a folder far from the checkout, trains configs/mnist_basi
 (MNIST ships inside the package), evaluates and predicts, and writes nothing into site-packages:
 downloads and caches (Numba's compiled kernels included) go to the user data directory.
 
-The environment borrows numpy, numba, ... from this interpreter (--system-site-packages) and
-installs cnnkit itself with --no-index --no-deps: nothing is downloaded. This interpreter may
+The environment borrows numpy, numba, ... from the interpreter running the tests: a .pth file
+puts its site-packages after the venv's own. (`--system-site-packages` would borrow from the
+*base* interpreter instead, which in CI's fresh venv has none of cnnkit's dependencies.) cnnkit
+itself is installed with --no-index --no-deps: nothing is downloaded. This interpreter may
 have the checkout installed in editable mode; the test checks the venv imports its own copy.
 Most of its time is Numba compiling the installed copy's kernels, once (evaluate and predict
 then load them from the cache).
@@ -17,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from cnnkit.data.sources import MNIST_DIR
 from cnnkit.runs.layout import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
+PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
 
 
 def _run(args: list[str | Path], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -60,7 +64,12 @@ def venv(tmp_path_factory) -> Path:
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], base, env)
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], base, env)
+    own = _run([venv / "bin" / "python", "-c", PURELIB], base, env).stdout.strip()
+    # Plain path lines: the borrowed folders' own .pth files (this checkout's editable install
+    # among them) are not run, so the venv imports only what pip installs into it.
+    borrowed = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(own) / "borrowed.pth").write_text("".join(f"{folder}\n" for folder in borrowed))
     pip = [
         venv / "bin" / "python",
         "-m",

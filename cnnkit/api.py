@@ -28,7 +28,9 @@ from cnnkit.data.images import (
     prepare_image,
 )
 from cnnkit.data.sources import SOURCES, Dataset, resolve_data_dir, spec_dir
-from cnnkit.errors import CheckpointError, DataError, ImageError, SpecError
+from cnnkit.distributed import Communicator
+from cnnkit.distributed import start as start_distributed
+from cnnkit.errors import CheckpointError, CnnkitError, DataError, ImageError, SpecError
 from cnnkit.interrupts import catch_signals
 from cnnkit.io import atomic_write_text, write_json
 from cnnkit.nn.layers.base import format_shape
@@ -61,7 +63,7 @@ from cnnkit.spec.config import Spec, SpecOverrides, load_spec
 from cnnkit.spec.overrides import as_overrides
 from cnnkit.threads import configure_threads
 from cnnkit.train.callbacks import Callback, training_callbacks
-from cnnkit.train.resume import load_resume_state, refuse_changes
+from cnnkit.train.resume import load_resume_state, refuse_changes, refuse_other_workers
 from cnnkit.train.trainer import (
     Reporter,
     Trainer,
@@ -249,7 +251,11 @@ def train(
     threads: Numba threads (None: CNNKIT_NUM_THREADS, else all cores; BLAS stays at one).
     progress: what loading an image folder reports (load_dataset).
     callbacks: more cnnkit.train.callbacks.Callback, called before the run's own (so a stop
-    one asks for at a step is saved at that step)."""
+    one asks for at a step is saved at that step).
+
+    Under an MPI launcher with more than one rank (cnnkit.distributed), every rank calls this:
+    each trains on its slice of every batch, rank 0 alone writes the run directory."""
+    comm = start_distributed()
     setup = _setup(spec, threads, progress)
     if spec.model.weights:
         load_initial_weights(setup.model, spec)
@@ -260,9 +266,40 @@ def train(
         require_writer()  # a missing package is an error before the run directory exists
 
     _warm_up(setup, reporter)  # before the run directory: Ctrl-C while compiling leaves none
-    run_dir = create_run_dir(Path(out), spec.name)
+    if not comm.is_root:
+        run_dir = _root_run_dir(comm, None)
+        history = _tracked_fit(setup, spec, run_dir, reporter, on_note, "", callbacks, comm=comm)
+        return TrainResult(run_dir, history, spec)
+    try:
+        run_dir = _write_run_start(setup, spec, Path(out), on_run_dir, on_note, comm)
+    except BaseException:
+        _root_run_dir(comm, None)  # the other ranks stop too
+        raise
+    _root_run_dir(comm, run_dir)
+    summary_text = RunDir(run_dir).summary.read_text()
+    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text, callbacks)
+    return TrainResult(run_dir, history, spec)
+
+
+def _root_run_dir(comm: Communicator, run_dir: Path | None) -> Path:
+    """Rank 0's run directory on every rank (None from rank 0: it failed, its error says why)."""
+    shared = comm.broadcast(None if run_dir is None else str(run_dir), "the run directory", False)
+    if shared is None:
+        raise CnnkitError(
+            f"rank 0 could not start the run (rank {comm.rank} of {comm.size} stops)",
+            hint="Rank 0's message says why.",
+        )
+    return Path(shared)
+
+
+def _write_run_start(
+    setup: _Setup, spec: Spec, out: Path, on_run_dir, on_note, comm: Communicator
+) -> Path:
+    """The new run directory with what a run holds before its first step: run.json (with the
+    number of workers), config.yaml, normalization.json, summary.txt; the notes said."""
+    run_dir = create_run_dir(out, spec.name)
     run = RunDir(run_dir)
-    mark_running(run_dir, spec.train.epochs)
+    mark_running(run_dir, spec.train.epochs, workers=comm.size)
     if on_run_dir:
         on_run_dir(run_dir)
     notes = setup.notes
@@ -284,10 +321,8 @@ def train(
         write_json(run.normalization, statistics)
     info = summarize(spec)
     table = summary_table(info.title, info.rows, info.totals, input_shape=info.input_shape)
-    summary_text = render_text(table)
-    atomic_write_text(run.summary, summary_text)
-    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, summary_text, callbacks)
-    return TrainResult(run_dir, history, spec)
+    atomic_write_text(run.summary, render_text(table))
+    return run_dir
 
 
 def _warm_up(setup: _Setup, reporter: Reporter | None, run_dir: Path | None = None) -> None:
@@ -322,20 +357,23 @@ def _tracked_fit(
     summary_text: str = "",
     extra: Sequence[Callback] = (),
     resume=None,
+    comm: Communicator | None = None,
 ) -> list[dict[str, Any]]:
     """The Trainer with the run's callbacks (curves.png, run.json and TensorBoard kept
     current, the run's ending recorded however it comes), SIGINT / SIGTERM turned into a
-    clean stop after the current step (catch_signals)."""
-    if resume is not None:  # a new run was marked running when its directory was made
+    clean stop after the current step (catch_signals). comm: a data-parallel rank other than
+    0 (it writes nothing: only the callbacks that steer training)."""
+    root = comm is None or comm.is_root
+    if resume is not None and root:  # a new run was marked running when its directory was made
         mark_running(run_dir, spec.train.epochs, epochs_done=len(resume.history))
     tensorboard = None
-    if spec.logging.tensorboard:
+    if spec.logging.tensorboard and root:
         from cnnkit.train.callbacks.tensorboard import TensorBoard
 
         tensorboard = TensorBoard(run_dir, spec, summary_text, setup.splits.train.x[:32])
     steps = steps_per_epoch(spec, setup.splits.train)
     callbacks = training_callbacks(
-        spec, setup.optimizer.learning_rate, steps, reporter, extra, resume, tensorboard
+        spec, setup.optimizer.learning_rate, steps, reporter, extra, resume, tensorboard, root
     )
     with catch_signals() as stop:
         trainer = Trainer(
@@ -369,7 +407,9 @@ def resume(
 
     epochs: train to this many epochs in all (extends a finished run). spec_file/overrides
     (an edited spec, --set-style dotted keys): refused with a diff if they change anything
-    but train.epochs and train.save_every_steps. callbacks: as train's."""
+    but train.epochs and train.save_every_steps. callbacks: as train's. Under MPI: every
+    rank calls it; the number of workers must be the saved run's (refused otherwise)."""
+    comm = start_distributed()
     run_dir = Path(run_dir)
     spec = load_run_spec(run_dir)
     overrides = as_overrides(overrides)
@@ -393,6 +433,7 @@ def resume(
     if epochs is not None:
         spec = replace(spec, train=replace(spec.train, epochs=int(epochs)))
     state = load_resume_state(run_dir, spec)
+    refuse_other_workers(state.info, comm.size, run_dir)
     epoch, step = state.next_position()
     if state.info.get("stopped_early"):
         raise CheckpointError(
@@ -416,9 +457,11 @@ def resume(
         on_note(f"Resuming {run_dir} at {at} of {spec.train.epochs}.")
     _warm_up(setup, reporter, run_dir)  # Ctrl-C while compiling leaves the run as it was
     config = RunDir(run_dir).config
-    if config.read_text() != spec.to_yaml():  # --epochs (or save_every_steps) changed
+    if comm.is_root and config.read_text() != spec.to_yaml():  # --epochs, save_every_steps
         atomic_write_text(config, spec.to_yaml())
-    history = _tracked_fit(setup, spec, run_dir, reporter, on_note, extra=callbacks, resume=state)
+    history = _tracked_fit(
+        setup, spec, run_dir, reporter, on_note, extra=callbacks, resume=state, comm=comm
+    )
     return TrainResult(run_dir, history, spec)
 
 
@@ -452,6 +495,8 @@ def reproduce(
     if epochs is not None:
         spec = replace(spec, train=replace(spec.train, epochs=int(epochs)))
     result = train(spec, original.parent, reporter, on_run_dir, on_note, progress=progress)
+    if not start_distributed().is_root:  # rank 0 compares the files it wrote
+        return Reproduction(original, result.run_dir, [], [], None)
     after = {row["epoch"]: row for row in result.history}
     differences, compared = [], []
     for row in before:
@@ -477,6 +522,13 @@ def reproduce(
         b, _ = load_checkpoint(new.checkpoint("last").stem)
         weights = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     return Reproduction(original, result.run_dir, compared, differences, weights)
+
+
+def run_workers(run_dir: Path) -> int:
+    """How many data-parallel workers trained the run (run.json; 1 for older runs)."""
+    state = RunDir(Path(run_dir)).read_state() or {}
+    workers = state.get("workers", 1)
+    return workers if isinstance(workers, int) and workers > 0 else 1
 
 
 def _full_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cnnkit.distributed import env_rank, under_mpi
+
+# under MPI: Open MPI's mpiexec kills the ranks on SIGINT/SIGTERM but passes SIGUSR1/SIGUSR2
+# on to every rank; `--workers` (cnnkit.launch) forwards the user's signals as these
+FORWARDED_AS = {signal.SIGUSR1: signal.SIGINT, signal.SIGUSR2: signal.SIGTERM}
+
 
 class Interrupted(Exception):  # noqa: N818 (a request, not an error)
     """Training stopped on a signal after saving; the CLI exits with 128 + signum."""
@@ -100,6 +106,8 @@ def critical() -> Iterator[None]:
 
 def _say(text: str) -> None:
     # os.write: safe from a signal handler, even while Rich is drawing the progress bar
+    if env_rank() != 0:  # data-parallel: rank 0 speaks for every rank
+        return
     with contextlib.suppress(OSError):
         os.write(2, f"\n{text}\n".encode())
 
@@ -120,6 +128,7 @@ def catch_signals() -> Iterator[StopFlag]:
 
     def handler(signum, frame) -> None:
         global _exit_pending
+        signum = FORWARDED_AS.get(signum, signum)
         if flag.signum is None:
             flag.signum = signum
             _say(
@@ -133,7 +142,8 @@ def catch_signals() -> Iterator[StopFlag]:
             return
         os._exit(128 + flag.signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    caught = [signal.SIGINT, signal.SIGTERM, *(FORWARDED_AS if under_mpi() else ())]
+    previous = {s: signal.signal(s, handler) for s in caught}
     try:
         yield flag
     finally:

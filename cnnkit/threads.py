@@ -7,8 +7,9 @@ backward 20 -> 9 ms with BLAS limited to one thread. threadpoolctl does this at 
 when numpy was imported (and OpenBLAS started) before cnnkit.
 
 The number of Numba threads is `--threads`, else the CNNKIT_NUM_THREADS environment variable,
-else every core Numba sees. BLAS stays at one thread whatever that number: the two pools never
-oversubscribe the cores.
+else every core Numba sees, shared among the data-parallel ranks on this machine (cores //
+ranks each, at least one: cnnkit.distributed.local_ranks), so that they never oversubscribe.
+BLAS stays at one thread whatever that number: the two pools never oversubscribe the cores.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 
 from threadpoolctl import threadpool_limits
 
+from cnnkit.distributed import local_ranks
 from cnnkit.errors import CnnkitError
 
 _configured = False
@@ -64,6 +66,6 @@ def configure_threads(threads: int | None = None) -> int:
 
     wanted = requested_threads(threads)
     most = numba.config.NUMBA_NUM_THREADS
-    n = most if wanted is None else min(wanted, most)
+    n = max(1, most // local_ranks()) if wanted is None else min(wanted, most)
     numba.set_num_threads(n)
     return n

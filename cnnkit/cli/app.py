@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cnnkit import api
+from cnnkit import api, distributed, launch
 from cnnkit.cli import display
 from cnnkit.errors import CnnkitError, SpecError
 from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed, stdout_was_closed
@@ -108,7 +108,19 @@ def train(
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Threads for the kernels (default: all cores).")
+        int | None,
+        typer.Option(
+            min=1, help="Threads for the kernels (default: all cores, divided among --workers)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Data-parallel training on N processes of this machine (MPI: the `mpi` "
+            "extra); train.batch_size stays the global batch. Across machines: mpiexec -n N "
+            "cnnkit train SPEC.",
+        ),
     ] = None,
 ) -> None:
     """Train the model of SPEC and write a new run directory under --out (or --resume one).
@@ -120,8 +132,14 @@ def train(
     Example: cnnkit train configs/mnist.yaml --set train.epochs=3
     """
     overrides = _train_overrides(set_, epochs, batch_size, seed, weights)
+    if _launched(workers, spec, resume, overrides):
+        return
+    if distributed.env_rank() != 0:  # rank 0 speaks for every rank
+        quiet = True
     notes = display.error_console if quiet else display.console
     note = lambda text: display.print_line(notes, f"[yellow]Note:[/yellow] {text}")  # noqa: E731
+    if distributed.env_rank() != 0:
+        note = lambda text: None  # noqa: E731
     show_run_dir = (
         None
         if quiet
@@ -159,10 +177,31 @@ def train(
                 threads=threads,
                 progress=display.load_progress(quiet),
             )
+    if distributed.env_rank() != 0:
+        return
     if quiet:
         print(result.run_dir)
         return
     display.print_trained(result.run_dir, result.spec)
+
+
+def _launched(workers: int | None, spec: Path | None, resume: Path | None, overrides) -> bool:
+    """--workers N (N > 1) outside MPI: the same command as N MPI ranks (cnnkit.launch), the
+    spec checked once first; True when that ran (this process then exits with its code)."""
+    if workers is None or distributed.under_mpi():
+        if workers is not None and workers != distributed.env_size():
+            raise SpecError(
+                f"--workers {workers} under an MPI launcher that started "
+                f"{distributed.env_size()} processes",
+                where="--workers",
+                hint="Leave --workers out under mpiexec or srun: their -n is the number.",
+            )
+        return False
+    if workers == 1:
+        return False
+    if resume is None and spec is not None:
+        load_spec(spec, overrides, check_data=True)  # one error, not one per worker
+    raise SystemExit(launch.run_workers(workers, sys.argv[1:]))
 
 
 def _train_overrides(
@@ -199,8 +238,16 @@ def reproduce(
     compared at full precision, and the final weights when both end at the same epoch. Exit
     code 1 when they do not match.
 
+    A run trained by N workers is trained again by N (as `--workers N`).
+
     Example: cnnkit reproduce runs/mnist --epochs 2
     """
+    workers = api.run_workers(run)
+    if workers > 1 and not distributed.under_mpi():
+        raise SystemExit(launch.run_workers(workers, sys.argv[1:]))
+    if distributed.env_rank() != 0:
+        api.reproduce(run, epochs)
+        return
     with display.RichReporter() as reporter:
         result = api.reproduce(
             run,
@@ -677,10 +724,12 @@ def main() -> None:
     try:
         app()
     except CnnkitError as error:
-        display.print_error(error)
+        if distributed.env_rank() == 0:  # data-parallel: every rank has the same error
+            display.print_error(error)
         raise SystemExit(error.exit_code) from None
     except Interrupted as stop:
-        display.print_interrupted(stop)
+        if distributed.env_rank() == 0:
+            display.print_interrupted(stop)
         raise SystemExit(stop.exit_code) from None
     except BrokenPipeError:  # stdout's reader has gone (`cnnkit runs | head -1`): quietly
         output_closed()

@@ -170,13 +170,21 @@ def batches(
     rescale: a factor, or a function that turns a uint8 batch into the model's float32 input
     (cnnkit.data.augment.Preprocessor: augmentation, rescale, normalisation)."""
     prepare = rescale if callable(rescale) else lambda x: scale(x, rescale)
-    order = rng.permutation(len(split)) if rng is not None else None
-    for begin in range(start, len(split), batch_size):
-        if order is None:
-            idx = slice(begin, begin + batch_size)
-        else:
-            idx = np.sort(order[begin : begin + batch_size])  # sorted: faster gather
+    for idx in batch_indices(len(split), batch_size, rng, start):
         yield prepare(split.x[idx]), split.y[idx]
+
+
+def batch_indices(
+    n: int, batch_size: int, rng: np.random.Generator | None = None, start: int = 0
+) -> Iterator[slice | np.ndarray]:
+    """Each batch's rows of a split of n (what `batches` gathers): in order, or the rng's
+    permutation (one draw per epoch), each batch's rows sorted (a faster gather)."""
+    order = rng.permutation(n) if rng is not None else None
+    for begin in range(start, n, batch_size):
+        if order is None:
+            yield slice(begin, begin + batch_size)
+        else:
+            yield np.sort(order[begin : begin + batch_size])
 
 
 _DONE = object()

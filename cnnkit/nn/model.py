@@ -193,10 +193,13 @@ class Model:
                             outputs[s] = None
         return outputs[-1]
 
-    def backward(self, dlogits: np.ndarray, timings: LayerTimings | None = None) -> None:
+    def backward(
+        self, dlogits: np.ndarray, timings: LayerTimings | None = None, regularize: bool = True
+    ) -> None:
         """Every trainable weight's gradient of the loss plus regularization_loss: the layers'
         backward give the data part (a layer read by several gets the sum of their
-        gradients), the declared regularizers' gradients are added here."""
+        gradients), the declared regularizers' gradients are added here (regularize=False:
+        the data part only, as data-parallel ranks sum it before adding the penalties')."""
         grads: list[np.ndarray | None] = [None] * len(self.layers)
         grads[-1] = dlogits
         for layer in reversed(self.layers):
@@ -213,11 +216,23 @@ class Model:
                     grads[s] = g if grads[s] is None else grads[s] + g
             if timings is not None:
                 timings.backward[layer.index] += time.perf_counter() - start
+        if not regularize:
+            return
         for layer in self.layers:
             for weight in _regularized(layer):
                 extra = penalty_grad(weight.regularizer, layer.params[weight.name])
                 if extra is not None:
                     layer.grads[weight.name] = layer.grads[weight.name] + extra
+
+    def regularization_grads(self) -> dict[str, np.ndarray]:
+        """The declared regularizers' gradients, keyed as named_grads (what backward adds)."""
+        grads = {}
+        for layer in self.layers:
+            for weight in _regularized(layer):
+                extra = penalty_grad(weight.regularizer, layer.params[weight.name])
+                if extra is not None:
+                    grads[f"layers.{layer.index}.{weight.name}"] = extra
+        return grads
 
     # -- description ---------------------------------------------------------------------
     def layer_names(self) -> list[str]:

@@ -6,7 +6,10 @@ The training code calls these functions; anything else only reads the record (re
 
     {"state": "running", "started": "2026-11-22T01:50:03+00:00", "updated": "...",
      "ended": null, "epochs_done": 3, "epochs_planned": 10, "images_per_s": 1830.5,
-     "pid": 1234, "host": "...", "error": null}
+     "pid": 1234, "host": "...", "error": null, "workers": 1}
+
+workers: the number of data-parallel ranks that train the run (cnnkit.distributed); pid and
+host are rank 0's.
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ def _update(run_dir: Path, **changes: Any) -> dict[str, Any]:
     return state
 
 
-def mark_running(run_dir: Path, epochs_planned: int, epochs_done: int = 0) -> dict[str, Any]:
-    """Training starts (or resumes: epochs_done > 0; `started` is kept, `resumed` set)."""
+def mark_running(
+    run_dir: Path, epochs_planned: int, epochs_done: int = 0, workers: int | None = None
+) -> dict[str, Any]:
+    """Training starts (or resumes: epochs_done > 0; `started` is kept, `resumed` set).
+    workers: the data-parallel ranks (a new run; a resumed one keeps its record's)."""
     fields: dict[str, Any] = {
         "state": "running",
         "ended": None,
@@ -69,6 +75,8 @@ def mark_running(run_dir: Path, epochs_planned: int, epochs_done: int = 0) -> di
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
+    if workers is not None:
+        fields["workers"] = workers
     if RunDir(run_dir).state.is_file():
         fields["resumed"] = now()
     else:

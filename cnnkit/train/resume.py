@@ -181,3 +181,20 @@ def refuse_changes(saved: Spec, given: Spec, run_dir: Path, source: str) -> None
         hint="Resume with the run's own spec (`cnnkit train --resume RUN_DIR`, --epochs N to "
         "train longer), or start a new run: cnnkit train SPEC.",
     )
+
+
+def refuse_other_workers(info: dict[str, Any], workers: int, run_dir: Path) -> None:
+    """A run resumes with the number of workers it was trained with (1 when its checkpoint
+    predates data-parallel training): each worker's slice of a batch, and so the order of
+    the float additions, depends on it, and the resumed run would no longer be bit for bit
+    the uninterrupted one."""
+    saved = int(info.get("workers", 1))
+    if saved == workers:
+        return
+    flag = f" --workers {saved}" if saved > 1 else ""
+    raise CheckpointError(
+        f"this run was trained by {saved} worker{'s' * (saved != 1)} and cannot be resumed "
+        f"by {workers}: the slices of every batch, and so the result, would differ",
+        where=str(run_dir),
+        hint=f"Resume it as it was trained: cnnkit train --resume {run_dir}{flag}",
+    )

@@ -20,6 +20,7 @@ import numpy as np
 
 from cnnkit.data.augment import Preprocessor
 from cnnkit.data.batches import Split, Splits, batches, prefetch
+from cnnkit.distributed import Communicator, world
 from cnnkit.interrupts import Interrupted, StopFlag
 from cnnkit.nn.losses import Loss
 from cnnkit.nn.metrics import MetricSet
@@ -31,6 +32,7 @@ from cnnkit.spec.build import build_metrics
 from cnnkit.spec.config import Spec
 from cnnkit.train.callbacks.base import Callback, CallbackList, decode_float, encode_float
 from cnnkit.train.callbacks.progress import Reporter, SilentReporter
+from cnnkit.train.parallel import STOP_SIGNALS, ParallelStep, check_slices, rank_batches
 from cnnkit.train.step import TrainStep
 
 __all__ = [
@@ -136,7 +138,12 @@ def steps_per_epoch(spec: Spec, train: Split) -> int:
 
 class Trainer:
     """Trains a built model on splits.train for spec.train.epochs (or until a callback sets
-    stop_training), evaluating splits.validation after each epoch. stop: raised by a signal."""
+    stop_training), evaluating splits.validation after each epoch. stop: raised by a signal.
+
+    comm (default cnnkit.distributed.world()): with more than one rank, each trains on its
+    slice of every batch (ParallelStep); `stop` is then this rank's signal, and self.stop
+    the one every rank agreed on (carried by the step's allreduce), so that all stop after
+    the same step; rank 0 evaluates the validation split and sends every rank its results."""
 
     def __init__(
         self,
@@ -150,12 +157,15 @@ class Trainer:
         preprocessor: Preprocessor,
         stop: StopFlag | None = None,
         on_note: Callable[[str], None] | None = None,
+        comm: Communicator | None = None,
     ):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.comm = comm or world()
         self.splits, self.spec, self.preprocessor = splits, spec, preprocessor
         self.run_dir, self.checkpoints = Path(run_dir), RunDir(run_dir).checkpoints
         self.class_names = splits.class_names
         self.stop = stop or StopFlag()
+        self.local_stop = self.stop  # what this process's signal handlers set
         self._on_note = on_note or (lambda text: None)
         self._notes: list[str] = []
         self.epochs = spec.train.epochs
@@ -166,6 +176,19 @@ class Trainer:
         self.totals = EpochTotals(build_metrics(spec))
         self.val_metrics = build_metrics(spec)
         self.train_step = TrainStep(model, loss_fn, optimizer, self.totals.metrics)
+        if self.comm.distributed:
+            check_slices(len(splits.train), spec.train.batch_size, self.comm)
+            self.stop = StopFlag()  # set when the ranks agree, after a step's allreduce
+            self.train_step = ParallelStep(
+                model,
+                loss_fn,
+                optimizer,
+                self.totals.metrics,
+                self.comm,
+                spec.train.batch_size,
+                self.local_stop,
+                self.stop,
+            )
         self.history: list[dict[str, Any]] = []
         self.epoch, self.step = 1, 0  # where training is: the epoch, its steps done
         self.epoch_complete = False  # its validation and callbacks done
@@ -189,6 +212,7 @@ class Trainer:
                 self._flush_notes()
                 if self.stop_training:
                     break
+                self._agree_stop()
                 if self.stop.requested and epoch < self.epochs:  # came during validation
                     raise Interrupted(self.stop.signum, self.run_dir, epoch + 1, 0, self.steps)
         except BaseException as error:
@@ -196,6 +220,20 @@ class Trainer:
             raise
         self.callbacks.on_train_end()
         return self.history
+
+    def _agree_stop(self) -> None:
+        """Distributed: a signal that came after the epoch's last step, on any rank, stops
+        every rank here (one small allreduce)."""
+        if not self.comm.distributed or self.stop.requested:
+            return
+        flags = np.zeros(len(STOP_SIGNALS), dtype=np.float32)
+        if self.local_stop.signum in STOP_SIGNALS:
+            flags[STOP_SIGNALS.index(self.local_stop.signum)] = 1.0
+        self.comm.sum_(flags, "the end-of-epoch stop check")
+        for signum, flag in zip(STOP_SIGNALS, flags, strict=True):
+            if flag > 0:
+                self.stop.signum = int(signum)
+                return
 
     def note(self, text: str) -> None:
         """A message for the user, shown after the epoch's row (callbacks' notes)."""
@@ -225,17 +263,25 @@ class Trainer:
         batch_size = self.spec.train.batch_size
         order = self.shuffle_rng if self.spec.train.shuffle else None
         prepare = self.preprocessor.training(self.augment_rng)
-        source = batches(
-            self.splits.train, batch_size, prepare, order, start=self.step * batch_size
-        )
+        if self.comm.distributed:
+            whole = self.preprocessor.augmenter is not None  # one draw per batch (rank_batches)
+            begin = self.step * batch_size
+            source = rank_batches(
+                self.splits.train, batch_size, prepare, order, begin, self.comm, whole
+            )
+        else:
+            source = batches(
+                self.splits.train, batch_size, prepare, order, start=self.step * batch_size
+            )
         # overflow is caught by TerminateOnNaN with a clear message, not as numpy warnings
         with (
             closing(prefetch(_with_rng_state(source, self.augment_rng))) as stream,
             np.errstate(over="ignore", invalid="ignore", divide="ignore"),
         ):
-            for xb, yb, augment_state in stream:
+            for *batch, augment_state in stream:
+                xb, yb, *part = batch  # part: this rank's first row (distributed)
                 self.step += 1
-                loss = self.train_step(xb, yb, self.callbacks.on_before_optimizer_step)
+                loss = self.train_step(xb, yb, self.callbacks.on_before_optimizer_step, *part)
                 self.augment_state = augment_state  # the stream's state after this batch
                 totals.loss_sum += loss * len(yb)
                 totals.seen += len(yb)
@@ -252,16 +298,19 @@ class Trainer:
         seconds, and lr (the learning rate of the epoch's last step)."""
         row = {"epoch": self.epoch, **logs}
         if self.splits.validation is not None:
-            result = evaluate_split(
-                self.model,
-                self.loss_fn,
-                self.splits.validation,
-                self.preprocessor,  # normalised, never augmented
-                self.spec.train.eval_batch_size,
-                self.val_metrics,
-            )
-            row["val_loss"] = result.loss
-            row.update({f"val_{name}": value for name, value in result.metrics.items()})
+            values = None
+            if self.comm.is_root:  # distributed: rank 0's model (its BN statistics) is the run's
+                result = evaluate_split(
+                    self.model,
+                    self.loss_fn,
+                    self.splits.validation,
+                    self.preprocessor,  # normalised, never augmented
+                    self.spec.train.eval_batch_size,
+                    self.val_metrics,
+                )
+                values = {"val_loss": result.loss}
+                values.update({f"val_{name}": value for name, value in result.metrics.items()})
+            row.update(self.comm.broadcast(values, "the validation results", timeout=False))
         row["seconds"] = time.perf_counter() - self.epoch_start
         row["lr"] = self.optimizer.lr
         self.history.append(row)
@@ -299,6 +348,7 @@ class Trainer:
             "steps_per_epoch": self.steps,
             "epoch_complete": done,
             "stopped_early": self.stop_training,
+            "workers": self.comm.size,  # a resume needs as many (cnnkit.train.resume)
             "rng": {
                 "shuffle": shuffle,
                 "augment": augment,
@@ -342,5 +392,5 @@ class Trainer:
 def _with_rng_state(items: Iterator, rng: np.random.Generator | None) -> Iterator:
     """Each batch with the augmentation stream's state right after it was prepared: what a
     checkpoint taken after training that batch must save (the prefetch thread runs ahead)."""
-    for xb, yb in items:
-        yield xb, yb, (None if rng is None else rng.bit_generator.state)
+    for item in items:
+        yield (*item, None if rng is None else rng.bit_generator.state)

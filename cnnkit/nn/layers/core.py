@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnkit.distributed import batch_part
 from cnnkit.nn.activations import ACTIVATIONS
 from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, SavedArray, Shape
 from cnnkit.options import Option
@@ -115,7 +116,7 @@ class Dropout(Layer):
         if not training or rate == 0.0:
             self._mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= rate
+        keep = _draw(self.rng, x.shape) >= rate
         self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
         return x * self._mask
 
@@ -156,7 +157,7 @@ class SpatialDropout2D(Dropout):
         if not training or rate == 0.0:
             self._mask = None
             return x
-        keep = self.rng.random((x.shape[0], 1, 1, x.shape[3]), dtype=np.float32) >= rate
+        keep = _draw(self.rng, (x.shape[0], 1, 1, x.shape[3])) >= rate
         self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
         return x * self._mask
 
@@ -231,3 +232,14 @@ class Rescaling(Layer):
     def torch_twin(self, twin) -> None:
         scale, offset = self.options["scale"], self.options["offset"]
         twin.add(twin.function(lambda x: x * scale + offset))
+
+
+def _draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform draws for a mask of `shape`. In data-parallel training (a batch part is set)
+    the whole global batch's are drawn and this rank's rows kept: every rank's stream, and
+    every mask, is then a single process's."""
+    part = batch_part()
+    if part is None:
+        return rng.random(shape, dtype=np.float32)
+    lo, hi, n = part
+    return rng.random((n, *shape[1:]), dtype=np.float32)[lo:hi]

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.distributed import world
 from cnnkit.errors import SpecError
 from cnnkit.kernels.nojit import lazy
 from cnnkit.nn.initializers import check_initializer
@@ -37,6 +38,10 @@ class BatchNormalization(Layer):
     sqrt(var + epsilon) + beta; then moving = moving * momentum + batch * (1 - momentum), with
     the same biased variance (Keras 3). gamma and beta are trainable (if scale / center);
     moving_mean and moving_variance are non-trainable state that checkpoints hold.
+
+    synchronized (Keras 3's option): in data-parallel training, the batch statistics are the
+    whole global batch's, summed over the ranks (two allreduces in forward, one in backward);
+    by default each rank normalises by its own slice's. One process: no difference.
     """
 
     type_name = "batch_normalization"
@@ -54,6 +59,11 @@ class BatchNormalization(Layer):
         "moving_variance_initializer": Option(check_initializer, default="ones"),
         "beta_regularizer": Option(check_regularizer, default=None),
         "gamma_regularizer": Option(check_regularizer, default=None),
+        "synchronized": Option(
+            "bool",
+            default=False,
+            doc="data-parallel training: batch statistics over every rank's slice",
+        ),
     }
 
     def build(self, input_shape: Shape) -> None:
@@ -83,8 +93,13 @@ class BatchNormalization(Layer):
         # every axis but the last is a "row": (N, H, W, C) -> (N*H*W, C), a view
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         t = x.dtype.type
-        if training:
+        self._rows = x2.shape[0]  # the rows the batch statistics are over
+        self._synced = training and self.options["synchronized"] and world().distributed
+        if self._synced:
+            mean, var = self._global_moments(x2)
+        elif training:
             mean, var = batch_moments(x2)  # float64, biased variance as Keras' ops.moments
+        if training:
             m = self.options["momentum"]
             # in place: a dict captured from named_weights() sees the new values
             self.state["moving_mean"] *= t(m)
@@ -102,6 +117,20 @@ class BatchNormalization(Layer):
         self._inv, self._xhat, self._training = inv, xhat, training
         return y.reshape(x.shape)
 
+    def _global_moments(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and biased variance over every rank's rows (float64, two passes as
+        batch_moments): sums and the row count, then the squared deviations, allreduced."""
+        comm, c = world(), x2.shape[1]
+        sums = np.empty(c + 1, dtype=np.float64)
+        sums[:c] = x2.sum(axis=0, dtype=np.float64)
+        sums[c] = x2.shape[0]
+        comm.sum_(sums, "synchronized batch normalization")
+        self._rows = int(sums[c])
+        mean = sums[:c] / sums[c]
+        squares = np.square(x2 - mean).sum(axis=0)
+        comm.sum_(squares, "synchronized batch normalization")
+        return mean, squares / sums[c]
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dy2 = np.ascontiguousarray(dy).reshape(-1, dy.shape[-1])
         sum_dy, sum_dy_xhat = backward_sums(dy2, self._xhat)
@@ -116,7 +145,12 @@ class BatchNormalization(Layer):
         if not self._training:  # moving statistics are constants
             return (dy2 * scale).reshape(dy.shape)
         # batch statistics depend on x: d xhat/dx projected out of the mean and xhat directions
-        rows = dy2.shape[0]
+        rows = self._rows
+        if self._synced:  # the statistics are every rank's rows: so are their gradients
+            both = np.concatenate([sum_dy, sum_dy_xhat]).astype(np.float64)
+            world().sum_(both, "synchronized batch normalization")
+            c = dy2.shape[1]
+            sum_dy, sum_dy_xhat = both[:c], both[c:]
         dx = np.empty_like(dy2)
         backward_input(
             dy2,

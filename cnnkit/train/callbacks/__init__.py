@@ -46,15 +46,28 @@ def training_callbacks(
     extra: Sequence[Callback] = (),
     resume: Any = None,
     tensorboard: Callback | None = None,
+    root: bool = True,
 ) -> list[Callback]:
     """A run's callbacks, in the order each hook calls them: `extra` (a caller's) first, so a
     stop it asks for at a step is saved at that step; then metrics.csv, best.npz, the learning
     rate, early stopping (which may restore the best weights), last.npz with everyone's
     state, curves.png and run.json, TensorBoard, and the display last (Keras' progress bar),
     when the epoch's files are written. A stop first seen by the display (a closed stdout)
-    is saved at the same step, by BackupAndRestore.on_exception."""
+    is saved at the same step, by BackupAndRestore.on_exception.
+
+    root=False: a data-parallel rank other than 0, which writes nothing: only the callbacks
+    that steer training (the caller's, TerminateOnNaN, the learning rate, early stopping)
+    and BackupAndRestore to restore a resumed run, without saving."""
     section = spec.callbacks
     early = section.early_stopping
+    if not root:
+        return [
+            *extra,
+            TerminateOnNaN(),
+            *schedule_callbacks(spec, learning_rate, steps),
+            *([EarlyStopping(**early.to_dict())] if early else []),
+            BackupAndRestore(spec.train.save_every_steps, resume, save=False),
+        ]
     return [
         *extra,
         TerminateOnNaN(),

@@ -17,9 +17,11 @@ from cnnkit.train.callbacks.base import Callback
 
 
 class BackupAndRestore(Callback):
-    def __init__(self, save_every_steps: int | None = None, resume: Any = None):
-        """resume: a cnnkit.train.resume.ResumeState to continue from (None: a new run)."""
+    def __init__(self, save_every_steps: int | None = None, resume: Any = None, save: bool = True):
+        """resume: a cnnkit.train.resume.ResumeState to continue from (None: a new run).
+        save=False: restore only (a data-parallel rank other than 0 writes nothing)."""
         self.every = save_every_steps
+        self.writes = save
         self.resume = resume
         self.saved_at: tuple[int, int] | None = None
 
@@ -52,6 +54,8 @@ class BackupAndRestore(Callback):
         self.save({"epoch": self.trainer.epoch, "epoch_complete": False, "metrics": partial})
 
     def save(self, meta: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         trainer = self.trainer
         info, arrays = trainer.state_dict()
         entries, callback_arrays = trainer.callbacks.state_dict()

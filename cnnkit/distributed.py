@@ -11,7 +11,10 @@ with the same seed and takes its slice of each batch (`slice_bounds`: contiguous
 `n % ranks` ranks one image more); gradients are summed by one Allreduce of one buffer
 (cnnkit.train.parallel). A collective that waits longer than CNNKIT_MPI_TIMEOUT seconds
 (default 25) means a peer has died or hangs: the watchdog says so and ends the process, and
-the MPI launcher then ends the others.
+the MPI launcher then ends the others. Waits that may be long by design are not watched: for
+the run directory, for validation (rank 0 alone evaluates), at an epoch's end and after a
+step at which rank 0 saves a checkpoint (Open MPI's mpiexec ends every rank as soon as one
+dies, watched or not).
 """
 
 from __future__ import annotations
@@ -106,8 +109,9 @@ class Communicator:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def sum_(self, buffer: np.ndarray, what: str = "allreduce") -> np.ndarray:
-        """Sum `buffer` (contiguous) over the ranks, in place."""
+    def sum_(self, buffer: np.ndarray, what: str = "allreduce", timeout: bool = True) -> np.ndarray:
+        """Sum `buffer` (contiguous) over the ranks, in place. timeout=False: a wait that may
+        be long (rank 0 writing files meanwhile) is not watched."""
         return buffer
 
     def broadcast(self, value: Any, what: str = "broadcast", timeout: bool = True) -> Any:
@@ -158,9 +162,9 @@ class MPICommunicator(Communicator):
                     )
                 os._exit(PEER_LOST_EXIT)  # the launcher ends the other ranks
 
-    def sum_(self, buffer: np.ndarray, what: str = "allreduce") -> np.ndarray:
+    def sum_(self, buffer: np.ndarray, what: str = "allreduce", timeout: bool = True) -> np.ndarray:
         start = time.perf_counter()
-        with self._watched(what):
+        with self._watched(what, timeout):
             self.comm.Allreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM)
         self.seconds += time.perf_counter() - start
         self.calls += 1

@@ -1,7 +1,8 @@
 """`cnnkit train --workers N`: run the same command as N MPI ranks on this machine.
 
 cnnkit starts the `mpiexec` that the `mpi` extra installs (Open MPI's wheel puts it next to
-the Python executable) with `-n N` and its own command line minus `--workers`; the ranks
+the Python executable) with `-n N` and its own command line (the interpreter's, as it was
+started: `cnnkit ...`, `python -m cnnkit ...`) minus `--workers`; the ranks
 find out who they are from the launcher's variables (cnnkit.distributed). This process
 stays the one the user talks to:
 
@@ -18,7 +19,6 @@ stays the one the user talks to:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -30,6 +30,7 @@ from pathlib import Path
 from cnnkit.distributed import INSTALL_HINT, PEER_LOST_EXIT
 from cnnkit.errors import ExtraMissing
 
+LAUNCHER_PID = "CNNKIT_LAUNCHER_PID"
 FORWARDED = {signal.SIGINT: signal.SIGUSR1, signal.SIGTERM: signal.SIGUSR2}
 # what the ranks' exits mean (cnnkit's own codes pass through silently)
 KNOWN_EXITS = {0, 1, 2, 3, 130, 141, 143}
@@ -38,11 +39,13 @@ KNOWN_EXITS = {0, 1, 2, 3, 130, 141, 143}
 def find_mpiexec() -> Path:
     """The mpiexec of the `mpi` extra: next to sys.executable (a venv's bin/), else on PATH.
     ExtraMissing when mpi4py or mpiexec is missing."""
-    if importlib.util.find_spec("mpi4py") is None:
+    try:
+        import mpi4py  # noqa: F401  (the package only: MPI starts in the ranks)
+    except ImportError as error:
         raise ExtraMissing(
-            "--workers needs mpi4py and an MPI library, which are not installed",
+            f"--workers needs mpi4py and an MPI library, which are not installed ({error})",
             hint=f"Install them with: {INSTALL_HINT} (mpi4py and Open MPI from PyPI).",
-        )
+        ) from None
     beside = Path(sys.executable).parent / "mpiexec"
     if beside.is_file() and os.access(beside, os.X_OK):
         return beside
@@ -56,14 +59,14 @@ def find_mpiexec() -> Path:
 
 
 def launch_command(mpiexec: Path, workers: int, args: Sequence[str]) -> list[str]:
-    """mpiexec's command line: N ranks of `python -m cnnkit ARGS` on this machine, bound to
+    """mpiexec's command line: N ranks of `python ARGS` on this machine, bound to
     no core (each rank's Numba threads share the cores: cores / N each, cnnkit.threads),
     more ranks than cores allowed, TCP (when used at all) on loopback only."""
     command = [str(mpiexec), "-n", str(workers), "--oversubscribe", "--bind-to", "none"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-run-as-root")  # CI runs as root
     command += ["--mca", "btl_tcp_if_include", "lo"]
-    return [*command, sys.executable, "-m", "cnnkit", *args]
+    return [*command, sys.executable, *args]
 
 
 def without_workers(argv: Sequence[str]) -> list[str]:
@@ -79,11 +82,18 @@ def without_workers(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run_workers(workers: int, argv: Sequence[str]) -> int:
-    """Run `cnnkit ARGV` (without --workers) as `workers` MPI ranks; their exit code."""
+def run_workers(workers: int, argv: Sequence[str] | None = None) -> int:
+    """Run this process's command (argv: the interpreter's arguments, default
+    sys.orig_argv[1:]) without --workers as `workers` MPI ranks; their exit code."""
     mpiexec = find_mpiexec()
-    command = launch_command(mpiexec, workers, without_workers(argv))
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    args = without_workers(sys.orig_argv[1:] if argv is None else argv)
+    command = launch_command(mpiexec, workers, args)
+    env = {
+        **os.environ,
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        LAUNCHER_PID: str(os.getpid()),  # whom to signal to stop every rank (tests, scripts)
+    }
     process = subprocess.Popen(command, env=env, start_new_session=True)
 
     def forward(signum, frame) -> None:

@@ -201,7 +201,7 @@ def _launched(workers: int | None, spec: Path | None, resume: Path | None, overr
         return False
     if resume is None and spec is not None:
         load_spec(spec, overrides, check_data=True)  # one error, not one per worker
-    raise SystemExit(launch.run_workers(workers, sys.argv[1:]))
+    raise SystemExit(launch.run_workers(workers))
 
 
 def _train_overrides(
@@ -244,7 +244,7 @@ def reproduce(
     """
     workers = api.run_workers(run)
     if workers > 1 and not distributed.under_mpi():
-        raise SystemExit(launch.run_workers(workers, sys.argv[1:]))
+        raise SystemExit(launch.run_workers(workers))
     if distributed.env_rank() != 0:
         api.reproduce(run, epochs)
         return

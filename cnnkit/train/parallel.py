@@ -112,6 +112,7 @@ class ParallelStep(TrainStep):
         self.comm, self.batch_size = comm, batch_size
         self.local, self.agreed = local, agreed
         self.buffer: GradientBuffer | None = None  # made at the first step (the logits' width)
+        self.patient = True  # the next allreduce may wait long (rank 0 was writing files)
 
     def __call__(
         self,
@@ -134,7 +135,8 @@ class ParallelStep(TrainStep):
             self.buffer = GradientBuffer(grads, self.batch_size, classes)
         buffer = self.buffer
         buffer.fill(grads, logits, lo, n, loss * local, self.local.signum)
-        self.comm.sum_(buffer.data, "the gradient allreduce")
+        self.comm.sum_(buffer.data, "the gradient allreduce", timeout=not self.patient)
+        self.patient = False
         agreed = buffer.signum()
         if agreed is not None and self.agreed.signum is None:
             self.agreed.signum = agreed  # every rank stops after this step

@@ -229,7 +229,7 @@ class Trainer:
         flags = np.zeros(len(STOP_SIGNALS), dtype=np.float32)
         if self.local_stop.signum in STOP_SIGNALS:
             flags[STOP_SIGNALS.index(self.local_stop.signum)] = 1.0
-        self.comm.sum_(flags, "the end-of-epoch stop check")
+        self.comm.sum_(flags, "the end-of-epoch stop check", timeout=False)  # rank 0 writes
         for signum, flag in zip(STOP_SIGNALS, flags, strict=True):
             if flag > 0:
                 self.stop.signum = int(signum)
@@ -245,6 +245,8 @@ class Trainer:
         self._notes.clear()
 
     def _begin_epoch(self, epoch: int) -> None:
+        if self.comm.distributed:
+            self.train_step.patient = True  # rank 0 may still be at the last epoch's files
         if self.epoch_complete:  # else: the first epoch, or the rest of a resumed one
             self.step = 0
         self.epoch, self.epoch_complete = epoch, False
@@ -288,6 +290,9 @@ class Trainer:
                 speed = (totals.seen - seen_before) / max(time.perf_counter() - start, 1e-9)
                 logs = {"loss": totals.mean_loss(), **totals.metrics.running()}
                 self.callbacks.on_train_batch_end(self.step, {**logs, "images_per_s": speed})
+                if self.comm.distributed:  # rank 0 may have saved a checkpoint: no timeout
+                    every = self.spec.train.save_every_steps
+                    self.train_step.patient = bool(every) and self.optimizer.iterations % every == 0
                 if self.stop.requested:
                     return None
         speed = (totals.seen - seen_before) / max(time.perf_counter() - start, 1e-9)

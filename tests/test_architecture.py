@@ -19,8 +19,8 @@ PACKAGE = TESTS.parent / "cnnkit"
 
 # top first: each may import only from its own line and the lines above it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("cnnkit", "cnnkit.errors", "cnnkit.io", "cnnkit.interrupts", "cnnkit.places",
-                    "cnnkit.seeding", "cnnkit.threads")),
+    ("foundation", ("cnnkit", "cnnkit.errors", "cnnkit.io", "cnnkit.distributed",
+                    "cnnkit.interrupts", "cnnkit.places", "cnnkit.seeding", "cnnkit.threads")),
     ("options", ("cnnkit.options",)),
     ("kernels", ("cnnkit.kernels",)),
     ("nn", ("cnnkit.nn",)),
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("cnnkit.runs",)),
     ("train", ("cnnkit.train",)),
     ("export", ("cnnkit.export",)),
-    ("api", ("cnnkit.api", "cnnkit.bench", "cnnkit.bench_torch")),
+    ("api", ("cnnkit.api", "cnnkit.bench", "cnnkit.bench_torch", "cnnkit.launch")),
     ("serve", ("cnnkit.serve",)),
     ("cli", ("cnnkit.cli", "cnnkit.__main__")),
 ]  # fmt: skip

@@ -85,6 +85,23 @@ SetOpt = Annotated[
 ]
 
 
+TrainThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Threads for the kernels (default: all cores, divided among --workers)."
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Data-parallel training on N processes of this machine (MPI: the `mpi` extra); "
+        "train.batch_size stays the global batch. Across machines: mpiexec -n N cnnkit train "
+        "SPEC.",
+    ),
+]
+
+
 @app.command()
 def train(
     spec: Annotated[Path | None, typer.Argument(help="YAML spec, e.g. configs/mnist.yaml.")] = None,
@@ -107,21 +124,8 @@ def train(
             "with its own spec; --epochs N may extend it.",
         ),
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Threads for the kernels (default: all cores, divided among --workers)."
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Data-parallel training on N processes of this machine (MPI: the `mpi` "
-            "extra); train.batch_size stays the global batch. Across machines: mpiexec -n N "
-            "cnnkit train SPEC.",
-        ),
-    ] = None,
+    threads: TrainThreadsOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Train the model of SPEC and write a new run directory under --out (or --resume one).
 
@@ -134,12 +138,25 @@ def train(
     overrides = _train_overrides(set_, epochs, batch_size, seed, weights)
     if _launched(workers, spec, resume, overrides):
         return
-    if distributed.env_rank() != 0:  # rank 0 speaks for every rank
-        quiet = True
+    speaks = distributed.env_rank() == 0  # data-parallel: rank 0 speaks for every rank
+    quiet = quiet or not speaks
     notes = display.error_console if quiet else display.console
-    note = lambda text: display.print_line(notes, f"[yellow]Note:[/yellow] {text}")  # noqa: E731
-    if distributed.env_rank() != 0:
-        note = lambda text: None  # noqa: E731
+    note = (
+        (lambda text: display.print_line(notes, f"[yellow]Note:[/yellow] {text}"))
+        if speaks
+        else None
+    )
+    result = _train_or_resume(spec, resume, epochs, overrides, out, quiet, note, threads)
+    if not speaks:
+        return
+    if quiet:
+        print(result.run_dir)
+        return
+    display.print_trained(result.run_dir, result.spec)
+
+
+def _train_or_resume(spec, resume, epochs, overrides, out, quiet, note, threads) -> api.TrainResult:
+    """api.resume (--resume) or api.train (SPEC), with the display's reporter."""
     show_run_dir = (
         None
         if quiet
@@ -177,12 +194,7 @@ def train(
                 threads=threads,
                 progress=display.load_progress(quiet),
             )
-    if distributed.env_rank() != 0:
-        return
-    if quiet:
-        print(result.run_dir)
-        return
-    display.print_trained(result.run_dir, result.spec)
+    return result
 
 
 def _launched(workers: int | None, spec: Path | None, resume: Path | None, overrides) -> bool:

@@ -217,22 +217,22 @@ def timeout() -> float:
 
 # the slice of the global batch this rank trains on now: (lo, hi, n), set by the training
 # step around forward/backward; Dropout draws the whole batch's mask and keeps these rows, so
-# that every rank's random stream advances as a single process's does
-_part: tuple[int, int, int] | None = None
+# that every rank's random stream advances as a single process's does. Per thread: the
+# prefetch thread never sees it, and tests run ranks as threads.
+_part = threading.local()
 
 
 def batch_part() -> tuple[int, int, int] | None:
-    return _part
+    return getattr(_part, "value", None)
 
 
 @contextlib.contextmanager
 def training_part(lo: int, hi: int, n: int) -> Iterator[None]:
-    global _part
-    previous, _part = _part, (lo, hi, n)
+    previous, _part.value = batch_part(), (lo, hi, n)
     try:
         yield
     finally:
-        _part = previous
+        _part.value = previous
 
 
 def say(text: str) -> None:

@@ -148,6 +148,6 @@ def session_members(sid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 4 and int(fields[4]) == sid:  # state ppid pgrp session
+        if len(fields) > 3 and int(fields[3]) == sid:  # state ppid pgrp session
             members.append(int(entry.name))
     return members

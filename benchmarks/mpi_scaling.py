@@ -9,7 +9,9 @@ pay the same start), alternated `rounds` times; figures are medians. A child tra
 steps, then times `steps` steps: images/s of the global batch, and the milliseconds per step
 spent in the one gradient Allreduce (cnnkit.distributed.MPICommunicator.seconds, which
 includes waiting for the slower rank), and the same Allreduce alone (the ranks lined up by a
-barrier first: the transfer and the sum). Rank 0 prints one JSON line.
+barrier first: the transfer and the sum; median and fastest of the steps, since on a loaded
+2-core machine a rank often waits for the other to be scheduled). Rank 0 prints one JSON
+line, with the load average.
 """
 
 from __future__ import annotations
@@ -82,13 +84,14 @@ def child(spec_path: str, steps: int, warmup: int) -> None:
             _call(step, x, y, lo, comm)
         wall = time.perf_counter() - start
     reduce_seconds = getattr(comm, "seconds", 0.0) - reduce_before
-    pure = 0.0  # the same buffer's Allreduce alone, the ranks lined up by a barrier first
+    alone = [0.0]  # the same buffer's Allreduce alone, the ranks lined up by a barrier first
     if comm.distributed:
+        alone = []
         for _ in range(steps):
             comm.comm.Barrier()
             t = time.perf_counter()
             comm.comm.Allreduce(comm.mpi.IN_PLACE, step.buffer.data, op=comm.mpi.SUM)
-            pure += time.perf_counter() - t
+            alone.append(time.perf_counter() - t)
     if comm.is_root:
         grads = sum(g.size for g in setup.model.named_grads().values())
         print(
@@ -99,9 +102,11 @@ def child(spec_path: str, steps: int, warmup: int) -> None:
                     "images_per_s": steps * batch / wall,
                     "ms_per_step": 1000 * wall / steps,
                     "allreduce_ms_per_step": 1000 * reduce_seconds / steps,
-                    "allreduce_alone_ms": 1000 * pure / steps,
+                    "allreduce_alone_ms": 1000 * float(np.median(alone)),
+                    "allreduce_alone_min_ms": 1000 * min(alone),
                     "buffer_bytes": getattr(step, "buffer", None) and step.buffer.nbytes,
                     "gradient_values": grads,
+                    "load_average": os.getloadavg()[0],
                 }
             ),
             flush=True,
@@ -165,6 +170,8 @@ def main() -> None:
                 "ms_per_step",
                 "allreduce_ms_per_step",
                 "allreduce_alone_ms",
+                "allreduce_alone_min_ms",
+                "load_average",
             )
         }
         summary[name]["buffer_bytes"] = rows[0]["buffer_bytes"]
@@ -175,16 +182,19 @@ def main() -> None:
         f"spec {args.spec}, global batch from the spec, {args.steps} timed steps, "
         f"{args.rounds} rounds alternated, medians",
         "| processes x threads | images/s | ms/step | allreduce ms/step (with waiting) "
-        "| allreduce alone ms | buffer bytes |",
+        "| allreduce alone ms, median (min) | buffer bytes |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['images_per_s']:.0f} | {s['ms_per_step']:.1f} | "
-            f"{s['allreduce_ms_per_step']:.2f} | {s['allreduce_alone_ms']:.2f} | "
+            f"{s['allreduce_ms_per_step']:.2f} | {s['allreduce_alone_ms']:.2f} "
+            f"({s['allreduce_alone_min_ms']:.2f}) | "
             f"{s['buffer_bytes'] or '-'} |"
         )
     lines.append(f"ratio {names[1]} / {names[0]} images/s: {ratio:.2f}")
+    loads = [r["load_average"] for rows in results.values() for r in rows]
+    lines.append(f"load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f}")
     text = "\n".join(lines)
     print(text)
     if args.out:

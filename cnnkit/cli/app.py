@@ -736,8 +736,12 @@ def main() -> None:
     try:
         app()
     except CnnkitError as error:
-        if distributed.env_rank() == 0:  # data-parallel: every rank has the same error
+        rank = distributed.env_rank()
+        if rank == 0:
             display.print_error(error)
+        else:  # data-parallel: rank 0 says it in full; a rank's own error still shows
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"rank {rank}: {first}", file=sys.stderr, flush=True)
         raise SystemExit(error.exit_code) from None
     except Interrupted as stop:
         if distributed.env_rank() == 0:

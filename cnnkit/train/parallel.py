@@ -147,7 +147,7 @@ class ParallelStep(TrainStep):
         if before_update is not None:
             before_update(mean_loss, summed)
         self.optimizer.step(self.params, summed)
-        self.metrics.update(buffer.logits(n), y)
+        self.metrics.update(buffer.logits(n).copy(), y)  # the buffer is the next step's
         return mean_loss + self.model.regularization_loss()
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.distributed import world
+from cnnkit.distributed import batch_part, world
 from cnnkit.errors import SpecError
 from cnnkit.kernels.nojit import lazy
 from cnnkit.nn.initializers import check_initializer
@@ -94,7 +94,8 @@ class BatchNormalization(Layer):
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         t = x.dtype.type
         self._rows = x2.shape[0]  # the rows the batch statistics are over
-        self._synced = training and self.options["synchronized"] and world().distributed
+        # inside a data-parallel step only (a batch part is set): never in the kernel warm-up
+        self._synced = training and self.options["synchronized"] and batch_part() is not None
         if self._synced:
             mean, var = self._global_moments(x2)
         elif training:

@@ -28,10 +28,11 @@ FORWARDED_AS = {signal.SIGUSR1: signal.SIGINT, signal.SIGUSR2: signal.SIGTERM}
 class Interrupted(Exception):  # noqa: N818 (a request, not an error)
     """Training stopped on a signal after saving; the CLI exits with 128 + signum."""
 
-    def __init__(self, signum: int, run_dir, epoch: int, step: int, steps: int):
+    def __init__(self, signum: int, run_dir, epoch: int, step: int, steps: int, workers: int = 1):
         super().__init__(f"interrupted by signal {signum}")
         self.signum, self.run_dir = signum, run_dir
         self.epoch, self.step, self.steps = epoch, step, steps
+        self.workers = workers  # data-parallel ranks: a resume needs as many
 
     @property
     def exit_code(self) -> int:

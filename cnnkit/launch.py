@@ -94,6 +94,10 @@ def run_workers(workers: int, argv: Sequence[str] | None = None) -> int:
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         LAUNCHER_PID: str(os.getpid()),  # whom to signal to stop every rank (tests, scripts)
     }
+    # mpiexec gives the ranks a pseudo-terminal for stdout whatever this process's is: tell
+    # Rich what the user's really is (live progress or plain lines) and how wide
+    env.setdefault("TTY_COMPATIBLE", "1" if sys.stdout.isatty() else "0")
+    env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     process = subprocess.Popen(command, env=env, start_new_session=True)
 
     def forward(signum, frame) -> None:

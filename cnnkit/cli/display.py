@@ -834,6 +834,8 @@ def print_interrupted(stop: Any) -> None:
     )
     run = shlex.quote(str(stop.run_dir))
     command = f"cnnkit train --resume {run}"
+    if stop.workers > 1:  # data-parallel: resumed by as many workers
+        command += f" --workers {stop.workers}"
     text = (
         f"[yellow]Interrupted by {name}[/yellow] at {where}. Saved "
         f"{escape(str(stop.run_dir))}/checkpoints/last.npz with the optimizer, schedule, "

@@ -205,7 +205,7 @@ class Trainer:
                 self._begin_epoch(epoch)
                 logs = self._train_epoch()
                 if logs is None:  # a signal: the step in progress was finished
-                    raise Interrupted(self.stop.signum, self.run_dir, epoch, self.step, self.steps)
+                    raise self._interrupted(epoch, self.step)
                 row = self._end_epoch(logs)
                 self.epoch_complete = True  # what its callbacks save: a finished epoch
                 self.callbacks.on_epoch_end(epoch, row)
@@ -214,12 +214,15 @@ class Trainer:
                     break
                 self._agree_stop()
                 if self.stop.requested and epoch < self.epochs:  # came during validation
-                    raise Interrupted(self.stop.signum, self.run_dir, epoch + 1, 0, self.steps)
+                    raise self._interrupted(epoch + 1, 0)
         except BaseException as error:
             self.callbacks.on_exception(error)
             raise
         self.callbacks.on_train_end()
         return self.history
+
+    def _interrupted(self, epoch: int, step: int) -> Interrupted:
+        return Interrupted(self.stop.signum, self.run_dir, epoch, step, self.steps, self.comm.size)
 
     def _agree_stop(self) -> None:
         """Distributed: a signal that came after the epoch's last step, on any rank, stops

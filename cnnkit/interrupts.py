@@ -92,6 +92,17 @@ def stdout_was_closed() -> bool:
     return _stdout_closed
 
 
+def translate_forwarded_signals() -> None:
+    """Under MPI, from the process's start: SIGUSR1 / SIGUSR2 (what mpiexec passes on for
+    `--workers`' Ctrl-C and SIGTERM) act as SIGINT / SIGTERM, also before training (loading
+    data, compiling), where their default action would kill the rank unannounced. Training
+    (catch_signals) handles them itself."""
+    if not under_mpi() or threading.current_thread() is not threading.main_thread():
+        return
+    for forwarded, original in FORWARDED_AS.items():
+        signal.signal(forwarded, lambda s, f, original=original: signal.raise_signal(original))
+
+
 @contextlib.contextmanager
 def critical() -> Iterator[None]:
     """A second signal arriving inside waits until the block ends (checkpoint renames)."""

@@ -100,7 +100,10 @@ def run_workers(workers: int, argv: Sequence[str] | None = None) -> int:
     env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     process = subprocess.Popen(command, env=env, start_new_session=True)
 
+    forwarded: list[int] = []
+
     def forward(signum, frame) -> None:
+        forwarded.append(signum)
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, FORWARDED[signum])
 
@@ -113,6 +116,10 @@ def run_workers(workers: int, argv: Sequence[str] | None = None) -> int:
         _kill_group(process)
     if code in KNOWN_EXITS:
         return code
+    if forwarded and code in {128 + s for s in FORWARDED.values()}:
+        # the signal reached a rank still starting (importing), before cnnkit handles it
+        print("Interrupted (no training step in progress; nothing to save).", file=sys.stderr)
+        return 128 + forwarded[0]
     why = (
         "a worker waited in vain for the others (one of them died or hangs)"
         if code == PEER_LOST_EXIT

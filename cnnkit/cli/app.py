@@ -19,7 +19,13 @@ import typer
 from cnnkit import api, distributed, launch
 from cnnkit.cli import display
 from cnnkit.errors import CnnkitError, SpecError
-from cnnkit.interrupts import CompileInterrupted, Interrupted, output_closed, stdout_was_closed
+from cnnkit.interrupts import (
+    CompileInterrupted,
+    Interrupted,
+    output_closed,
+    stdout_was_closed,
+    translate_forwarded_signals,
+)
 from cnnkit.io import json_safe
 from cnnkit.runs.layout import EVALUATION_SPLITS
 from cnnkit.spec.config import load_spec
@@ -733,25 +739,27 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def main() -> None:
+    translate_forwarded_signals()
+    speaks = distributed.env_rank() == 0  # data-parallel: rank 0 speaks for every rank
     try:
         app()
     except CnnkitError as error:
-        rank = distributed.env_rank()
-        if rank == 0:
+        if speaks:
             display.print_error(error)
-        else:  # data-parallel: rank 0 says it in full; a rank's own error still shows
+        else:  # rank 0 says it in full; a rank's own error still shows
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"rank {rank}: {first}", file=sys.stderr, flush=True)
+            print(f"rank {distributed.env_rank()}: {first}", file=sys.stderr, flush=True)
         raise SystemExit(error.exit_code) from None
     except Interrupted as stop:
-        if distributed.env_rank() == 0:
+        if speaks:
             display.print_interrupted(stop)
         raise SystemExit(stop.exit_code) from None
     except BrokenPipeError:  # stdout's reader has gone (`cnnkit runs | head -1`): quietly
         output_closed()
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a Unix tool
     except CompileInterrupted as stop:
-        display.error_console.print(str(stop))
+        if speaks:
+            display.error_console.print(str(stop))
         sys.stdout.flush()
         os._exit(stop.exit_code)  # no interpreter shutdown under the thread still compiling
     except SystemExit as done:
@@ -759,9 +767,10 @@ def main() -> None:
         # of --json) with a bare exit code, 130 or 1: say what happened, exit as a Unix tool
         cause = _root_cause(done)
         if isinstance(cause, KeyboardInterrupt):
-            display.error_console.print(
-                "Interrupted (no training step in progress; nothing to save)."
-            )
+            if speaks:
+                display.error_console.print(
+                    "Interrupted (no training step in progress; nothing to save)."
+                )
             raise SystemExit(130) from None
         if isinstance(cause, BrokenPipeError) or (done.code in (0, None) and stdout_was_closed()):
             output_closed()
@@ -770,5 +779,8 @@ def main() -> None:
     except KeyboardInterrupt:
         # outside the training loop (loading data, evaluate, predict): nothing to save, and
         # every file on disk is whole (atomic writes)
-        display.error_console.print("Interrupted (no training step in progress; nothing to save).")
+        if speaks:
+            display.error_console.print(
+                "Interrupted (no training step in progress; nothing to save)."
+            )
         raise SystemExit(130) from None

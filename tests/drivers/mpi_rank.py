@@ -8,8 +8,9 @@ in which data-parallel rank RANK does ACTION right after optimizer step STEP:
   MPI_RANK_MARK (when set).
 
 Run under `mpiexec -n N`, or with `--workers N` in ARGS: the launcher starts this same
-driver as the ranks (it re-runs its own command line). The rank then waits a second, so the
-forwarded signal arrives before its next step."""
+driver as the ranks (it re-runs its own command line). The rank then waits until the signal
+has reached it (forwarded by the launcher and mpiexec), so that it stops after its next step
+whatever the machine's load."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ class RankAction(Callback):
         name = self.action.removeprefix("LAUNCHER-")
         target = int(os.environ[LAUNCHER_PID]) if self.action.startswith("LAUNCHER-") else None
         os.kill(target or os.getpid(), getattr(signal, f"SIG{name}"))
-        time.sleep(1.0)
+        deadline = time.monotonic() + 20  # until the (forwarded) signal has reached this rank
+        while not self.trainer.local_stop.requested and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def main() -> None:

@@ -118,19 +118,33 @@ def relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> f
 
 
 @pytest.fixture(scope="module")
-def two_workers(work: Path) -> Path:
-    """`cnnkit train SPEC --workers 2`: the run every other test compares with."""
+def one_process(work: Path) -> Path:
+    """The same spec trained by one process, in this one. Trained first: on a cold kernel
+    cache it compiles the kernels (a minute or more on a busy machine) and caches them, so
+    the ranks launched next load them instead of both compiling within a launch's timeout."""
+    from cnnkit import api
+    from cnnkit.spec.config import load_spec
+
+    return api.train(load_spec(work / "tiny.yaml"), out=work / "one", threads=1).run_dir
+
+
+@pytest.fixture(scope="module")
+def two_workers(work: Path, one_process: Path) -> Path:
+    """`cnnkit train SPEC --workers 2`: the run every other test compares with. Its timeout
+    leaves room for kernels only the data-parallel step uses to compile in both ranks."""
     out_dir = str(work / "a")  # absolute: the ranks' command lines name it (leftovers)
-    code, out, err = launch(cnnkit("train", "tiny.yaml", "--workers", "2", "--out", out_dir), work)
+    args = cnnkit("train", "tiny.yaml", "--workers", "2", "--out", out_dir)
+    code, out, err = launch(args, work, timeout=300)
     assert code == 0, err
     return work / "a" / "tiny"
 
 
-def test_two_workers_equal_one_process_and_rank_0_alone_writes(two_workers: Path, work: Path):
+def test_two_workers_equal_one_process_and_rank_0_alone_writes(
+    two_workers: Path, one_process: Path, work: Path
+):
     from cnnkit import api
-    from cnnkit.spec.config import load_spec
 
-    single = api.train(load_spec(work / "tiny.yaml"), out=work / "one", threads=1).run_dir
+    single = one_process
     a, b = weights(two_workers), weights(single)
     difference = relative_difference(a, b)
     assert difference < 1e-5, difference  # only the order of float additions differs

@@ -192,6 +192,17 @@ class AddStep(Step):
         return y
 
 
+def plan_kernels(layers: list[Layer]) -> list[str]:
+    """The kernels of cnnkit.kernels.fused an inference plan of these layers may call (the
+    warm-up's compile estimate; the layers' own kernels it finds on their classes)."""
+    kinds = {
+        maxpool2d_infer: MaxPooling2D,
+        scale_shift: BatchNormalization,
+        add_relu: Add,
+    }
+    return [k.kernel for k, cls in kinds.items() if any(isinstance(la, cls) for la in layers)]
+
+
 def _bn_scale_shift(bn: BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
     """(s, beta - moving_mean * s), s = gamma / sqrt(moving_variance + epsilon), in float64."""
     c = bn.input_shape[-1]

@@ -182,7 +182,7 @@ class Model:
         BatchNormalization folded, relu and pooling fused, buffers reused from batch to
         batch), built once per weights version; `fused=False` or timings run it layer by
         layer. A training pass may change the weights (the optimizer step after it, the
-        moving statistics in it): it drops the plan, as loading weights does."""
+        moving statistics in it): it drops the plan, as backward and loading weights do."""
         if not training and timings is None and fused:
             return self.inference_plan().forward(x)
         if training:
@@ -236,7 +236,9 @@ class Model:
         """Every trainable weight's gradient of the loss plus regularization_loss: the layers'
         backward give the data part (a layer read by several gets the sum of their
         gradients), the declared regularizers' gradients are added here (regularize=False:
-        the data part only, as data-parallel ranks sum it before adding the penalties')."""
+        the data part only, as data-parallel ranks sum it before adding the penalties'). An
+        optimizer step follows: the inference plan is dropped (as by a training forward)."""
+        self._plan = None
         grads: list[np.ndarray | None] = [None] * len(self.layers)
         grads[-1] = dlogits
         for layer in reversed(self.layers):

@@ -125,6 +125,12 @@ def test_plan_follows_the_weights():
     model.forward(x, training=True)  # moves the moving statistics: a new plan
     assert model.inference_plan() is not plan
     np.testing.assert_allclose(model.forward(x), model.forward(x, fused=False), atol=1e-5)
+    model.forward(x, training=True)
+    model.forward(x)  # a plan built between a training forward and the optimizer's step
+    model.backward(np.ones((len(x), 3), np.float32))
+    for array in model.named_params().values():
+        array *= 0.9  # as an optimizer step, in place
+    np.testing.assert_allclose(model.forward(x), model.forward(x, fused=False), atol=1e-5)
     arrays = {k: v * 1.5 for k, v in model.named_weights().items()}
     model.load_params(arrays, "test")
     np.testing.assert_allclose(model.forward(x), model.forward(x, fused=False), atol=1e-5)

@@ -634,6 +634,7 @@ def evaluate(
         "epoch": meta.get("epoch"),
         "split": split,
         "samples": len(data),
+        "batch_size": batch_size,  # images per inference pass (train.eval_batch_size)
         "notes": notes,
         "optimistic": optimistic,  # selected on the split evaluated (notes say how)
         "loss": result.loss,

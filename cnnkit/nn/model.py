@@ -18,6 +18,7 @@ import numpy as np
 
 from cnnkit.errors import CheckpointError
 from cnnkit.nn.build import build_layers, reader_counts, unused_layers
+from cnnkit.nn.inference import InferencePlan
 from cnnkit.nn.layers.base import ActivationMixin, Layer, Weight, format_shape
 from cnnkit.nn.layers.core import Dropout
 from cnnkit.nn.regularizers import penalty, penalty_grad
@@ -56,6 +57,7 @@ class Model:
         self.input_shape = tuple(input_shape)
         self.skipped = {layer.index for layer in unused_layers(layers)}
         self.readers = reader_counts(layers)
+        self._plan: InferencePlan | None = None  # the fused inference path (cnnkit.nn.inference)
 
     @property
     def is_graph(self) -> bool:
@@ -163,17 +165,52 @@ class Model:
                 )
             dtype = store[name].dtype if name in store else np.float32
             store[name] = np.array(array, dtype=dtype)
+        self.invalidate_plan()
 
     # -- computation ---------------------------------------------------------------------
     def forward(
-        self, x: np.ndarray, training: bool = False, timings: LayerTimings | None = None
+        self,
+        x: np.ndarray,
+        training: bool = False,
+        timings: LayerTimings | None = None,
+        fused: bool = True,
     ) -> np.ndarray:
         """Outputs of the last layer before its fused head activation (logits). timings:
         add each layer's seconds to it (cnnkit bench's per-layer table).
 
-        In inference nothing will call backward: each layer lets go of what it kept for it as
-        soon as it has run, and an output is let go after its last reader, which keeps
-        evaluate's peak memory to the outputs still waiting for a reader."""
+        Inference (training False) runs the fused inference plan (cnnkit.nn.inference:
+        BatchNormalization folded, relu and pooling fused, buffers reused from batch to
+        batch), built once per weights version; `fused=False` or timings run it layer by
+        layer. A training pass may change the weights (the optimizer step after it, the
+        moving statistics in it): it drops the plan, as backward and loading weights do."""
+        if not training and timings is None and fused:
+            return self.inference_plan().forward(x)
+        if training:
+            self._plan = None
+        return self._forward_layers(x, training, timings)
+
+    def inference_plan(self) -> InferencePlan:
+        """The plan for the current weights: rebuilt after a training pass or load_params, or
+        when a weight array was replaced (an in-place edit from outside, other than the
+        optimizer's, must call invalidate_plan)."""
+        key = tuple(
+            id(a) for layer in self.layers for a in (*layer.params.values(), *layer.state.values())
+        )
+        if self._plan is None or self._plan.key != key:
+            self._plan = InferencePlan(self.layers, key)
+        return self._plan
+
+    def invalidate_plan(self) -> None:
+        """Forget the inference plan: the next inference builds it from the weights as they are."""
+        self._plan = None
+
+    def _forward_layers(
+        self, x: np.ndarray, training: bool, timings: LayerTimings | None
+    ) -> np.ndarray:
+        """The layer-by-layer path. In inference nothing will call backward: each layer lets
+        go of what it kept for it as soon as it has run, and an output is let go after its
+        last reader, which keeps evaluate's peak memory to the outputs still waiting for a
+        reader."""
         outputs: list[np.ndarray | None] = [None] * len(self.layers)
         waiting = list(self.readers)
         for layer in self.layers:
@@ -199,7 +236,9 @@ class Model:
         """Every trainable weight's gradient of the loss plus regularization_loss: the layers'
         backward give the data part (a layer read by several gets the sum of their
         gradients), the declared regularizers' gradients are added here (regularize=False:
-        the data part only, as data-parallel ranks sum it before adding the penalties')."""
+        the data part only, as data-parallel ranks sum it before adding the penalties'). An
+        optimizer step follows: the inference plan is dropped (as by a training forward)."""
+        self._plan = None
         grads: list[np.ndarray | None] = [None] * len(self.layers)
         grads[-1] = dlogits
         for layer in reversed(self.layers):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.interrupts import CompileInterrupted
+from cnnkit.nn.inference import plan_kernels
 
 # Seconds to compile each kernel (with the helpers it inlines) on a cold cache, from Numba's
 # compile events: measured with two specs (configs/mnist.yaml, and one with strides, average
@@ -50,6 +51,10 @@ COMPILE_SECONDS = {
     "cnnkit.kernels.pool.avgpool2d_backward": 1.3,
     "cnnkit.kernels.activations.relu_backward_into": 1.1,
     "cnnkit.kernels.affine.augment_batch": 3.5,
+    # the fused inference plan's (cold cache, 2026-12-02, scaled by machine_slowness 5.5)
+    "cnnkit.kernels.fused.maxpool2d_infer": 3.0,
+    "cnnkit.kernels.fused.scale_shift": 1.9,
+    "cnnkit.kernels.fused.add_relu": 1.6,
 }
 DEFAULT_SECONDS = 2.0
 
@@ -74,6 +79,7 @@ def kernels_used(model: Any, augmenter: Any = None) -> list[str]:
                 names += [
                     k for k in _kernels_called(function) if k.rpartition(".")[0] not in unused
                 ]
+    names += plan_kernels(model.layers)  # the inference pass's fused kernels
     if any(getattr(layer, "options", {}).get("activation") == "gelu" for layer in model.layers):
         from cnnkit.nn import activations
 

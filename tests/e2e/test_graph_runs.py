@@ -15,8 +15,12 @@ import pytest
 from PIL import Image
 
 from cnnkit import api
+from cnnkit.data.augment import Preprocessor
+from cnnkit.data.batches import batches, make_splits
 from cnnkit.data.idx import read_idx
+from cnnkit.runs.rundir import RunDir
 from cnnkit.spec.config import load_spec
+from cnnkit.train.trainer import inference
 from tests.clitools import MNIST, run_cli
 from tests.drivers.signal_at_step import SignalAtStep
 from tests.train.test_resume import assert_same_run
@@ -127,6 +131,22 @@ def test_evaluate_and_predict_work_on_a_graph(reference, work):
     for p in predictions:
         assert p["error"] is None and len(p["top"]) == 10
         assert sum(t["probability"] for t in p["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fused_inference_keeps_the_predictions_of_the_layer_path(reference):
+    """evaluate's pass (the fused inference plan: BatchNormalization folded into r1's
+    convolution, Add + relu in one pass) against the layer-by-layer path on the run's test
+    split: the same predicted classes, probabilities within float32 rounding."""
+    spec, model, _, _ = api.load_model(reference)
+    test = make_splits(api.load_dataset(spec), spec.data, spec.seed).test
+    prepare = Preprocessor.from_spec(spec, saved=RunDir(reference).read_normalization)
+    batch = spec.train.eval_batch_size
+    fused = np.concatenate([logits for logits, _ in inference(model, test, prepare, batch)])
+    layers = np.concatenate(
+        [model.forward(xb, fused=False) for xb, _ in batches(test, batch, prepare)]
+    )
+    assert np.array_equal(fused.argmax(axis=1), layers.argmax(axis=1))
+    np.testing.assert_allclose(fused, layers, rtol=1e-4, atol=1e-5)
 
 
 def test_summary_of_the_run_is_keras_functional_table(reference, monkeypatch, capsys):

@@ -271,8 +271,9 @@ def test_last_layer_leaky_relu_is_not_skipped_as_a_logits_head():
 
 
 def test_inference_lets_go_of_backward_arrays_and_gives_the_same_outputs():
-    """Sequential.forward in inference releases each layer's backward arrays right after it
-    runs (evaluate's peak memory: one layer's arrays, not all of them); outputs unchanged."""
+    """Sequential.forward in inference, layer by layer, releases each layer's backward arrays
+    right after it runs (evaluate's peak memory: one layer's arrays, not all of them);
+    outputs unchanged (the fused plan's within float32 rounding: it folds the normalization)."""
     spec = parse_spec((ROOT / "configs" / "mnist.yaml").read_text())
     model = build_model(spec).build(0)
     x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
@@ -281,7 +282,9 @@ def test_inference_lets_go_of_backward_arrays_and_gives_the_same_outputs():
         kept = layer.forward(kept, False)
     held = [n for layer in model.layers for n, v in vars(layer).items() if n.startswith("_")]
     assert any(isinstance(getattr(model.layers[0], n, None), np.ndarray) for n in held)
-    np.testing.assert_array_equal(model.forward(x), kept)
+    np.testing.assert_array_equal(model.forward(x, fused=False), kept)
+    # the fused plan (cnnkit.nn.inference) folds the BatchNormalization: float32 rounding
+    np.testing.assert_allclose(model.forward(x), kept, rtol=1e-5, atol=1e-6)
     for layer in model.layers:
         cached = [
             n for n, v in vars(layer).items() if n.startswith("_") and isinstance(v, np.ndarray)
@@ -396,8 +399,8 @@ class _Tracked(np.ndarray):
 
 def test_graph_inference_gives_the_training_output_and_frees_outputs_after_their_last_reader():
     """Without dropout or BatchNormalization, inference and training forward agree exactly;
-    in inference trunk's output is let go once Multiply, its last reader, has run (training
-    keeps it for backward), and every layer's backward arrays are released."""
+    in layer-by-layer inference trunk's output is let go once Multiply, its last reader, has
+    run (training keeps it for backward), and every layer's backward arrays are released."""
     spec = parse_spec(spec_text(GRAPH_SPECS["three-readers"], seed=4))
     model = build_model(spec).build(spec.seed)
     x = np.random.default_rng(0).random((4, 6, 6, 2), dtype=np.float32)
@@ -408,7 +411,7 @@ def test_graph_inference_gives_the_training_output_and_frees_outputs_after_their
     trained = np.array(model.forward(x, training=True))
     assert alive_at[4] == {0, 1, 2, 3}  # training keeps every output for backward
     refs.clear()
-    inferred = np.array(model.forward(x, training=False))
+    inferred = np.array(model.forward(x, training=False, fused=False))  # layer by layer
     np.testing.assert_array_equal(inferred, trained)
     assert {0, 1} <= alive_at[2] and {0, 1, 2} <= alive_at[3]
     assert not alive_at[4] & {0, 1, 2}, alive_at[4]  # trunk, x1, x2: read by Multiply only

@@ -37,12 +37,17 @@ class BenchResult:
     infer_images_per_s: float
     train_gflops: float  # achieved, from the summary's MACs (2 FLOPs a MAC)
     infer_gflops: float
-    layers: list[dict[str, Any]]  # name, type, forward_ms, backward_ms; slowest first
+    # name, type, forward_ms, backward_ms, forward/backward_gflops (None for layers without
+    # multiply-adds), forward/backward_peak_share; slowest first
+    layers: list[dict[str, Any]]
     peak_memory_mb: float | None = None  # the process's peak resident set (ru_maxrss)
     # numpy memory allocated at once during one training step after warm-up (tracemalloc
     # peak; arrays reused from step to step do not count; Numba's scratch is not traced)
     step_alloc_mb: float | None = None
     torch: dict[str, Any] | None = None  # --vs torch: throughputs, ratios, correctness guard
+    # the machine's FP32 peak on `threads` threads, measured (cnnkit.kernels.peak); each layer
+    # row's forward_gflops / backward_gflops and their *_peak_share (fractions of it)
+    peak_gflops: float | None = None
     rounds_detail: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,8 +160,11 @@ def run_bench(
     step_alloc = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     detail = [_round(ours, theirs, batch, steps, r, rounds, progress) for r in range(rounds)]
-    progress("per-layer times")
-    layer_rows = _layer_rows(ours, max(steps // 2, 3))
+    progress("per-layer times, and the machine's FP32 peak (an FMA microkernel)")
+    from cnnkit.kernels.peak import measure_peak_gflops  # numba, imported when it runs
+
+    peak = measure_peak_gflops(n_threads)
+    layer_rows = _layer_rows(ours, max(steps // 2, 3), batch, peak)
 
     def median(key: str) -> float:
         return statistics.median(row[key] for row in detail)
@@ -175,6 +183,7 @@ def run_bench(
         layers=layer_rows,
         rounds_detail=detail,
         step_alloc_mb=step_alloc,
+        peak_gflops=peak,
     )
     if theirs is not None:
         result.torch = {
@@ -204,13 +213,32 @@ def _round(ours, theirs, batch: int, steps: int, r: int, rounds: int, progress) 
     return row
 
 
-def _layer_rows(ours: _CnnkitRunner, steps: int) -> list[dict[str, Any]]:
-    """Forward and backward milliseconds per layer, slowest first."""
+def _layer_rows(ours: _CnnkitRunner, steps: int, batch: int, peak: float) -> list[dict[str, Any]]:
+    """Forward and backward milliseconds per layer, slowest first, and the GFLOP/s they
+    achieve from the layer's multiply-adds (2 FLOPs each): forward 2*MACs, backward the
+    weight gradient's 2*MACs plus, where needed, the input gradient's 2*MACs; and those as
+    fractions of the measured peak. Layers without MACs (pooling, Flatten) get None."""
     names = _layer_names(ours.model)
     times = ours.layer_times(steps)
-    rows = [
-        {"name": name, "type": layer.keras_name, "forward_ms": 1000 * f, "backward_ms": 1000 * b}
-        for name, layer, (f, b) in zip(names, ours.model.layers, times, strict=True)
-    ]
+    rows = []
+    for name, layer, row, (f, b) in zip(
+        names, ours.model.layers, ours.model.summary_rows(), times, strict=True
+    ):
+        flops = 2.0 * row.macs * batch
+        back = flops * (2 if layer.needs_input_grad else 1)
+        fwd_g = flops / f / 1e9 if flops and f > 0 else None
+        bwd_g = back / b / 1e9 if back and b > 0 else None
+        rows.append(
+            {
+                "name": name,
+                "type": layer.keras_name,
+                "forward_ms": 1000 * f,
+                "backward_ms": 1000 * b,
+                "forward_gflops": fwd_g,
+                "backward_gflops": bwd_g,
+                "forward_peak_share": None if fwd_g is None else fwd_g / peak,
+                "backward_peak_share": None if bwd_g is None else bwd_g / peak,
+            }
+        )
     rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
     return rows

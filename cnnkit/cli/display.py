@@ -912,7 +912,7 @@ def _guard_line(check: dict[str, Any]) -> str:
 
 def bench_renderables(result: dict[str, Any]) -> list[Any]:
     """`cnnkit bench`: throughput table (with PyTorch and ratios under --vs torch), then the
-    per-layer times, slowest first."""
+    per-layer times, slowest first, with their GFLOP/s and share of the measured peak."""
     torch = result.get("torch")
     title = (
         f"{result['spec']}: batch {result['batch_size']}, {result['threads']} threads, "
@@ -949,6 +949,12 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
         notes.append(
             f"Allocated during one training step (numpy, peak): {result['step_alloc_mb']:.1f} MB"
         )
+    peak = result.get("peak_gflops")
+    if peak is not None:
+        notes.append(
+            f"FP32 peak, measured (FMA microkernel, {plural(result['threads'], 'thread')}): "
+            f"{peak:.1f} GFLOP/s; each layer's GFLOP/s below is shown as a share of it"
+        )
     if torch:
         notes.append(_guard_line(torch["check"]))
         ratios = ", ".join(
@@ -956,29 +962,72 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
         )
         notes.append(f"Ratios per round (train/inference): {ratios}")
 
-    def per_layer(stacked: bool) -> Table:
+    def per_layer(stacked: bool, rates: bool) -> Table:
         layers = Table(
             title="Per layer, one training step (ms), slowest first",
             box=box.SIMPLE_HEAVY,
             title_justify="left",
         )
-        for name in ("Layer (type)", "forward", "backward", "total"):
+        columns = ["Layer (type)", "forward", "backward", "total"]
+        if rates:
+            columns += ["forward GFLOP/s (peak)", "backward GFLOP/s (peak)"]
+        for name in columns:
             layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
+        sep = "\n" if stacked else " "
         for row in result["layers"]:
-            name = (
-                f"{row['name']}\n({row['type']})" if stacked else f"{row['name']} ({row['type']})"
-            )
-            layers.add_row(
-                escape(name),
+            cells = [
+                escape(f"{row['name']}{sep}({row['type']})"),
                 f"{row['forward_ms']:.2f}",
                 f"{row['backward_ms']:.2f}",
                 f"{row['forward_ms'] + row['backward_ms']:.2f}",
-            )
+            ]
+            if rates:
+                cells += [_rate(row, "forward", " "), _rate(row, "backward", " ")]
+            layers.add_row(*cells)
+        return layers
+
+    def rate_table(stacked: bool) -> Table:
+        """The layers with multiply-adds: GFLOP/s and share of the peak, forward and backward
+        (a table of its own where one table with the times would not fit)."""
+        layers = Table(
+            title="Per layer GFLOP/s (share of the measured peak)",
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
+        )
+        for name in ("Layer (type)", "forward", "backward"):
+            layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
+        sep = "\n" if stacked else " "
+        for row in result["layers"]:
+            if row.get("forward_gflops") is not None or row.get("backward_gflops") is not None:
+                layers.add_row(
+                    escape(f"{row['name']}{sep}({row['type']})"),
+                    _rate(row, "forward", sep),
+                    _rate(row, "backward", sep),
+                )
         return layers
 
     checks = [_bench_check_table(torch["check"])] if torch else []
     notes_text = Text.from_markup("\n".join(notes))
-    return [Text(title), table, notes_text, *checks, Fits(per_layer(False), per_layer(True))]
+    if peak is None:  # a result from before the peak was measured
+        layouts = [per_layer(False, False), per_layer(True, False)]
+    else:
+        layouts = [
+            per_layer(False, True),
+            Group(per_layer(False, False), rate_table(False)),
+            Group(per_layer(True, False), rate_table(True)),
+        ]
+    return [Text(title), table, notes_text, *checks, Fits(*layouts)]
+
+
+def _rate(row: dict[str, Any], kind: str, sep: str) -> str:
+    """ "95.1 (52%)": a layer's forward or backward GFLOP/s and its share of the peak, in
+    green from 50% (the bar of issue 17); "-" for a layer without multiply-adds."""
+    gflops = row.get(f"{kind}_gflops")
+    if gflops is None:
+        return "-"
+    share = row[f"{kind}_peak_share"]
+    style = "green" if share >= 0.5 else "yellow" if share >= 0.25 else "default"
+    return f"{gflops:.1f}{sep}[{style}]({share:.0%})[/{style}]"
 
 
 def _bench_check_table(check: dict[str, Any]) -> Table:

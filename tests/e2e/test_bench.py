@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.clitools import run_subprocess
 
 
@@ -24,6 +26,22 @@ def test_bench_json(bench_spec):
     totals = [row["forward_ms"] + row["backward_ms"] for row in report["layers"]]
     assert totals == sorted(totals, reverse=True)  # slowest first
     assert report["torch"] is None
+    # issue 17 line 3: the measured peak, and each layer's GFLOP/s as a share of it
+    peak = report["peak_gflops"]
+    assert peak > 0
+    rows = {row["name"]: row for row in report["layers"]}
+    for name in ("conv2d", "conv2d_1", "dense", "dense_1"):
+        row = rows[name]
+        for kind in ("forward", "backward"):
+            assert row[f"{kind}_gflops"] > 0
+            assert row[f"{kind}_peak_share"] == pytest.approx(row[f"{kind}_gflops"] / peak)
+    # conv2d reads the input: its backward is the weight gradient alone (half of conv2d_1's)
+    conv = rows["conv2d"]
+    assert conv["forward_gflops"] / conv["backward_gflops"] == pytest.approx(
+        conv["backward_ms"] / conv["forward_ms"]
+    )
+    for name in ("max_pooling2d", "flatten"):
+        assert rows[name]["forward_gflops"] is None and rows[name]["backward_peak_share"] is None
 
 
 def test_bench_table_and_batch_size(bench_spec):
@@ -33,6 +51,8 @@ def test_bench_table_and_batch_size(bench_spec):
     assert result.returncode == 0, result.stderr
     assert "batch 4" in result.stdout and "training" in result.stdout
     assert "conv2d_1 (Conv2D)" in result.stdout
+    assert "FP32 peak, measured (FMA microkernel" in result.stdout
+    assert "GFLOP/s (peak)" in result.stdout and "%)" in result.stdout
 
 
 def test_bad_thread_count_is_a_user_error(bench_spec):

@@ -962,66 +962,75 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
         )
         notes.append(f"Ratios per round (train/inference): {ratios}")
 
-    def per_layer(stacked: bool, rates: bool) -> Table:
-        layers = Table(
-            title="Per layer, one training step (ms), slowest first",
-            box=box.SIMPLE_HEAVY,
-            title_justify="left",
-        )
-        columns = ["Layer (type)", "forward", "backward", "total"]
-        if rates:
-            columns += ["forward GFLOP/s (peak)", "backward GFLOP/s (peak)"]
-        for name in columns:
-            layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
-        sep = "\n" if stacked else " "
-        for row in result["layers"]:
-            cells = [
-                escape(f"{row['name']}{sep}({row['type']})"),
-                f"{row['forward_ms']:.2f}",
-                f"{row['backward_ms']:.2f}",
-                f"{row['forward_ms'] + row['backward_ms']:.2f}",
-            ]
-            if rates:
-                cells += [_rate(row, "forward", " "), _rate(row, "backward", " ")]
-            layers.add_row(*cells)
-        return layers
-
-    def rate_table(stacked: bool) -> Table:
-        """The layers with multiply-adds: GFLOP/s and share of the peak, forward and backward
-        (a table of its own where one table with the times would not fit)."""
-        layers = Table(
-            title="Per layer GFLOP/s (share of the measured peak)",
-            box=box.SIMPLE_HEAVY,
-            title_justify="left",
-        )
-        for name in ("Layer (type)", "forward", "backward"):
-            layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
-        sep = "\n" if stacked else " "
-        for row in result["layers"]:
-            if row.get("forward_gflops") is not None or row.get("backward_gflops") is not None:
-                layers.add_row(
-                    escape(f"{row['name']}{sep}({row['type']})"),
-                    _rate(row, "forward", sep),
-                    _rate(row, "backward", sep),
-                )
-        return layers
-
     checks = [_bench_check_table(torch["check"])] if torch else []
     notes_text = Text.from_markup("\n".join(notes))
-    if peak is None:  # a result from before the peak was measured
-        layouts = [per_layer(False, False), per_layer(True, False)]
-    else:
-        layouts = [
-            per_layer(False, True),
-            Group(per_layer(False, False), rate_table(False)),
-            Group(per_layer(True, False), rate_table(True)),
+    return [Text(title), table, notes_text, *checks, _bench_layer_layouts(result)]
+
+
+def _bench_layer_layouts(result: dict[str, Any]) -> Fits:
+    """The per-layer figures: one table with times and GFLOP/s where it fits, else the
+    times and the GFLOP/s as two tables, else both with names on two lines."""
+    if result.get("peak_gflops") is None:  # a result from before the peak was measured
+        return Fits(
+            _bench_layer_table(result, False, False), _bench_layer_table(result, True, False)
+        )
+    return Fits(
+        _bench_layer_table(result, False, True),
+        Group(_bench_layer_table(result, False, False), _bench_rate_table(result, False)),
+        Group(_bench_layer_table(result, True, False), _bench_rate_table(result, True)),
+    )
+
+
+def _bench_layer_table(result: dict[str, Any], stacked: bool, rates: bool) -> Table:
+    """Per-layer times, slowest first, with the GFLOP/s columns when `rates`."""
+    layers = Table(
+        title="Per layer, one training step (ms), slowest first",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    columns = ["Layer (type)", "forward", "backward", "total"]
+    if rates:
+        columns += ["forward GFLOP/s (peak)", "backward GFLOP/s (peak)"]
+    for name in columns:
+        layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
+    sep = "\n" if stacked else " "
+    for row in result["layers"]:
+        cells = [
+            escape(f"{row['name']}{sep}({row['type']})"),
+            f"{row['forward_ms']:.2f}",
+            f"{row['backward_ms']:.2f}",
+            f"{row['forward_ms'] + row['backward_ms']:.2f}",
         ]
-    return [Text(title), table, notes_text, *checks, Fits(*layouts)]
+        if rates:
+            cells += [_rate(row, "forward", " "), _rate(row, "backward", " ")]
+        layers.add_row(*cells)
+    return layers
+
+
+def _bench_rate_table(result: dict[str, Any], stacked: bool) -> Table:
+    """The layers with multiply-adds: GFLOP/s and share of the peak, forward and backward
+    (a table of its own where one table with the times would not fit)."""
+    layers = Table(
+        title="Per layer GFLOP/s (share of the measured peak)",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    for name in ("Layer (type)", "forward", "backward"):
+        layers.add_column(name, justify="left" if name.startswith("Layer") else "right")
+    sep = "\n" if stacked else " "
+    for row in result["layers"]:
+        if row.get("forward_gflops") is not None or row.get("backward_gflops") is not None:
+            layers.add_row(
+                escape(f"{row['name']}{sep}({row['type']})"),
+                _rate(row, "forward", sep),
+                _rate(row, "backward", sep),
+            )
+    return layers
 
 
 def _rate(row: dict[str, Any], kind: str, sep: str) -> str:
-    """ "95.1 (52%)": a layer's forward or backward GFLOP/s and its share of the peak, in
-    green from 50% (the bar of issue 17); "-" for a layer without multiply-adds."""
+    """A layer's forward or backward GFLOP/s and its share of the peak, "95.1 (52%)", the
+    share green from 50% (the bar of issue 17); "-" for a layer without multiply-adds."""
     gflops = row.get(f"{kind}_gflops")
     if gflops is None:
         return "-"

@@ -15,6 +15,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from cnnkit.kernels.simd import vbroadcast, vfma, vload, vstore
+
 # Number of batch chunks for the weight-gradient reduction. Fixed (not the thread count), so
 # the float summation order, and hence the result, does not depend on the machine.
 _WGRAD_CHUNKS = 16
@@ -256,7 +258,7 @@ def _chunk(k, n_b, n_chunks):
 
 
 @numba.njit(cache=True, parallel=True)
-def conv2d_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
+def conv2d_forward_gemm(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
     """out[n, oh, ow, f] = b[f] + sum_{i, j, c} x[n, ih, iw, c] * w[i, j, c, f], then
     max(out, 0) when relu (the fused activation). x and out must be C-contiguous."""
     n_b = x.shape[0]
@@ -366,7 +368,7 @@ def conv2d_backward_input_cols(dout, w, sh, sw, dh, dw, pt, pl, dx):
 
 
 @numba.njit(cache=True, parallel=True)
-def conv2d_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
+def conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
     """dw_out[i, j, c, f] = sum_{n, oh, ow} x[n, ih, iw, c] * dout[n, oh, ow, f];
     db_out[f] = sum_{n, oh, ow} dout[n, oh, ow, f]. x and dout must be C-contiguous.
 
@@ -438,3 +440,322 @@ def conv2d_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
         for k in range(1, n_chunks):
             s += part_b[k, f]
         db_out[f] = s
+
+
+# --------------------------------------------------------------------------- direct, float32
+# A register-blocked direct convolution for float32 (the training and inference dtype): the
+# GEMM of each kernel row i, out[6 pixels, 16 filters] += x[6 pixels, KW*C] @ w[i][KW*C, 16],
+# runs as one microkernel whose 12 accumulators (6 pixels x 2 vectors of 8 filters) stay in
+# ymm registers for the whole reduction (cnnkit.kernels.simd): per step 2 loads of w, 6
+# broadcasts of x, 12 FMAs. No im2col copy: with dilation 1, the KW taps of kernel row i read
+# KW*C consecutive floats of an input row, and the next pixel's start sw*C floats further. A
+# padded input is copied once per image into a zero-bordered buffer. Measured against the
+# im2col + OpenBLAS path above (benchmarks/results/2026-12-02-epyc-avx2-kernels).
+
+_MICRO_FILTERS = 16  # 2 vectors of 8
+# the direct path's conditions (else the im2col + BLAS path above)
+_DIRECT_MIN_CHANNELS = 8
+
+
+@numba.njit(cache=True)
+def _micro6x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+    """c[c0 + p*cp + f] += sum_{k2 < kn2, k < kn} a[a0 + p*ap + k2*ak2 + k*ak] *
+    b[b0 + k2*bk2 + k*bk + f] for p < 6 and f < 16, one FMA a step in increasing (k2, k).
+    a, b, c: flat float32 arrays; the 12 accumulators stay in registers throughout."""
+    c00 = vload(c, c0)
+    c01 = vload(c, c0 + 8)
+    c10 = vload(c, c0 + cp)
+    c11 = vload(c, c0 + cp + 8)
+    c20 = vload(c, c0 + 2 * cp)
+    c21 = vload(c, c0 + 2 * cp + 8)
+    c30 = vload(c, c0 + 3 * cp)
+    c31 = vload(c, c0 + 3 * cp + 8)
+    c40 = vload(c, c0 + 4 * cp)
+    c41 = vload(c, c0 + 4 * cp + 8)
+    c50 = vload(c, c0 + 5 * cp)
+    c51 = vload(c, c0 + 5 * cp + 8)
+    for k2 in range(kn2):
+        for k in range(kn):
+            bi = b0 + k2 * bk2 + k * bk
+            w0 = vload(b, bi)
+            w1 = vload(b, bi + 8)
+            ai = a0 + k2 * ak2 + k * ak
+            u = vbroadcast(a, ai)
+            c00 = vfma(u, w0, c00)
+            c01 = vfma(u, w1, c01)
+            u = vbroadcast(a, ai + ap)
+            c10 = vfma(u, w0, c10)
+            c11 = vfma(u, w1, c11)
+            u = vbroadcast(a, ai + 2 * ap)
+            c20 = vfma(u, w0, c20)
+            c21 = vfma(u, w1, c21)
+            u = vbroadcast(a, ai + 3 * ap)
+            c30 = vfma(u, w0, c30)
+            c31 = vfma(u, w1, c31)
+            u = vbroadcast(a, ai + 4 * ap)
+            c40 = vfma(u, w0, c40)
+            c41 = vfma(u, w1, c41)
+            u = vbroadcast(a, ai + 5 * ap)
+            c50 = vfma(u, w0, c50)
+            c51 = vfma(u, w1, c51)
+    vstore(c, c0, c00)
+    vstore(c, c0 + 8, c01)
+    vstore(c, c0 + cp, c10)
+    vstore(c, c0 + cp + 8, c11)
+    vstore(c, c0 + 2 * cp, c20)
+    vstore(c, c0 + 2 * cp + 8, c21)
+    vstore(c, c0 + 3 * cp, c30)
+    vstore(c, c0 + 3 * cp + 8, c31)
+    vstore(c, c0 + 4 * cp, c40)
+    vstore(c, c0 + 4 * cp + 8, c41)
+    vstore(c, c0 + 5 * cp, c50)
+    vstore(c, c0 + 5 * cp + 8, c51)
+
+
+@numba.njit(cache=True)
+def _micro4x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+    """_micro6x16 for p < 4."""
+    c00 = vload(c, c0)
+    c01 = vload(c, c0 + 8)
+    c10 = vload(c, c0 + cp)
+    c11 = vload(c, c0 + cp + 8)
+    c20 = vload(c, c0 + 2 * cp)
+    c21 = vload(c, c0 + 2 * cp + 8)
+    c30 = vload(c, c0 + 3 * cp)
+    c31 = vload(c, c0 + 3 * cp + 8)
+    for k2 in range(kn2):
+        for k in range(kn):
+            bi = b0 + k2 * bk2 + k * bk
+            w0 = vload(b, bi)
+            w1 = vload(b, bi + 8)
+            ai = a0 + k2 * ak2 + k * ak
+            u = vbroadcast(a, ai)
+            c00 = vfma(u, w0, c00)
+            c01 = vfma(u, w1, c01)
+            u = vbroadcast(a, ai + ap)
+            c10 = vfma(u, w0, c10)
+            c11 = vfma(u, w1, c11)
+            u = vbroadcast(a, ai + 2 * ap)
+            c20 = vfma(u, w0, c20)
+            c21 = vfma(u, w1, c21)
+            u = vbroadcast(a, ai + 3 * ap)
+            c30 = vfma(u, w0, c30)
+            c31 = vfma(u, w1, c31)
+    vstore(c, c0, c00)
+    vstore(c, c0 + 8, c01)
+    vstore(c, c0 + cp, c10)
+    vstore(c, c0 + cp + 8, c11)
+    vstore(c, c0 + 2 * cp, c20)
+    vstore(c, c0 + 2 * cp + 8, c21)
+    vstore(c, c0 + 3 * cp, c30)
+    vstore(c, c0 + 3 * cp + 8, c31)
+
+
+@numba.njit(cache=True)
+def _micro1x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+    """_micro6x16 for p < 1."""
+    c00 = vload(c, c0)
+    c01 = vload(c, c0 + 8)
+    for k2 in range(kn2):
+        for k in range(kn):
+            bi = b0 + k2 * bk2 + k * bk
+            w0 = vload(b, bi)
+            w1 = vload(b, bi + 8)
+            ai = a0 + k2 * ak2 + k * ak
+            u = vbroadcast(a, ai)
+            c00 = vfma(u, w0, c00)
+            c01 = vfma(u, w1, c01)
+    vstore(c, c0, c00)
+    vstore(c, c0 + 8, c01)
+
+
+@numba.njit(cache=True)
+def _padded_extent(oh_n, ow_n, kh, kw, sh, sw):
+    """Rows and columns of input the outputs read (dilation 1), padding included."""
+    return (oh_n - 1) * sh + kh, (ow_n - 1) * sw + kw
+
+
+@numba.njit(cache=True)
+def _image_source(x1, xp, n, h, wd, c_n, hp, wp, pt, pl, padded):
+    """(flat array, offset of row 0, row stride) to read image n from: x itself, or xp, a
+    zero-bordered (hp, wp, C) copy of it shifted by the padding (borders stay zero)."""
+    if not padded:
+        return x1, n * h * wd * c_n, wd * c_n
+    rs = wp * c_n
+    for ih in range(min(h, hp - pt)):
+        src = (n * h + ih) * wd * c_n
+        dst = (ih + pt) * rs + pl * c_n
+        for q in range(min(wd, wp - pl) * c_n):
+            xp[dst + q] = x1[src + q]
+    return xp, 0, rs
+
+
+@numba.njit(cache=True)
+def _blocks(m):
+    """(blocks of 6, blocks of 4) covering most of m items, the rest taken one by one: the
+    even m exactly (8 = 4 + 4, 26 = 3*6 + 2*4), odd m but one."""
+    even = m - m % 2
+    rest = even % 6
+    n4 = 0 if rest == 0 else (1 if rest == 4 else 2)  # 2 -> 8 = 4 + 4
+    if 4 * n4 > even:
+        n4 = 0
+    return (even - 4 * n4) // 6, n4
+
+
+@numba.njit(cache=True)
+def _micro_blocks(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cstep):
+    """The microkernels over m rows p of c (row p at c0 + p*cstep, reading a0 + p*ap):
+    blocks of 6, then of 4, then single rows."""
+    n6, n4 = _blocks(m)
+    p = 0
+    for _ in range(n6):
+        _micro6x16(a, a0 + p * ap, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp)
+        p += 6
+    for _ in range(n4):
+        _micro4x16(a, a0 + p * ap, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp)
+        p += 4
+    for q in range(p, m):
+        _micro1x16(a, a0 + q * ap, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + q * cstep, cp)
+
+
+@numba.njit(cache=True, parallel=True)
+def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
+    """conv2d_forward for float32, dilation 1, F % 16 == 0 (see above).
+
+    Per image, output row and block of 16 filters: the row's outputs start at the bias, then
+    each block of 6 (or 4, or 1) pixels adds all kernel rows (i, then (j, c) increasing) in
+    one microkernel call."""
+    n_b, h, wd, c_n = x.shape
+    kh, kw, _, f_n = w.shape
+    oh_n, ow_n = out.shape[1], out.shape[2]
+    hp, wp = _padded_extent(oh_n, ow_n, kh, kw, sh, sw)
+    padded = pt > 0 or pl > 0 or hp > h or wp > wd
+    span = kw * c_n
+    x1 = x.reshape(-1)
+    w1 = np.ascontiguousarray(w).reshape(-1)
+    o1 = out.reshape(-1)
+    n_chunks = max(min(n_b, _PAR_CHUNKS), 1)
+    for k in prange(n_chunks):
+        n0, n1 = _chunk(k, n_b, n_chunks)
+        xp = np.zeros(hp * wp * c_n if padded else 0, dtype=x.dtype)
+        for n in range(n0, n1):
+            src, base, rs = _image_source(x1, xp, n, h, wd, c_n, hp, wp, pt, pl, padded)
+            for oh in range(oh_n):
+                ob = (n * oh_n + oh) * ow_n * f_n
+                for q in range(ow_n):
+                    for f in range(f_n):
+                        o1[ob + q * f_n + f] = b[f]
+                a0 = base + oh * sh * rs
+                for f0 in range(0, f_n, _MICRO_FILTERS):
+                    _micro_blocks(
+                        src, a0, sw * c_n, 1, rs, w1, f0, f_n, span * f_n, span, kh,
+                        o1, ob + f0, f_n, ow_n, f_n,
+                    )  # fmt: skip
+                if relu:
+                    for q in range(ob, ob + ow_n * f_n):
+                        o1[q] = max(o1[q], 0)
+
+
+# Output rows per weight-gradient microkernel call: about this many pixels, so that the x and
+# dout values one call reads stay in L1.
+_WGRAD_PIXELS = 96
+
+
+@numba.njit(cache=True, parallel=True)
+def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out):
+    """conv2d_backward_weights for float32, dilation 1, F % 16 == 0 (see above): per image,
+    group of output rows, kernel row i and block of 16 filters, the microkernels add 6 (or 4,
+    or 1) consecutive (j, c) rows of the kernel gradient, dW[i, (j, c), f] += sum over the
+    group's pixels of x[ih, ow*sw + ..] * dout[oh, ow, f]. Fixed batch chunks, each with its
+    own partial sums, summed in chunk order (as the GEMM path): bitwise reproducible."""
+    n_b, h, wd, c_n = x.shape
+    kh, kw, _, f_n = dw_out.shape
+    oh_n, ow_n = dout.shape[1], dout.shape[2]
+    hp, wp = _padded_extent(oh_n, ow_n, kh, kw, sh, sw)
+    padded = pt > 0 or pl > 0 or hp > h or wp > wd
+    span = kw * c_n
+    kk = kh * span
+    x1 = x.reshape(-1)
+    d1 = dout.reshape(-1)
+    n_chunks = max(min(n_b, _WGRAD_CHUNKS), 1)
+    part_w = np.zeros((n_chunks, kk * f_n), dtype=dw_out.dtype)
+    part_b = np.zeros((n_chunks, f_n), dtype=db_out.dtype)
+    rows = max(1, min(oh_n, _WGRAD_PIXELS // max(ow_n, 1)))
+    for k in prange(n_chunks):
+        n0, n1 = _chunk(k, n_b, n_chunks)
+        pw = part_w[k]
+        pb = part_b[k]
+        xp = np.zeros(hp * wp * c_n if padded else 0, dtype=x.dtype)
+        for n in range(n0, n1):
+            src, base, rs = _image_source(x1, xp, n, h, wd, c_n, hp, wp, pt, pl, padded)
+            for oh0 in range(0, oh_n, rows):
+                r_n = min(rows, oh_n - oh0)
+                db0 = (n * oh_n + oh0) * ow_n * f_n
+                for i in range(kh):
+                    a0 = base + (oh0 * sh + i) * rs
+                    for f0 in range(0, f_n, _MICRO_FILTERS):
+                        _micro_blocks(
+                            src, a0, 1, sw * c_n, sh * rs, d1, db0 + f0, f_n, ow_n * f_n,
+                            ow_n, r_n, pw, i * span * f_n + f0, f_n, span, f_n,
+                        )  # fmt: skip
+            d0 = n * oh_n * ow_n * f_n
+            for q in range(oh_n * ow_n):
+                for f in range(f_n):
+                    pb[f] += d1[d0 + q * f_n + f]
+    r = 0
+    for i in range(kh):
+        for j in range(kw):
+            for c in range(c_n):
+                for f in range(f_n):
+                    s = part_w[0, r * f_n + f]
+                    for k in range(1, n_chunks):
+                        s += part_w[k, r * f_n + f]
+                    dw_out[i, j, c, f] = s
+                r += 1
+    for f in range(f_n):
+        s = part_b[0, f]
+        for k in range(1, n_chunks):
+            s += part_b[k, f]
+        db_out[f] = s
+
+
+def _direct(x, w, f_n, ow_n, dh, dw):
+    """Whether the direct float32 kernels take this convolution."""
+    return (
+        x.dtype == np.float32
+        and w.dtype == np.float32
+        and dh == 1
+        and dw == 1
+        and f_n % _MICRO_FILTERS == 0
+        and x.shape[3] >= _DIRECT_MIN_CHANNELS
+        and x.flags.c_contiguous
+    )
+
+
+def conv2d_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
+    """out[n, oh, ow, f] = b[f] + sum_{i, j, c} x[n, ih, iw, c] * w[i, j, c, f], then
+    max(out, 0) when relu (the fused activation). x and out must be C-contiguous.
+
+    float32 with dilation 1, F % 16 == 0 and C >= 8: the register-blocked direct
+    kernel (conv2d_forward_direct); otherwise im2col + BLAS, or direct loops for few input
+    channels (conv2d_forward_gemm)."""
+    if _direct(x, w, w.shape[3], out.shape[2], dh, dw) and out.flags.c_contiguous:
+        b32 = np.ascontiguousarray(b, dtype=np.float32)
+        conv2d_forward_direct(x, w, b32, sh, sw, pt, pl, out, relu)
+    else:
+        conv2d_forward_gemm(x, w, b, sh, sw, dh, dw, pt, pl, out, relu)
+
+
+def conv2d_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
+    """dw_out[i, j, c, f] = sum_{n, oh, ow} x[n, ih, iw, c] * dout[n, oh, ow, f];
+    db_out[f] = sum_{n, oh, ow} dout[n, oh, ow, f]. x and dout must be C-contiguous; both
+    outputs are overwritten. The direct float32 kernel under conv2d_forward's conditions,
+    else the im2col + BLAS path (conv2d_backward_weights_gemm); both bitwise reproducible."""
+    if (
+        _direct(x, dw_out, dw_out.shape[3], dout.shape[2], dh, dw)
+        and dout.dtype == np.float32
+        and dout.flags.c_contiguous
+    ):
+        conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out)
+    else:
+        conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out)

@@ -197,3 +197,79 @@ def test_conv_kernels_bitwise_deterministic(dtype):
     for _ in range(3):
         for a, b_ in zip(first, run_all(), strict=True):
             assert a.tobytes() == b_.tobytes()
+
+
+# The register-blocked direct float32 kernels (conv2d_forward_direct and
+# conv2d_backward_weights_direct; the stride-1 input gradient runs on the former): F a
+# multiple of 16, C >= 8, dilation 1. Output widths 1, 2, 5, 8, 10 and 13 take every mix of
+# the 6-, 4- and 1-pixel microkernels (and the weight gradient's (j, c) rows, KW*C = 9 ... 57,
+# every mix of 6-, 4- and 1-row blocks); odd channel counts, non-square kernels, batch 1,
+# batch > the chunk count (17), stride 2 and (2, 1), valid and same padding.
+DIRECT_CASES = [
+    ((2, 7, 7, 8, 3, 3, 16), "valid", (1, 1)),  # OW 5
+    ((1, 6, 10, 9, 2, 3, 32), "same", (1, 1)),  # OW 10, KW*C 27
+    ((3, 9, 8, 19, 3, 3, 16), "same", (2, 2)),  # OW 4
+    ((2, 8, 13, 8, 3, 1, 16), "valid", (1, 1)),  # OW 13, KW*C 8
+    ((17, 5, 9, 11, 1, 2, 16), "same", (2, 1)),  # batch > chunks, OW 9
+    ((1, 12, 12, 8, 5, 5, 32), "valid", (1, 1)),  # lenet-like, OW 8
+    ((2, 4, 2, 8, 3, 3, 16), "same", (1, 1)),  # OW 2
+    ((2, 3, 3, 12, 3, 3, 16), "valid", (1, 1)),  # OW 1
+]
+
+
+@pytest.mark.parametrize("shape, padding, stride", DIRECT_CASES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_direct_against_reference(shape, padding, stride, relu):
+    from cnnkit.kernels.conv import _direct
+
+    dtype = np.float32
+    x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, (1, 1), dtype, seed=7)
+    assert _direct(x, wt, wt.shape[3], out_hw[1], 1, 1)  # the path under test
+    args = (*stride, 1, 1, *pad)
+    expected = ref.conv2d_forward(x, wt, b, stride, (1, 1), pad, out_hw)
+    out = np.full((x.shape[0], *out_hw, wt.shape[3]), np.nan, dtype=dtype)
+    conv2d_forward(x, wt, b, *args, out, relu)
+    close_sum(out, np.maximum(expected, 0) if relu else expected, dtype)
+    if not relu:
+        check_conv_backward(x, wt, b, pad, dout, stride, (1, 1), dtype, close_sum)
+
+
+def test_conv2d_direct_bitwise_deterministic():
+    """The direct float32 kernels: repeated calls give identical bytes (batch 40 > chunks)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 10, 9, 12)).astype(np.float32)
+    wt = rng.standard_normal((3, 3, 12, 32)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    dout = rng.standard_normal((40, 10, 9, 32)).astype(np.float32)
+
+    def run_all():
+        out = np.empty((40, 10, 9, 32), dtype=np.float32)
+        conv2d_forward(x, wt, b, 1, 1, 1, 1, 1, 1, out)
+        dx = np.empty_like(x)
+        conv2d_backward_input(dout, wt, 1, 1, 1, 1, 1, 1, dx)
+        dw = np.empty_like(wt)
+        db = np.empty_like(b)
+        conv2d_backward_weights(x, dout, 1, 1, 1, 1, 1, 1, dw, db)
+        return [a.tobytes() for a in (out, dx, dw, db)]
+
+    first = run_all()
+    assert run_all() == first and run_all() == first
+
+
+def test_direct_microkernel_keeps_its_accumulators_in_ymm_registers():
+    """The inner loop of the 6x16 microkernel: 12 vfmadd on ymm registers with no load or
+    store of an accumulator (compiled afresh: Numba does not disassemble cached code)."""
+    import re
+
+    import numba
+
+    from cnnkit.kernels import conv
+
+    fn = numba.njit(conv._micro6x16.py_func)
+    a = np.zeros(64, np.float32)
+    fn(a, 0, 1, 1, 1, a, 0, 1, 1, 1, 1, a, 0, 16)
+    asm = fn.inspect_asm(fn.signatures[0])
+    fmas = re.findall(r"vfmadd\d+ps\s+([^\n]*)", asm)
+    assert len(fmas) >= 12 and all("ymm" in f for f in fmas), fmas
+    # all three operands registers: accumulators, weights and broadcasts never in memory
+    assert all(re.fullmatch(r"%ymm\d+, %ymm\d+, %ymm\d+", f.strip()) for f in fmas), fmas

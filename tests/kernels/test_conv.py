@@ -18,8 +18,10 @@ def conv_geometry(h, w, kh, kw, stride, dilation, padding):
 
 
 # (batch, H, W, C, KH, KW, F): non-square inputs/kernels, batch 1/3, channels 1/3, filters 1/4.
-# C >= 8 takes the im2col + GEMM path (C < 8 the direct loops); odd K = KH*KW*C, odd row
-# counts and F not a multiple of the vector width exercise every unrolling remainder.
+# F is never a multiple of 16 here: float32 and float64 alike take the im2col + GEMM path for
+# C >= 8, the direct loops for C < 8 (DIRECT_CASES below: the float32 direct kernels); odd
+# K = KH*KW*C, odd row counts and F not a multiple of the vector width exercise every
+# unrolling remainder.
 CONV_SHAPES = [
     (1, 7, 5, 1, 3, 2, 1),
     (3, 7, 5, 3, 3, 2, 4),
@@ -201,10 +203,11 @@ def test_conv_kernels_bitwise_deterministic(dtype):
 
 # The register-blocked direct float32 kernels (conv2d_forward_direct and
 # conv2d_backward_weights_direct; the stride-1 input gradient runs on the former): F a
-# multiple of 16, C >= 8, dilation 1. Output widths 1, 2, 5, 8, 10 and 13 take every mix of
-# the 6-, 4- and 1-pixel microkernels (and the weight gradient's (j, c) rows, KW*C = 9 ... 57,
-# every mix of 6-, 4- and 1-row blocks); odd channel counts, non-square kernels, batch 1,
-# batch > the chunk count (17), stride 2 and (2, 1), valid and same padding.
+# multiple of 16, dilation 1, any channel count. Output widths 1, 2, 5, 8, 10 and 13 take
+# every mix of the 6-, 4- and 1-pixel microkernels (the weight gradient's KW*C = 3 ... 57
+# rows, every mix of 6-, 4- and 1-row blocks); channels 1, 3 and odd counts, non-square
+# kernels, batch 1, batch > the chunk count (17), stride 2 and (2, 1), valid and same
+# padding, and a small valid layer whose input gradient skips the rotated kernel's zero rows.
 DIRECT_CASES = [
     ((2, 7, 7, 8, 3, 3, 16), "valid", (1, 1)),  # OW 5
     ((1, 6, 10, 9, 2, 3, 32), "same", (1, 1)),  # OW 10, KW*C 27
@@ -214,6 +217,8 @@ DIRECT_CASES = [
     ((1, 12, 12, 8, 5, 5, 32), "valid", (1, 1)),  # lenet-like, OW 8
     ((2, 4, 2, 8, 3, 3, 16), "same", (1, 1)),  # OW 2
     ((2, 3, 3, 12, 3, 3, 16), "valid", (1, 1)),  # OW 1
+    ((2, 9, 8, 1, 3, 3, 16), "same", (1, 1)),  # one channel (the first layer), OW 8
+    ((1, 8, 11, 3, 5, 2, 32), "valid", (2, 1)),  # three channels, OW 10
 ]
 
 

@@ -464,10 +464,11 @@ _DIRECT_MIN_CHANNELS = 1
 
 
 @numba.njit(cache=True)
-def _micro6x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
-    """c[c0 + p*cp + f] += sum_{k2 < kn2, k < kn} a[a0 + p*ap + k2*ak2 + k*ak] *
-    b[b0 + k2*bk2 + k*bk + f] for p < 6 and f < 16, one FMA a step in increasing (k2, k).
-    a, b, c: flat float32 arrays; the 12 accumulators stay in registers throughout."""
+def _micro6x16(a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+    """c[c0 + p*cp + f] += sum_{k2 < kn2, k < kn} a[a_p + k2*ak2 + k*ak] *
+    b[b0 + k2*bk2 + k*bk + f] for the 6 rows p (starting at a0 ... a5 in a) and f < 16,
+    one FMA a step in increasing (k2, k). a, b, c: flat float32 arrays; the 12
+    accumulators stay in registers throughout."""
     c00 = vload(c, c0)
     c01 = vload(c, c0 + 8)
     c10 = vload(c, c0 + cp)
@@ -485,23 +486,23 @@ def _micro6x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
             bi = b0 + k2 * bk2 + k * bk
             w0 = vload(b, bi)
             w1 = vload(b, bi + 8)
-            ai = a0 + k2 * ak2 + k * ak
-            u = vbroadcast(a, ai)
+            ai = k2 * ak2 + k * ak
+            u = vbroadcast(a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
-            u = vbroadcast(a, ai + ap)
+            u = vbroadcast(a, a1 + ai)
             c10 = vfma(u, w0, c10)
             c11 = vfma(u, w1, c11)
-            u = vbroadcast(a, ai + 2 * ap)
+            u = vbroadcast(a, a2 + ai)
             c20 = vfma(u, w0, c20)
             c21 = vfma(u, w1, c21)
-            u = vbroadcast(a, ai + 3 * ap)
+            u = vbroadcast(a, a3 + ai)
             c30 = vfma(u, w0, c30)
             c31 = vfma(u, w1, c31)
-            u = vbroadcast(a, ai + 4 * ap)
+            u = vbroadcast(a, a4 + ai)
             c40 = vfma(u, w0, c40)
             c41 = vfma(u, w1, c41)
-            u = vbroadcast(a, ai + 5 * ap)
+            u = vbroadcast(a, a5 + ai)
             c50 = vfma(u, w0, c50)
             c51 = vfma(u, w1, c51)
     vstore(c, c0, c00)
@@ -519,8 +520,8 @@ def _micro6x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
 
 
 @numba.njit(cache=True)
-def _micro4x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
-    """_micro6x16 for p < 4."""
+def _micro4x16(a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+    """_micro6x16 for 4 rows p."""
     c00 = vload(c, c0)
     c01 = vload(c, c0 + 8)
     c10 = vload(c, c0 + cp)
@@ -534,17 +535,17 @@ def _micro4x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
             bi = b0 + k2 * bk2 + k * bk
             w0 = vload(b, bi)
             w1 = vload(b, bi + 8)
-            ai = a0 + k2 * ak2 + k * ak
-            u = vbroadcast(a, ai)
+            ai = k2 * ak2 + k * ak
+            u = vbroadcast(a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
-            u = vbroadcast(a, ai + ap)
+            u = vbroadcast(a, a1 + ai)
             c10 = vfma(u, w0, c10)
             c11 = vfma(u, w1, c11)
-            u = vbroadcast(a, ai + 2 * ap)
+            u = vbroadcast(a, a2 + ai)
             c20 = vfma(u, w0, c20)
             c21 = vfma(u, w1, c21)
-            u = vbroadcast(a, ai + 3 * ap)
+            u = vbroadcast(a, a3 + ai)
             c30 = vfma(u, w0, c30)
             c31 = vfma(u, w1, c31)
     vstore(c, c0, c00)
@@ -558,8 +559,8 @@ def _micro4x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
 
 
 @numba.njit(cache=True)
-def _micro1x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
-    """_micro6x16 for p < 1."""
+def _micro1x16(a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+    """_micro6x16 for 1 row p."""
     c00 = vload(c, c0)
     c01 = vload(c, c0 + 8)
     for k2 in range(kn2):
@@ -567,8 +568,8 @@ def _micro1x16(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
             bi = b0 + k2 * bk2 + k * bk
             w0 = vload(b, bi)
             w1 = vload(b, bi + 8)
-            ai = a0 + k2 * ak2 + k * ak
-            u = vbroadcast(a, ai)
+            ai = k2 * ak2 + k * ak
+            u = vbroadcast(a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
     vstore(c, c0, c00)
@@ -615,22 +616,80 @@ def _micro_blocks(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cst
     n6, n4 = _blocks(m)
     p = 0
     for _ in range(n6):
-        _micro6x16(a, a0 + p * ap, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp)
+        q = a0 + p * ap
+        _micro6x16(
+            a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, ak, ak2,
+            b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp,
+        )  # fmt: skip
         p += 6
     for _ in range(n4):
-        _micro4x16(a, a0 + p * ap, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp)
+        q = a0 + p * ap
+        _micro4x16(
+            a, q, q + ap, q + 2 * ap, q + 3 * ap, ak, ak2,
+            b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp,
+        )  # fmt: skip
         p += 4
-    for q in range(p, m):
-        _micro1x16(a, a0 + q * ap, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + q * cstep, cp)
+    for r in range(p, m):
+        _micro1x16(a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp)
+
+
+@numba.njit(cache=True)
+def _pixel_offset(q, ow_n, sh, sw, c_n, rs, base, i0):
+    """Offset in the image source of output pixel q's (raster order) first tap, kernel row i0."""
+    oh = q // ow_n
+    return base + (oh * sh + i0) * rs + (q - oh * ow_n) * sw * c_n
+
+
+@numba.njit(cache=True)
+def _tap_rows(oh, sh, pt, h, kh):
+    """Kernel rows [i0, i1) of output row oh that read input rows, not padding."""
+    i0 = min(max(pt - oh * sh, 0), kh)
+    return i0, max(min(h + pt - oh * sh, kh), i0)
+
+
+@numba.njit(cache=True)
+def _forward_pixels(src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, m):
+    """Adds the convolution to m (6, 4 or 1) output pixels q, q+1, ... (raster order: a block
+    may span two output rows) for every block of 16 filters: kernel rows that read padding
+    only are skipped when all the block's pixels skip the same (their values are zeros)."""
+    i0, i1 = _tap_rows(q // ow_n, sh, pt, h, kh)
+    j0, j1 = _tap_rows((q + m - 1) // ow_n, sh, pt, h, kh)
+    if i0 != j0 or i1 != j1:
+        i0, i1 = 0, kh  # the padded copy holds the zeros
+    a0 = _pixel_offset(q, ow_n, sh, sw, c_n, rs, base, i0)
+    c0 = ob + q * f_n
+    b0 = i0 * span * f_n
+    kn2 = i1 - i0
+    for f0 in range(0, f_n, _MICRO_FILTERS):
+        if m == 6:
+            _micro6x16(
+                src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
+                _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
+                _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
+                _pixel_offset(q + 4, ow_n, sh, sw, c_n, rs, base, i0),
+                _pixel_offset(q + 5, ow_n, sh, sw, c_n, rs, base, i0),
+                1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n,
+            )  # fmt: skip
+        elif m == 4:
+            _micro4x16(
+                src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
+                _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
+                _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
+                1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n,
+            )  # fmt: skip
+        else:
+            _micro1x16(src, a0, 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n)
 
 
 @numba.njit(cache=True, parallel=True)
 def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
     """conv2d_forward for float32, dilation 1, F % 16 == 0 (see above).
 
-    Per image, output row and block of 16 filters: the row's outputs start at the bias, then
-    each block of 6 (or 4, or 1) pixels adds all kernel rows (i, then (j, c) increasing) in
-    one microkernel call."""
+    Per image: the outputs start at the bias, then each block of 6 (or 4, or 1) pixels in
+    raster order (a block may span two output rows: 8x8 outputs take ten blocks of 6 and one
+    of 4, not eight blocks of 4 with 8 accumulators, too few to hide the FMA latency) and each
+    block of 16 filters adds all kernel rows (i, then (j, c) increasing) in one microkernel
+    call."""
     n_b, h, wd, c_n = x.shape
     kh, kw, _, f_n = w.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
@@ -646,24 +705,27 @@ def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
         xp = np.zeros(hp * wp * c_n if padded else 0, dtype=x.dtype)
         for n in range(n0, n1):
             src, base, rs = _image_source(x1, xp, n, h, wd, c_n, hp, wp, pt, pl, padded)
-            for oh in range(oh_n):
-                ob = (n * oh_n + oh) * ow_n * f_n
-                for q in range(ow_n):
-                    for f in range(f_n):
-                        o1[ob + q * f_n + f] = b[f]
-                # kernel rows i reading padding rows only add zeros: skipped (a "same"
-                # border, and most of an input gradient's rotated-kernel convolution)
-                i0 = min(max(pt - oh * sh, 0), kh)
-                i1 = max(min(h + pt - oh * sh, kh), i0)
-                a0 = base + (oh * sh + i0) * rs
-                for f0 in range(0, f_n, _MICRO_FILTERS):
-                    _micro_blocks(
-                        src, a0, sw * c_n, 1, rs, w1, i0 * span * f_n + f0, f_n, span * f_n,
-                        span, i1 - i0, o1, ob + f0, f_n, ow_n, f_n,
-                    )  # fmt: skip
-                if relu:
-                    for q in range(ob, ob + ow_n * f_n):
-                        o1[q] = max(o1[q], 0)
+            ob = n * oh_n * ow_n * f_n
+            for q in range(oh_n * ow_n):
+                for f in range(f_n):
+                    o1[ob + q * f_n + f] = b[f]
+            n6, n4 = _blocks(oh_n * ow_n)
+            for t in range(n6):
+                _forward_pixels(
+                    src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, 6 * t, 6
+                )
+            for t in range(n4):
+                _forward_pixels(
+                    src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
+                    6 * n6 + 4 * t, 4,
+                )  # fmt: skip
+            for q in range(6 * n6 + 4 * n4, oh_n * ow_n):
+                _forward_pixels(
+                    src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, 1
+                )
+            if relu:
+                for q in range(ob, ob + oh_n * ow_n * f_n):
+                    o1[q] = max(o1[q], 0)
 
 
 # Output rows per weight-gradient microkernel call: about this many pixels, so that the x and

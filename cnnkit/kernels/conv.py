@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from cnnkit.kernels.simd import vbroadcast, vfma, vload, vstore
+from cnnkit.kernels.simd import vadd, vbroadcast, vfma, vload, vstore, vzero
 
 # Number of batch chunks for the weight-gradient reduction. Fixed (not the thread count), so
 # the float summation order, and hence the result, does not depend on the machine.
@@ -464,23 +464,25 @@ _DIRECT_MIN_CHANNELS = 1
 
 
 @numba.njit(cache=True)
-def _micro6x16(a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+def _micro6x16(a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
     """c[c0 + p*cp + f] += sum_{k2 < kn2, k < kn} a[a_p + k2*ak2 + k*ak] *
     b[b0 + k2*bk2 + k*bk + f] for the 6 rows p (starting at a0 ... a5 in a) and f < 16,
     one FMA a step in increasing (k2, k). a, b, c: flat float32 arrays; the 12
-    accumulators stay in registers throughout."""
-    c00 = vload(c, c0)
-    c01 = vload(c, c0 + 8)
-    c10 = vload(c, c0 + cp)
-    c11 = vload(c, c0 + cp + 8)
-    c20 = vload(c, c0 + 2 * cp)
-    c21 = vload(c, c0 + 2 * cp + 8)
-    c30 = vload(c, c0 + 3 * cp)
-    c31 = vload(c, c0 + 3 * cp + 8)
-    c40 = vload(c, c0 + 4 * cp)
-    c41 = vload(c, c0 + 4 * cp + 8)
-    c50 = vload(c, c0 + 5 * cp)
-    c51 = vload(c, c0 + 5 * cp + 8)
+    accumulators stay in registers throughout. fresh: the sum starts at zero and is
+    added to c at the end (a partial sum of its own: the weight gradient's long
+    reductions are summed in two levels, not as one running sum)."""
+    c00 = vzero() if fresh else vload(c, c0)
+    c01 = vzero() if fresh else vload(c, c0 + 8)
+    c10 = vzero() if fresh else vload(c, c0 + cp)
+    c11 = vzero() if fresh else vload(c, c0 + cp + 8)
+    c20 = vzero() if fresh else vload(c, c0 + 2 * cp)
+    c21 = vzero() if fresh else vload(c, c0 + 2 * cp + 8)
+    c30 = vzero() if fresh else vload(c, c0 + 3 * cp)
+    c31 = vzero() if fresh else vload(c, c0 + 3 * cp + 8)
+    c40 = vzero() if fresh else vload(c, c0 + 4 * cp)
+    c41 = vzero() if fresh else vload(c, c0 + 4 * cp + 8)
+    c50 = vzero() if fresh else vload(c, c0 + 5 * cp)
+    c51 = vzero() if fresh else vload(c, c0 + 5 * cp + 8)
     for k2 in range(kn2):
         for k in range(kn):
             bi = b0 + k2 * bk2 + k * bk
@@ -505,6 +507,19 @@ def _micro6x16(a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c
             u = vbroadcast(a, a5 + ai)
             c50 = vfma(u, w0, c50)
             c51 = vfma(u, w1, c51)
+    if fresh:
+        c00 = vadd(vload(c, c0), c00)
+        c01 = vadd(vload(c, c0 + 8), c01)
+        c10 = vadd(vload(c, c0 + cp), c10)
+        c11 = vadd(vload(c, c0 + cp + 8), c11)
+        c20 = vadd(vload(c, c0 + 2 * cp), c20)
+        c21 = vadd(vload(c, c0 + 2 * cp + 8), c21)
+        c30 = vadd(vload(c, c0 + 3 * cp), c30)
+        c31 = vadd(vload(c, c0 + 3 * cp + 8), c31)
+        c40 = vadd(vload(c, c0 + 4 * cp), c40)
+        c41 = vadd(vload(c, c0 + 4 * cp + 8), c41)
+        c50 = vadd(vload(c, c0 + 5 * cp), c50)
+        c51 = vadd(vload(c, c0 + 5 * cp + 8), c51)
     vstore(c, c0, c00)
     vstore(c, c0 + 8, c01)
     vstore(c, c0 + cp, c10)
@@ -520,16 +535,16 @@ def _micro6x16(a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c
 
 
 @numba.njit(cache=True)
-def _micro4x16(a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+def _micro4x16(a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
     """_micro6x16 for 4 rows p."""
-    c00 = vload(c, c0)
-    c01 = vload(c, c0 + 8)
-    c10 = vload(c, c0 + cp)
-    c11 = vload(c, c0 + cp + 8)
-    c20 = vload(c, c0 + 2 * cp)
-    c21 = vload(c, c0 + 2 * cp + 8)
-    c30 = vload(c, c0 + 3 * cp)
-    c31 = vload(c, c0 + 3 * cp + 8)
+    c00 = vzero() if fresh else vload(c, c0)
+    c01 = vzero() if fresh else vload(c, c0 + 8)
+    c10 = vzero() if fresh else vload(c, c0 + cp)
+    c11 = vzero() if fresh else vload(c, c0 + cp + 8)
+    c20 = vzero() if fresh else vload(c, c0 + 2 * cp)
+    c21 = vzero() if fresh else vload(c, c0 + 2 * cp + 8)
+    c30 = vzero() if fresh else vload(c, c0 + 3 * cp)
+    c31 = vzero() if fresh else vload(c, c0 + 3 * cp + 8)
     for k2 in range(kn2):
         for k in range(kn):
             bi = b0 + k2 * bk2 + k * bk
@@ -548,6 +563,15 @@ def _micro4x16(a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
             u = vbroadcast(a, a3 + ai)
             c30 = vfma(u, w0, c30)
             c31 = vfma(u, w1, c31)
+    if fresh:
+        c00 = vadd(vload(c, c0), c00)
+        c01 = vadd(vload(c, c0 + 8), c01)
+        c10 = vadd(vload(c, c0 + cp), c10)
+        c11 = vadd(vload(c, c0 + cp + 8), c11)
+        c20 = vadd(vload(c, c0 + 2 * cp), c20)
+        c21 = vadd(vload(c, c0 + 2 * cp + 8), c21)
+        c30 = vadd(vload(c, c0 + 3 * cp), c30)
+        c31 = vadd(vload(c, c0 + 3 * cp + 8), c31)
     vstore(c, c0, c00)
     vstore(c, c0 + 8, c01)
     vstore(c, c0 + cp, c10)
@@ -559,10 +583,10 @@ def _micro4x16(a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
 
 
 @numba.njit(cache=True)
-def _micro1x16(a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
+def _micro1x16(a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
     """_micro6x16 for 1 row p."""
-    c00 = vload(c, c0)
-    c01 = vload(c, c0 + 8)
+    c00 = vzero() if fresh else vload(c, c0)
+    c01 = vzero() if fresh else vload(c, c0 + 8)
     for k2 in range(kn2):
         for k in range(kn):
             bi = b0 + k2 * bk2 + k * bk
@@ -572,6 +596,9 @@ def _micro1x16(a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp):
             u = vbroadcast(a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
+    if fresh:
+        c00 = vadd(vload(c, c0), c00)
+        c01 = vadd(vload(c, c0 + 8), c01)
     vstore(c, c0, c00)
     vstore(c, c0 + 8, c01)
 
@@ -612,25 +639,25 @@ def _blocks(m):
 @numba.njit(cache=True)
 def _micro_blocks(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cstep):
     """The microkernels over m rows p of c (row p at c0 + p*cstep, reading a0 + p*ap):
-    blocks of 6, then of 4, then single rows."""
+    blocks of 6, then of 4, then single rows; each call's sum added to c as a whole."""
     n6, n4 = _blocks(m)
     p = 0
     for _ in range(n6):
         q = a0 + p * ap
         _micro6x16(
             a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, ak, ak2,
-            b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp,
+            b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
         )  # fmt: skip
         p += 6
     for _ in range(n4):
         q = a0 + p * ap
         _micro4x16(
             a, q, q + ap, q + 2 * ap, q + 3 * ap, ak, ak2,
-            b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp,
+            b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
         )  # fmt: skip
         p += 4
     for r in range(p, m):
-        _micro1x16(a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp)
+        _micro1x16(a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp, True)
 
 
 @numba.njit(cache=True)
@@ -668,17 +695,19 @@ def _forward_pixels(src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, 
                 _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 4, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 5, ow_n, sh, sw, c_n, rs, base, i0),
-                1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n,
+                1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         elif m == 4:
             _micro4x16(
                 src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
-                1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n,
+                1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         else:
-            _micro1x16(src, a0, 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n)
+            _micro1x16(
+                src, a0, 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False
+            )
 
 
 @numba.njit(cache=True, parallel=True)

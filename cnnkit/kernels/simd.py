@@ -103,3 +103,25 @@ def vfma(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return f32x8(f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b lane by lane."""
+    if not (a == f32x8 and b == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def vzero(typingctx):
+    """A vector of zeros."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, [0.0] * LANES)
+
+    return f32x8(), codegen

@@ -272,7 +272,7 @@ def test_direct_microkernel_keeps_its_accumulators_in_ymm_registers():
 
     fn = numba.njit(conv._micro6x16.py_func)
     a = np.zeros(64, np.float32)
-    fn(a, 0, 1, 2, 3, 4, 5, 1, 1, a, 0, 1, 1, 1, 1, a, 0, 16)
+    fn(a, 0, 1, 2, 3, 4, 5, 1, 1, a, 0, 1, 1, 1, 1, a, 0, 16, False)
     asm = fn.inspect_asm(fn.signatures[0])
     fmas = re.findall(r"vfmadd\d+ps\s+([^\n]*)", asm)
     assert len(fmas) >= 12 and all("ymm" in f for f in fmas), fmas

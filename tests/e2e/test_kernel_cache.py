@@ -27,7 +27,7 @@ model:
   layers:
     - Conv2D: {filters: 8, kernel_size: 3, activation: relu}
     - MaxPooling2D: {pool_size: 2}
-    - Conv2D: {filters: 8, kernel_size: 3, activation: relu}
+    - Conv2D: {filters: 16, kernel_size: 3, activation: relu}
     - Flatten: {}
     - Dense: {units: 10, activation: softmax}
 train: {epochs: 1, batch_size: 32}
@@ -85,9 +85,13 @@ def test_second_run_loads_every_kernel_from_the_cache(tmp_path):
     run_child(spec, tmp_path / "runs")  # compiles whatever the cache lacks (first ever run)
     first_step_s, kernels = run_child(spec, tmp_path / "runs")
     expected = {
-        "cnnkit.kernels.conv.conv2d_forward",
-        "cnnkit.kernels.conv.conv2d_backward_weights",
-        "cnnkit.kernels.conv.conv2d_backward_input_cols",  # 13x13 -> 11x11: the column path
+        # the first convolution (8 filters): the im2col/direct-loop path
+        "cnnkit.kernels.conv.conv2d_forward_gemm",
+        "cnnkit.kernels.conv.conv2d_backward_weights_gemm",
+        # the second (16 filters, float32): the register-blocked direct kernels, its input
+        # gradient (13x13 -> 11x11) on the direct forward
+        "cnnkit.kernels.conv.conv2d_forward_direct",
+        "cnnkit.kernels.conv.conv2d_backward_weights_direct",
         "cnnkit.kernels.pool.maxpool2d_forward",
         "cnnkit.kernels.pool.maxpool2d_backward",
     }

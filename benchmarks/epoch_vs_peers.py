@@ -41,7 +41,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return wall, lines[-1] if lines else ""
 
 
-def compare(spec: str, peers: list[str], rounds: int, threads: int, env: dict) -> dict:
+def compare(
+    spec: str, peers: list[str], rounds: int, threads: int, env: dict, warm: bool = True
+) -> dict:
     """Rounds of cnnkit, then each peer, as fresh processes; wall times and ratios."""
     rows = []
     with tempfile.TemporaryDirectory() as out:
@@ -49,7 +51,8 @@ def compare(spec: str, peers: list[str], rounds: int, threads: int, env: dict) -
         commands = {"cnnkit": cnnkit}
         for peer in peers:
             commands[peer] = [sys.executable, SCRIPTS[peer], spec, "--threads", str(threads)]
-        timed(cnnkit, env)  # untimed: warms the Numba cache and the page cache
+        if warm:
+            timed(cnnkit, env)  # untimed: warms the Numba cache and the page cache
         for r in range(1, rounds + 1):
             row: dict = {"round": r}
             for name, cmd in commands.items():
@@ -86,6 +89,9 @@ def main() -> None:
     parser.add_argument("--peers", default="torch,keras", help="torch, keras or torch,keras")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE"))
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--no-warm-up", action="store_true", help="skip the untimed cnnkit run (a warm cache)"
+    )
     args = parser.parse_args()
     peers = [p.strip() for p in args.peers.split(",")]
     if not peers or any(p not in SCRIPTS for p in peers):
@@ -95,10 +101,12 @@ def main() -> None:
     env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     env["CNNKIT_NUM_THREADS"] = str(args.threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    results = [compare(spec, peers, args.rounds, args.threads, env) for spec in args.specs]
-    if args.json:
-        report = {"threads": args.threads, "python": sys.executable, "results": results}
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    results = []
+    for spec in args.specs:
+        results.append(compare(spec, peers, args.rounds, args.threads, env, not args.no_warm_up))
+        if args.json:  # after each spec: a long run's figures so far are kept
+            report = {"threads": args.threads, "python": sys.executable, "results": results}
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,16 @@ from cnnkit.spec.config import load_spec
 from tests.clitools import ROOT, WIDTH, assert_fits
 
 
+@pytest.fixture(scope="module")
+def mnist_bench() -> dict:
+    """A real bench's figures (no peer), shared by the tables that add peers beside them."""
+    return api.bench(load_spec(ROOT / "configs" / "mnist.yaml"), steps=1, rounds=1).to_dict()
+
+
 @pytest.mark.e2e
-def test_bench_with_pytorch_columns_at_80_columns():
+def test_bench_with_pytorch_columns_at_80_columns(mnist_bench):
     """The widest table (--vs torch): a real bench's figures, with a PyTorch side beside them."""
-    result = api.bench(load_spec(ROOT / "configs" / "mnist.yaml"), steps=1, rounds=1).to_dict()
+    result = dict(mnist_bench)
     result["torch"] = {
         "version": "2.5.1+cpu",
         "train_images_per_s": result["train_images_per_s"] * 2,
@@ -44,9 +50,9 @@ def test_bench_with_pytorch_columns_at_80_columns():
 
 
 @pytest.mark.e2e
-def test_bench_with_pytorch_and_keras_columns_at_80_columns():
+def test_bench_with_pytorch_and_keras_columns_at_80_columns(mnist_bench):
     """--vs torch,keras: both peers' columns, ratios, guards, and the faster peer's ratio."""
-    result = api.bench(load_spec(ROOT / "configs" / "mnist.yaml"), steps=1, rounds=1).to_dict()
+    result = dict(mnist_bench)
     keys = list(result_gradient_keys(result))
     for name, label, factor in (("torch", "PyTorch", 2.0), ("keras", "Keras", 4.0)):
         result[name] = {

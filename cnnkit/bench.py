@@ -1,9 +1,9 @@
 """`cnnkit bench`: training and inference throughput of a spec on synthetic data, per-layer
-times, achieved GFLOP/s, and optionally the same network in PyTorch side by side.
+times, achieved GFLOP/s, and optionally the same network in PyTorch and/or Keras side by side.
 
-Machines here are shared and noisy, so a comparison runs both frameworks alternately in one
-process (cnnkit, PyTorch, cnnkit, PyTorch, ...) and reports per-round ratios and their median:
-absolute times move with the load, ratios measured that way hold.
+Machines here are shared and noisy, so a comparison runs the frameworks alternately in one
+process (cnnkit, PyTorch, Keras, cnnkit, PyTorch, Keras, ...) and reports per-round ratios and
+their median: absolute times move with the load, ratios measured that way hold.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class BenchResult:
     # peak; arrays reused from step to step do not count; Numba's scratch is not traced)
     step_alloc_mb: float | None = None
     torch: dict[str, Any] | None = None  # --vs torch: throughputs, ratios, correctness guard
+    keras: dict[str, Any] | None = None  # --vs keras: the same
+    # with a peer: cnnkit / the faster peer, per round, medians (the issue's bar)
+    vs_faster: dict[str, Any] | None = None
     # the machine's FP32 peak on `threads` threads, measured (cnnkit.kernels.peak); each layer
     # row's forward_gflops / backward_gflops and their *_peak_share (fractions of it)
     peak_gflops: float | None = None
@@ -123,6 +126,36 @@ def _peak_memory_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
 
 
+PEERS = {"torch": "cnnkit.bench_torch", "keras": "cnnkit.bench_keras"}
+
+
+def parse_vs(vs: str | None) -> tuple[str, ...]:
+    """`--vs torch`, `--vs keras`, `--vs torch,keras` (the order of alternation): the peers."""
+    if vs is None:
+        return ()
+    names = tuple(name.strip().lower() for name in vs.split(","))
+    unknown = [name for name in names if name not in PEERS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise CnnkitError(
+            f"--vs {vs!r} is not supported",
+            hint="Use --vs torch, --vs keras or --vs torch,keras (each peer once).",
+        )
+    return names
+
+
+def _peer_runners(names, spec: Spec, ours: _CnnkitRunner, batch: int, threads: int) -> list:
+    """Each peer's runner (its twin of the spec, cnnkit's weights copied in). Imported here:
+    neither peer is a dependency; a missing one is ExtraMissing (exit 2)."""
+    from cnnkit.bench_keras import KerasRunner
+    from cnnkit.bench_torch import TorchRunner
+
+    classes = {"torch": TorchRunner, "keras": KerasRunner}
+    return [
+        classes[name](spec, ours.model, ours.loss_fn, batch, threads, ours.x, ours.y)
+        for name in names
+    ]
+
+
 def run_bench(
     spec: Spec,
     steps: int = 20,
@@ -135,31 +168,27 @@ def run_bench(
 ) -> BenchResult:
     """Time `steps` training steps and `steps` inference batches per round, `rounds` times,
     after `warmup` untimed steps (which compile the kernels on a cold cache)."""
-    if vs not in (None, "torch"):
-        raise CnnkitError(f"--vs {vs!r} is not supported", hint="Use --vs torch.")
+    names = parse_vs(vs)
     progress = on_progress or (lambda text: None)
     n_threads = configure_threads(threads)
     batch = batch_size or spec.train.batch_size
     ours = _CnnkitRunner(spec, batch)
-    theirs = None
-    if vs == "torch":
-        from cnnkit.bench_torch import TorchRunner
-
-        theirs = TorchRunner(spec, ours.model, ours.loss_fn, batch, n_threads, ours.x, ours.y)
+    peers = _peer_runners(names, spec, ours, batch, n_threads)
     progress("warming up (compiles the kernels on a cold cache)")
-    guard = None
-    if theirs is not None:
-        guard = theirs.check_against(ours)  # before any training step changes the weights
-    runners = [r for r in (ours, theirs) if r is not None]
+    # before any training step changes the weights
+    guards = {peer.name: peer.check_against(ours) for peer in peers}
     for _ in range(warmup):
-        for runner in runners:
-            runner.train_step()
-            runner.infer()
+        ours.train_step()
+        ours.infer()
+    setups = {}
+    for peer in peers:
+        progress(f"warming up {peer.label}")
+        setups[peer.name] = peer.warm_up(warmup)
     tracemalloc.start()
     ours.train_step()
     step_alloc = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    detail = [_round(ours, theirs, batch, steps, r, rounds, progress) for r in range(rounds)]
+    detail = [_round(ours, peers, batch, steps, r, rounds, progress) for r in range(rounds)]
     progress("per-layer times, and the machine's FP32 peak (an FMA microkernel)")
     from cnnkit.kernels.peak import measure_peak_gflops  # numba, imported when it runs
 
@@ -185,31 +214,47 @@ def run_bench(
         step_alloc_mb=step_alloc,
         peak_gflops=peak,
     )
-    if theirs is not None:
-        result.torch = {
-            "version": theirs.version,
-            "threads": theirs.threads,
-            "train_images_per_s": median("torch_train"),
-            "infer_images_per_s": median("torch_infer"),
-            "train_ratio": median("train_ratio"),
-            "infer_ratio": median("infer_ratio"),
-            "check": guard,
+    for peer in peers:
+        figures = _peer_figures(peer, median)
+        setattr(
+            result, peer.name, {**figures, "setup": setups[peer.name], "check": guards[peer.name]}
+        )
+    if peers:
+        result.vs_faster = {
+            "train_ratio": median("faster_train_ratio"),
+            "infer_ratio": median("faster_infer_ratio"),
         }
     result.peak_memory_mb = _peak_memory_mb()
     return result
 
 
-def _round(ours, theirs, batch: int, steps: int, r: int, rounds: int, progress) -> dict:
-    """Images/s of one round: cnnkit then PyTorch, training then inference."""
+def _peer_figures(peer, median) -> dict[str, Any]:
+    """A peer's throughputs and cnnkit's ratios to it, medians over the rounds."""
+    return {
+        "label": peer.label,
+        "version": peer.version,
+        "threads": peer.threads,
+        "train_images_per_s": median(f"{peer.name}_train"),
+        "infer_images_per_s": median(f"{peer.name}_infer"),
+        "train_ratio": median(f"{peer.name}_train_ratio"),
+        "infer_ratio": median(f"{peer.name}_infer_ratio"),
+    }
+
+
+def _round(ours, peers: list, batch: int, steps: int, r: int, rounds: int, progress) -> dict:
+    """Images/s of one round: cnnkit then each peer, training, then the same for inference;
+    each ratio cnnkit / peer from this round's figures, and cnnkit / the faster peer."""
     progress(f"round {r + 1} of {rounds}")
-    row = {"train": batch * steps / _timed(ours.train_step, steps)}
-    if theirs is not None:
-        row["torch_train"] = batch * steps / _timed(theirs.train_step, steps)
-    row["infer"] = batch * steps / _timed(ours.infer, steps)
-    if theirs is not None:
-        row["torch_infer"] = batch * steps / _timed(theirs.infer, steps)
-        row["train_ratio"] = row["train"] / row["torch_train"]
-        row["infer_ratio"] = row["infer"] / row["torch_infer"]
+    row: dict[str, float] = {}
+    for kind, method in (("train", "train_step"), ("infer", "infer")):
+        row[kind] = batch * steps / _timed(getattr(ours, method), steps)
+        for peer in peers:
+            row[f"{peer.name}_{kind}"] = batch * steps / _timed(getattr(peer, method), steps)
+        for peer in peers:
+            row[f"{peer.name}_{kind}_ratio"] = row[kind] / row[f"{peer.name}_{kind}"]
+        if peers:
+            fastest = max(row[f"{peer.name}_{kind}"] for peer in peers)
+            row[f"faster_{kind}_ratio"] = row[kind] / fastest
     return row
 
 

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.errors import CnnkitError
+from cnnkit.bench_guard import TOLERANCE, cnnkit_side, judge, relative_error
+from cnnkit.errors import CnnkitError, ExtraMissing
+
+__all__ = ["TOLERANCE", "TorchRunner", "TwinBuilder", "relative_error"]
 
 # cnnkit activation name -> torch module factory (Keras 3 formulas; hard_sigmoid is relu6(x+3)/6)
 _ACTIVATIONS = {
@@ -33,25 +36,14 @@ _ACTIVATIONS = {
     "hard_sigmoid": "Hardsigmoid",
 }
 
-# The guard's yardstick: for each array (forward output, loss, each parameter's gradient),
-# e = max |x - reference| / max |reference|, the reference being the same network in float64
-# on the same weights and batch. Scaling by the array's largest value makes e independent of
-# the array's units and ignores the relative noise of entries that are nearly zero. float32
-# rounding through sums of up to ~1e5 terms and a few layers stays near 1e-6 (cnnkit on
-# mnist_basic: 5.9e-07); a wrong index, a missing term or a wrong formula shows as 1e-2 or more.
-# 1e-4 sits between the two, with room for deeper networks and larger batches.
-TOLERANCE = 1e-4
-# ... unless PyTorch's float32 is off on the same array by at least 1/PEER_FACTOR as much
-PEER_FACTOR = 3.0
-
 
 def _import_torch():
     try:
         import torch
     except ImportError:
-        raise CnnkitError(
+        raise ExtraMissing(
             "--vs torch needs PyTorch, which is not installed",
-            hint="pip install torch (CPU wheel); it is never a dependency of cnnkit.",
+            hint="pip install torch (the CPU wheel); it is never a dependency of cnnkit.",
         ) from None
     return torch
 
@@ -175,6 +167,11 @@ def _function_module(module_class, fn):
 
 
 class TorchRunner:
+    """The PyTorch peer of `cnnkit bench` (cnnkit.bench's round loop calls train_step and
+    infer, check_against before any training step, warm_up after it)."""
+
+    name, label = "torch", "PyTorch"
+
     def __init__(self, spec, model, loss_fn, batch: int, threads: int, x, y):
         torch = _import_torch()
         self.torch = torch
@@ -266,6 +263,12 @@ class TorchRunner:
         return total
 
     # -- timed work ---------------------------------------------------------------------------
+    def warm_up(self, steps: int) -> dict[str, Any]:
+        for _ in range(steps):
+            self.train_step()
+            self.infer()
+        return {}
+
     def train_step(self) -> None:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -292,95 +295,35 @@ class TorchRunner:
         return twin, params, names
 
     def check_against(self, ours) -> dict[str, Any]:
-        """Judge cnnkit and PyTorch (both float32) against the float64 twin: forward outputs
-        (logits, inference) and, without dropout, the loss and every parameter's gradient of one
-        training batch. Raises only when cnnkit is off: a benchmark of a wrong kernel is
-        worthless. PyTorch's float32 being off is reported and the benchmark runs (on
-        mnist_basic PyTorch 2.13's first-conv kernel gradient is off by 2.8e-03, cnnkit's by
-        5.9e-07)."""
+        """Judge cnnkit and PyTorch (both float32) against the float64 twin
+        (cnnkit.bench_guard.judge): forward outputs (logits, inference) and, without dropout,
+        the loss and every parameter's gradient of one training batch, in PyTorch's layout.
+        Raises only when cnnkit is off (on mnist_basic PyTorch 2.13's first-conv kernel
+        gradient is off by 2.8e-03, cnnkit's by 5.9e-07)."""
         torch = self.torch
         twin, twin_params, names = self._reference_twin()
         twin.eval()
         with torch.no_grad():
-            ref_out = twin(self.x.double()).numpy()
-        sides: dict[str, dict[str, Any]] = {
-            "cnnkit": {"output": relative_error(ours.infer(), ref_out)},
-            "torch": {"output": relative_error(self.infer().numpy(), ref_out)},
-        }
-        for side in sides.values():
-            side["loss"] = None
-            side["gradients"] = {}
-        if not self.has_dropout:  # dropout's random masks differ: gradients are not comparable
+            ref = {"output": twin(self.x.double()).numpy(), "loss": None, "gradients": {}}
+        theirs = {"output": self.infer().numpy(), "loss": None, "gradients": {}}
+        gradients = not self.has_dropout  # dropout's random masks differ: not comparable
+        ours = cnnkit_side(ours, gradients)
+        if gradients:
             twin.train()
             y = self.y.double() if self.binary else self.y
             twin_tensors = {k: twin_params[names[id(t)]] for k, t, _ in self.copies}
             ref_loss = self.loss(twin(self.x.double()), y) + self.penalty(twin_tensors)
             ref_loss.backward()
-            ref_loss = ref_loss.item()
-            logits = ours.model.forward(ours.x, training=True)
-            loss, dlogits = ours.loss_fn(logits, ours.y)
-            loss += ours.model.regularization_loss()
-            ours.model.backward(dlogits)
-            grads = ours.model.named_grads()
+            ref["loss"] = ref_loss.item()
             self.net.train()
             self.optimizer.zero_grad(set_to_none=True)
             torch_loss = self.loss(self.net(self.x), self.y) + self.penalty(self.tensors)
             torch_loss.backward()
-            sides["cnnkit"]["loss"] = relative_error(loss, ref_loss)
-            sides["torch"]["loss"] = relative_error(torch_loss.item(), ref_loss)
-            refs = {
-                key: twin_params[names[id(tensor)]].grad.numpy() for key, tensor, _ in self.copies
-            }
-            # a gradient that is zero in exact arithmetic (a bias before BatchNormalization)
-            # is only rounding noise: measured against a thousandth of the largest gradient
-            floor = 1e-3 * max((float(np.abs(r).max()) for r in refs.values()), default=0.0)
+            theirs["loss"] = torch_loss.item()
             for key, tensor, to_torch in self.copies:
-                ref = refs[key]
-                sides["cnnkit"]["gradients"][key] = relative_error(to_torch(grads[key]), ref, floor)
-                sides["torch"]["gradients"][key] = relative_error(tensor.grad.numpy(), ref, floor)
+                ref["gradients"][key] = twin_params[names[id(tensor)]].grad.numpy()
+                theirs["gradients"][key] = tensor.grad.numpy()
+                ours["gradients"][key] = to_torch(ours["gradients"][key])
             self.optimizer.zero_grad(set_to_none=True)
-        per_array = {}
-        for name, side in sides.items():
-            errors = {"output": side["output"], "loss": side["loss"]}
-            errors.update({f"gradient of {k}": v for k, v in side["gradients"].items()})
-            per_array[name] = {k: v for k, v in errors.items() if v is not None}
-            worst = max(per_array[name].items(), key=lambda e: e[1])
-            side["max"], side["worst"] = worst[1], worst[0]
-            side["ok"] = worst[1] <= TOLERANCE
-        # an array as far off as PyTorch's own float32 is ill-conditioned, not wrong (the
-        # gradient of a bias just before a BatchNormalization, zero in exact arithmetic)
-        mine, theirs = per_array["cnnkit"], per_array["torch"]
-        sides["cnnkit"]["ok"] = all(
-            e <= TOLERANCE or e <= PEER_FACTOR * theirs.get(k, 0.0) for k, e in mine.items()
-        )
-        check: dict[str, Any] = {
-            "reference": "the PyTorch twin in float64, same weights, same batch",
-            "measure": "max |x - reference| / max |reference|, per array",
-            "tolerance": TOLERANCE,
-            **sides,
-            "ok": sides["cnnkit"]["ok"],
-        }
-        mine = sides["cnnkit"]
-        if not mine["ok"]:
-            raise CnnkitError(
-                f"cnnkit's {mine['worst']} is off by {mine['max']:.2e} from a float64 reference "
-                f"with the same weights and batch (tolerance {TOLERANCE:.0e}; PyTorch's float32 "
-                f"is off by {sides['torch']['max']:.2e} at most)",
-                hint="A bug in cnnkit's kernels, or in how the PyTorch twin (the reference) "
-                "builds this spec: please report it with the spec.",
-            )
-        return check
-
-
-def relative_error(value, reference, floor: float = 0.0) -> float:
-    """max |value - reference| / max |reference| over the array (a scalar: |v - r| / |r|);
-    the scale is at least `floor`."""
-    value = np.asarray(value, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = max(float(np.abs(reference).max()), floor)
-    diff = float(np.abs(value - reference).max())
-    if not np.isfinite(diff):  # NaN or inf on either side
-        return float("inf")
-    if scale == 0.0:
-        return 0.0 if diff == 0.0 else float("inf")
-    return diff / scale
+        reference = "the PyTorch twin in float64, same weights, same batch"
+        return judge("torch", "PyTorch", reference, ours, theirs, ref)

@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("cnnkit.runs",)),
     ("train", ("cnnkit.train",)),
     ("export", ("cnnkit.export",)),
-    ("api", ("cnnkit.api", "cnnkit.bench", "cnnkit.bench_torch", "cnnkit.launch")),
+    ("api", ("cnnkit.api", "cnnkit.bench", "cnnkit.bench_guard", "cnnkit.bench_torch",
+             "cnnkit.bench_keras", "cnnkit.launch")),
     ("serve", ("cnnkit.serve",)),
     ("cli", ("cnnkit.cli", "cnnkit.__main__")),
 ]  # fmt: skip

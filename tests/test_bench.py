@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from cnnkit.bench import _CnnkitRunner, run_bench
+from cnnkit.bench import _CnnkitRunner, parse_vs, run_bench
 from cnnkit.errors import CnnkitError
 from cnnkit.spec.config import load_spec
 from tests.clitools import flat, run_cli
@@ -95,7 +96,7 @@ def test_vs_torch_guard_does_not_blame_cnnkit_for_torch(bench_spec, restore_thre
         > 100 * (check["cnnkit"]["gradients"]["layers.0.kernel"])
     )
     text = flat(_render(result))
-    assert "cnnkit within 1e-04 of a float64 reference" in text
+    assert "Correctness guard against the float64 PyTorch twin: cnnkit within 1e-04" in text
     assert "PyTorch float32 is not" in text and "the benchmark ran" in text
     assert "gradient layers.0.kernel" in text and "PyTorch float32" in text
 
@@ -175,3 +176,35 @@ def test_twin_models_the_loss_or_refuses(bench_spec, change, refused, restore_th
         return
     check = TorchRunner(spec, ours.model, ours.loss_fn, 8, 1, ours.x, ours.y).check_against(ours)
     assert check["cnnkit"]["ok"] and check["torch"]["ok"], check
+
+
+def test_vs_names_the_peers_in_order():
+    assert parse_vs(None) == ()
+    assert parse_vs("torch") == ("torch",) and parse_vs("keras") == ("keras",)
+    assert parse_vs("torch,keras") == ("torch", "keras")
+    assert parse_vs("Keras, torch") == ("keras", "torch")  # the order of alternation
+    for bad in ("jax", "torch,torch", "torch,", ""):
+        with pytest.raises(CnnkitError, match="is not supported") as error:
+            parse_vs(bad)
+        assert "--vs torch, --vs keras or --vs torch,keras" in error.value.hint
+
+
+@pytest.mark.parametrize(
+    ("vs", "module", "install"),
+    [("keras", "tensorflow", "pip install tensorflow-cpu"), ("torch,keras", "torch", "torch")],
+)
+def test_a_missing_peer_says_what_to_install(bench_spec, monkeypatch, capsys, vs, module, install):
+    """Without the peer's package (hidden here where it is installed): exit 2, no traceback,
+    the pip line; nothing is timed. A bad --vs: exit 2 naming the valid ones."""
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    code, out, err = run_cli(
+        "bench", str(bench_spec), "--steps", "1", "--rounds", "1", "--vs", vs,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err and "images/s" not in out
+    text = flat(err)
+    assert "needs" in text and "which is not installed" in text and install in text
+    code, _, err = run_cli(
+        "bench", str(bench_spec), "--vs", "tensorflow", monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 2 and "--vs torch,keras" in flat(err)

@@ -684,19 +684,24 @@ def bench(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds; medians are reported.")] = 3,
     vs: Annotated[
-        str | None, typer.Option("--vs", help="torch: the same network in PyTorch, alternately.")
+        str | None,
+        typer.Option(
+            "--vs",
+            help="torch, keras or torch,keras: the same network in PyTorch and/or Keras, "
+            "alternately.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Training and inference images/s on synthetic data, per-layer times, GFLOP/s.
 
-    Timed after an untimed warm-up. With --vs torch the same network is built in PyTorch
-    (when installed); both are checked against the network in float64 on the same weights
-    (refused only if cnnkit is off) and timed alternately in this process: the ratios are
-    what to read.
+    Timed after an untimed warm-up. With --vs torch (or keras, or torch,keras) the same network
+    is built in PyTorch and/or TensorFlow-Keras (when installed); each side is checked against
+    the peer's network in float64 on the same weights (refused only if cnnkit is off) and all
+    are timed alternately in this process: the ratios are what to read.
 
-    Example: cnnkit bench configs/mnist_basic.yaml --threads 2 --vs torch
+    Example: cnnkit bench configs/mnist_basic.yaml --threads 2 --vs torch,keras
     """
     parsed = load_spec(spec, set_)
     result = api.bench(

@@ -894,53 +894,61 @@ def bench_progress(text: str) -> None:
 
 
 def _guard_line(check: dict[str, Any]) -> str:
-    """The correctness guard's verdict, in one sentence."""
-    mine, theirs = check["cnnkit"], check["torch"]
-    guard = f"Correctness guard: cnnkit within {check['tolerance']:.0e} of a float64 reference"
-    if mine["max"] > check["tolerance"]:  # passed as no worse than PyTorch's float32
+    """The correctness guard's verdict against one peer, in one sentence."""
+    peer = check.get("peer", "torch")
+    label = check.get("peer_label", "PyTorch")
+    mine, theirs = check["cnnkit"], check[peer]
+    guard = (
+        f"Correctness guard against the float64 {label} twin: cnnkit within "
+        f"{check['tolerance']:.0e}"
+    )
+    if mine["max"] > check["tolerance"]:  # passed as no worse than the peer's float32
         guard += (
-            f", or as close as PyTorch's float32 ({mine['worst']}: {mine['max']:.1e}, "
+            f", or as close as {label} float32 ({mine['worst']}: {mine['max']:.1e}, "
             "ill-conditioned)"
         )
     if theirs["ok"]:
-        return guard + ", PyTorch float32 too"
+        return guard + f", {label} float32 too"
     return guard + (
-        f"; [yellow]PyTorch float32 is not[/yellow] ({theirs['worst']}: "
+        f"; [yellow]{label} float32 is not[/yellow] ({theirs['worst']}: "
         f"{theirs['max']:.1e}), its own rounding: the benchmark ran"
     )
 
 
+def _bench_peers(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, figures) of each peer the bench ran against (--vs torch,keras), in order."""
+    return [(name, result[name]) for name in ("torch", "keras") if result.get(name)]
+
+
 def bench_renderables(result: dict[str, Any]) -> list[Any]:
-    """`cnnkit bench`: throughput table (with PyTorch and ratios under --vs torch), then the
-    per-layer times, slowest first, with their GFLOP/s and share of the measured peak."""
-    torch = result.get("torch")
+    """`cnnkit bench`: throughput table (with each peer's figures and the ratios under --vs),
+    then the per-layer times, slowest first, with their GFLOP/s and share of the measured
+    peak."""
+    peers = _bench_peers(result)
     title = (
         f"{result['spec']}: batch {result['batch_size']}, {result['threads']} threads, "
         f"{plural(result['rounds'], 'round')} of {plural(result['steps'], 'batch')} (medians)"
     )
-    if torch:
-        title += f"; PyTorch {torch['version']}, alternately in the same process"
+    if peers:
+        versions = ", ".join(f"{p.get('label', 'PyTorch')} {p['version']}" for _, p in peers)
+        title += f"; {versions}, alternately in the same process"
     # title and notes as lines of their own: they wrap at the terminal's width, not the table's
     table = Table(box=box.SIMPLE_HEAVY)
     table.add_column("")
     table.add_column("cnnkit images/s", justify="right")
     table.add_column("GFLOP/s", justify="right")
-    if torch:
-        table.add_column("PyTorch images/s", justify="right")
-        table.add_column("cnnkit / PyTorch", justify="right")
+    for _, peer in peers:
+        label = peer.get("label", "PyTorch")
+        table.add_column(f"{label} images/s", justify="right")
+        table.add_column(f"cnnkit / {label}", justify="right")
     for kind, label in (("train", "training"), ("infer", "inference")):
         row = [
             label,
             f"{result[f'{kind}_images_per_s']:,.0f}",
             f"{result[f'{kind}_gflops']:.1f}",
         ]
-        if torch:
-            ratio = torch[f"{kind}_ratio"]
-            style = "green" if ratio >= 1 else ("yellow" if ratio >= 0.5 else "red")
-            row += [
-                f"{torch[f'{kind}_images_per_s']:,.0f}",
-                f"[{style}]{ratio:.2f}×[/{style}]",
-            ]
+        for _, peer in peers:
+            row += [f"{peer[f'{kind}_images_per_s']:,.0f}", _ratio(peer[f"{kind}_ratio"])]
         table.add_row(*row)
     notes = []
     if result.get("peak_memory_mb") is not None:
@@ -955,14 +963,25 @@ def bench_renderables(result: dict[str, Any]) -> list[Any]:
             f"FP32 peak, measured (FMA microkernel, {plural(result['threads'], 'thread')}): "
             f"{peak:.1f} GFLOP/s; each layer's GFLOP/s below is shown as a share of it"
         )
-    if torch:
-        notes.append(_guard_line(torch["check"]))
+    for name, peer in peers:
+        notes.append(_guard_line(peer["check"]))
         ratios = ", ".join(
-            f"{r['train_ratio']:.2f}/{r['infer_ratio']:.2f}" for r in result["rounds_detail"]
+            f"{r[f'{name}_train_ratio']:.2f}/{r[f'{name}_infer_ratio']:.2f}"
+            for r in result["rounds_detail"]
         )
-        notes.append(f"Ratios per round (train/inference): {ratios}")
+        label = peer.get("label", "PyTorch")
+        notes.append(f"cnnkit / {label} per round (train/inference): {ratios}")
+        chosen = (peer.get("setup") or {}).get("chosen")
+        if chosen:
+            notes.append(f"{label} timed as {chosen['train']}; {chosen['infer']}")
+    if len(peers) > 1 and result.get("vs_faster"):
+        faster = result["vs_faster"]
+        notes.append(
+            f"cnnkit / the faster peer (per round, median): training "
+            f"{_ratio(faster['train_ratio'])}, inference {_ratio(faster['infer_ratio'])}"
+        )
 
-    checks = [_bench_check_table(torch["check"])] if torch else []
+    checks = [_bench_check_table(peer["check"]) for _, peer in peers]
     notes_text = Text.from_markup("\n".join(notes))
     return [Text(title), table, notes_text, *checks, _bench_layer_layouts(result)]
 
@@ -1039,19 +1058,25 @@ def _rate(row: dict[str, Any], kind: str, sep: str) -> str:
     return f"{gflops:.1f}{sep}[{style}]({share:.0%})[/{style}]"
 
 
+def _ratio(ratio: float) -> str:
+    style = "green" if ratio >= 1 else ("yellow" if ratio >= 0.5 else "red")
+    return f"[{style}]{ratio:.2f}×[/{style}]"
+
+
 def _bench_check_table(check: dict[str, Any]) -> Table:
     """Each side's error against the float64 reference, per array; over the tolerance in
-    yellow (only PyTorch's can be: cnnkit over it stops the benchmark)."""
+    yellow (only the peer's can be: cnnkit over it stops the benchmark)."""
+    peer, label = check.get("peer", "torch"), check.get("peer_label", "PyTorch")
     table = Table(
         title=f"Error vs a float64 reference (tolerance {check['tolerance']:.0e})",
         box=box.SIMPLE_HEAVY,
         title_justify="left",
-        caption="Per array: max |x - ref| / max |ref|; ref: the PyTorch twin in float64, "
+        caption=f"Per array: max |x - ref| / max |ref|; ref: the {label} twin in float64, "
         "same weights, same batch."
         + ("" if check["cnnkit"]["gradients"] else " Dropout: loss and gradients not compared."),
         caption_justify="left",
     )
-    for name in ("", "cnnkit", "PyTorch float32"):
+    for name in ("", "cnnkit", f"{label} float32"):
         table.add_column(name, justify="right" if name else "left")
 
     def cell(value: float | None) -> str:
@@ -1060,7 +1085,7 @@ def _bench_check_table(check: dict[str, Any]) -> Table:
         text = f"{value:.1e}"
         return text if value <= check["tolerance"] else f"[yellow]{text}[/yellow]"
 
-    ours, theirs = check["cnnkit"], check["torch"]
+    ours, theirs = check["cnnkit"], check[peer]
     table.add_row("output (logits)", cell(ours["output"]), cell(theirs["output"]))
     table.add_row("loss", cell(ours["loss"]), cell(theirs["loss"]))
     for key, value in ours["gradients"].items():

@@ -18,10 +18,16 @@ from cnnkit.spec.config import load_spec
 from tests.clitools import ROOT, WIDTH, assert_fits
 
 
+@pytest.fixture(scope="module")
+def mnist_bench() -> dict:
+    """A real bench's figures (no peer), shared by the tables that add peers beside them."""
+    return api.bench(load_spec(ROOT / "configs" / "mnist.yaml"), steps=1, rounds=1).to_dict()
+
+
 @pytest.mark.e2e
-def test_bench_with_pytorch_columns_at_80_columns():
+def test_bench_with_pytorch_columns_at_80_columns(mnist_bench):
     """The widest table (--vs torch): a real bench's figures, with a PyTorch side beside them."""
-    result = api.bench(load_spec(ROOT / "configs" / "mnist.yaml"), steps=1, rounds=1).to_dict()
+    result = dict(mnist_bench)
     result["torch"] = {
         "version": "2.5.1+cpu",
         "train_images_per_s": result["train_images_per_s"] * 2,
@@ -30,7 +36,7 @@ def test_bench_with_pytorch_columns_at_80_columns():
         "infer_ratio": 0.5,
         "check": _guard_result(list(result_gradient_keys(result))),
     }
-    result["rounds_detail"] = [{"train_ratio": 0.5, "infer_ratio": 0.5}]
+    result["rounds_detail"] = [{"torch_train_ratio": 0.5, "torch_infer_ratio": 0.5}]
     out = io.StringIO()
     console = Console(file=out, width=WIDTH)
     for renderable in display.bench_renderables(result):
@@ -43,6 +49,40 @@ def test_bench_with_pytorch_columns_at_80_columns():
     assert "Error vs a float64 reference" in text and "2.8e-03" in text and "5.9e-07" in text
 
 
+@pytest.mark.e2e
+def test_bench_with_pytorch_and_keras_columns_at_80_columns(mnist_bench):
+    """--vs torch,keras: both peers' columns, ratios, guards, and the faster peer's ratio."""
+    result = dict(mnist_bench)
+    keys = list(result_gradient_keys(result))
+    for name, label, factor in (("torch", "PyTorch", 2.0), ("keras", "Keras", 4.0)):
+        result[name] = {
+            "label": label,
+            "version": "9.9.9",
+            "train_images_per_s": result["train_images_per_s"] * factor,
+            "infer_images_per_s": result["infer_images_per_s"] * factor,
+            "train_ratio": 1 / factor,
+            "infer_ratio": 1 / factor,
+            "setup": {"chosen": {"train": "model.train_on_batch, jit_compile=True",
+                                 "infer": "tf.function, jit_compile=False"}},
+            "check": {**_guard_result(keys, name), "peer": name, "peer_label": label},
+        }  # fmt: skip
+    result["rounds_detail"] = [
+        {"torch_train_ratio": 0.5, "torch_infer_ratio": 0.5,
+         "keras_train_ratio": 0.25, "keras_infer_ratio": 0.25}
+    ]  # fmt: skip
+    result["vs_faster"] = {"train_ratio": 0.25, "infer_ratio": 0.25}
+    out = io.StringIO()
+    console = Console(file=out, width=WIDTH)
+    for renderable in display.bench_renderables(result):
+        console.print(renderable)
+    text = out.getvalue()
+    assert_fits(text)
+    assert f"{result['keras']['train_images_per_s']:,.0f}" in text
+    assert f"{result['torch']['train_images_per_s']:,.0f}" in text
+    assert "Keras float32" in text and "PyTorch float32" in text
+    assert "the faster peer" in text and "0.25×" in text and "jit_compile=True" in text
+
+
 def result_gradient_keys(result: dict) -> list[str]:
     """Parameter names of the benchmarked model, as the guard reports them."""
     spec = load_spec(ROOT / "configs" / "mnist.yaml")
@@ -50,7 +90,7 @@ def result_gradient_keys(result: dict) -> list[str]:
     return list(build_model(spec).build(spec.seed).named_params())
 
 
-def _guard_result(keys: list[str]) -> dict:
+def _guard_result(keys: list[str], peer: str = "torch") -> dict:
     """A guard result in cnnkit.bench_torch's shape: cnnkit fine, PyTorch's first gradient off."""
     ours = {k: 5.9e-07 for k in keys}
     theirs = {k: 2.8e-03 if i == 0 else 3e-07 for i, k in enumerate(keys)}
@@ -67,7 +107,7 @@ def _guard_result(keys: list[str]) -> dict:
         "reference": "float64 twin",
         "measure": "max|x-ref|/max|ref|",
         "cnnkit": side(ours, True),
-        "torch": side(theirs, False),
+        peer: side(theirs, False),
     }
 
 

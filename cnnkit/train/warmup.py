@@ -98,8 +98,9 @@ def _kernels_called(function: Any) -> list[str]:
 def uncached(kernels: list[str]) -> list[str]:
     """The kernels with no entry in Numba's cache for this source file and this machine.
 
-    A kernel that is a plain Python function (conv2d_backward_input picks one of two compiled
-    paths) counts as cached when any compiled function it calls is."""
+    A kernel that is a plain Python function (conv2d_forward picks the direct or the GEMM
+    path, conv2d_backward_input runs on conv2d_forward or on the column path) counts as cached
+    when any compiled function it calls, directly or through such functions, is."""
     import importlib
 
     out = []
@@ -112,11 +113,25 @@ def uncached(kernels: list[str]) -> list[str]:
     return out
 
 
-def _called_dispatchers(function: Any) -> list[Any]:
+def _called_dispatchers(function: Any, seen: set[int] | None = None) -> list[Any]:
+    """The compiled functions a plain Python function calls, through the plain functions of
+    its own module that it calls (each visited once)."""
+    seen = set() if seen is None else seen
+    seen.add(id(function))
     code = getattr(function, "__code__", None)
     scope = getattr(function, "__globals__", {})
-    names = code.co_names if code is not None else ()
-    return [scope[n] for n in names if hasattr(scope.get(n), "_cache")]
+    found = []
+    for name in code.co_names if code is not None else ():
+        target = scope.get(name)
+        if hasattr(target, "_cache"):
+            found.append(target)
+        elif (
+            getattr(target, "__code__", None) is not None
+            and getattr(target, "__module__", None) == getattr(function, "__module__", None)
+            and id(target) not in seen
+        ):
+            found += _called_dispatchers(target, seen)
+    return found
 
 
 def _has_cache_entry(dispatcher: Any) -> bool:

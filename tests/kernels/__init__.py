@@ -1,0 +1,12 @@
+"""Tests of cnnkit.kernels. NEEDS_AVX2_FMA marks the tests that read the compiled assembly for
+ymm fused multiply-adds: on a CPU without AVX2 and FMA (ARM, an old x86) LLVM lowers the same
+vector code to other instructions, which stay correct (the reference tests) but are not these."""
+
+import llvmlite.binding
+import pytest
+
+_FEATURES = llvmlite.binding.get_host_cpu_features()
+NEEDS_AVX2_FMA = pytest.mark.skipif(
+    not (_FEATURES.get("avx2") and _FEATURES.get("fma")),
+    reason="reads x86 AVX2/FMA assembly; this CPU has no AVX2 and FMA",
+)

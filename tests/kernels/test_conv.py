@@ -8,6 +8,7 @@ import pytest
 from cnnkit.kernels.conv import conv2d_backward_input, conv2d_backward_weights, conv2d_forward
 from cnnkit.kernels.nojit import conv_output_size
 from tests import reference as ref
+from tests.kernels import NEEDS_AVX2_FMA
 from tests.reference import DTYPES, close
 
 
@@ -261,6 +262,7 @@ def test_conv2d_direct_bitwise_deterministic():
     assert run_all() == first and run_all() == first
 
 
+@NEEDS_AVX2_FMA
 def test_direct_microkernel_keeps_its_accumulators_in_ymm_registers():
     """The inner loop of the 6x16 microkernel: 12 vfmadd on ymm registers with no load or
     store of an accumulator (compiled afresh: Numba does not disassemble cached code)."""

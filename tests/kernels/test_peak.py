@@ -9,6 +9,7 @@ import numba
 import numpy as np
 
 from cnnkit.kernels import peak
+from tests.kernels import NEEDS_AVX2_FMA
 
 
 def _chains_reference(iters: int, seed: float) -> float:
@@ -29,6 +30,7 @@ def test_fma_chains_compute_what_they_count():
     assert peak.flops_per_chunk(50) == 2 * 96 * 50
 
 
+@NEEDS_AVX2_FMA
 def test_inner_loop_is_ymm_fma():
     """12 vfmadd on ymm registers: 8 lanes each, the AVX2 microkernel the peak means. (An
     AVX-512 machine gets zmm, which counts too; both are fused multiply-adds.)"""

@@ -190,3 +190,13 @@ def test_warm_up_leaves_the_model_as_it_was():
                 assert np.array_equal(a[name], b[name], equal_nan=True), name
             elif isinstance(a[name], np.random.Generator):
                 assert a[name].bit_generator.state == b[name].bit_generator.state, name
+
+
+def test_a_python_dispatcher_is_cached_through_the_compiled_paths_it_reaches():
+    """conv2d_backward_input runs on conv2d_forward, itself a plain function choosing the
+    direct or the GEMM kernel: the cache check follows both levels (seen: mnist_basic's warm-up
+    announced a compile on every run when it looked one level deep)."""
+    from cnnkit.kernels import conv
+
+    reached = {d.py_func.__name__ for d in warmup._called_dispatchers(conv.conv2d_backward_input)}
+    assert {"conv2d_forward_direct", "conv2d_forward_gemm", "conv2d_backward_input_cols"} <= reached

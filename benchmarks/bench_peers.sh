@@ -1,15 +1,18 @@
 #!/bin/sh
 # bench --vs torch,keras on the five specs, one after the other (repo root; the TF venv holds
 # TensorFlow 2.21, Keras 3 and torch 2.13 in one process)
-OUT=benchmarks/results/2026-12-02-epyc-avx2-peers
+# OUT: the results folder; ROUNDS: rounds per bench
+OUT=${OUT:?set OUT to a results folder}
+ROUNDS=${ROUNDS:-3}
+mkdir -p "$OUT"
 PY=${PY:-/work/venvs/tf/bin/python}
 for spec in configs/mnist_basic.yaml configs/mnist_two_conv.yaml configs/mnist_lenet.yaml; do
   name=$(basename "$spec" .yaml)
-  PYTHONPATH=$PWD $PY -m cnnkit bench "$spec" --threads 2 --vs torch,keras --steps 10 --rounds 3 \
+  PYTHONPATH=$PWD $PY -m cnnkit bench "$spec" --threads 2 --vs torch,keras --steps 10 --rounds $ROUNDS \
     --json > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.log"
 done
 PYTHONPATH=$PWD $PY -m cnnkit bench configs/resnet20.yaml --threads 2 --vs torch,keras --steps 5 \
-  --rounds 3 --batch-size 128 --set data.source=synthetic --set data.num_classes=10 \
+  --rounds $ROUNDS --batch-size 128 --set data.source=synthetic --set data.num_classes=10 \
   --json > "$OUT/bench-resnet20.json" 2> "$OUT/bench-resnet20.log"
 PYTHONPATH=$PWD $PY -m cnnkit bench benchmarks/specs/mobilenet_tiny.yaml --threads 2 --vs torch,keras \
-  --steps 10 --rounds 3 --json > "$OUT/bench-mobilenet_tiny.json" 2> "$OUT/bench-mobilenet_tiny.log"
+  --steps 10 --rounds $ROUNDS --json > "$OUT/bench-mobilenet_tiny.json" 2> "$OUT/bench-mobilenet_tiny.log"

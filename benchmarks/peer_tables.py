@@ -1,13 +1,15 @@
 """Markdown tables of this folder's figures: bench-*.json (cnnkit bench --vs torch,keras),
 epoch.json / epoch-*.json (benchmarks/epoch_vs_peers.py), evaluate.json
-(benchmarks/evaluate_vs_keras.py). Usage: python summarize.py (in this folder or anywhere)."""
+(benchmarks/evaluate_vs_keras.py). Usage: python benchmarks/peer_tables.py RESULTS_FOLDER."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+# the results folder: the first argument (written by benchmarks/bench_peers.sh and the scripts)
+HERE = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
 
 
 def bench() -> None:

@@ -24,7 +24,7 @@ def test_check_ok_prints_summary_and_ok():
 def test_check_reports_every_error_and_exits_2(tmp_path):
     spec = tmp_path / "bad.yaml"
     text = (ROOT / "configs" / "mnist.yaml").read_text()
-    spec.write_text(text.replace("epochs: 6", "epochs: 0").replace("units: 10,", "unit: 10,"))
+    spec.write_text(text.replace("epochs: 11", "epochs: 0").replace("units: 10,", "unit: 10,"))
     result = cnnkit("check", str(spec), "--set", "train.batch_size=-1")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

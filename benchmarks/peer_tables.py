@@ -12,17 +12,33 @@ from pathlib import Path
 HERE = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
 
 
+def header(*columns: str) -> None:
+    """A Markdown table's header row and the separator row its column count implies."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
+def bench_results() -> list[dict]:
+    """The folder's bench-*.json results in name order (an empty file: a bench that failed)."""
+    texts = (path.read_text().strip() for path in sorted(HERE.glob("bench-*.json")))
+    return [json.loads(text) for text in texts if text]
+
+
 def bench() -> None:
-    print(
-        "| model (batch) | cnnkit train | PyTorch | Keras | train: / PyTorch, / Keras, / faster "
-        "| cnnkit infer | PyTorch | Keras | infer: / PyTorch, / Keras, / faster | rounds |"
+    header(
+        "model (batch)",
+        "cnnkit train",
+        "PyTorch",
+        "Keras",
+        "train: / PyTorch, / Keras, / faster",
+        "cnnkit infer",
+        "PyTorch",
+        "Keras",
+        "infer: / PyTorch, / Keras, / faster",
+        "rounds",
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for path in sorted(HERE.glob("bench-*.json")):
-        text = path.read_text().strip()
-        if not text:
-            continue
-        r = json.loads(text)
+    results = bench_results()
+    for r in results:
         t, k, f = r["torch"], r["keras"], r["vs_faster"]
         rounds = "; ".join(
             f"{row['torch_train_ratio']:.2f}/{row['keras_train_ratio']:.2f}/"
@@ -39,27 +55,29 @@ def bench() -> None:
             f"| {rounds} |"
         )
     print()
-    for path in sorted(HERE.glob("bench-*.json")):
-        text = path.read_text().strip()
-        if text:
-            r = json.loads(text)
-            c = r["keras"]["setup"].get("chosen", {})
-            guard = {p: r[p]["check"][p]["max"] for p in ("torch", "keras")}
-            print(
-                f"- {r['spec']}: Keras {c.get('train')}; {c.get('infer')}; probe "
-                f"{ {k: v for k, v in r['keras']['setup'].items() if k in ('train', 'infer')} }; "
-                f"guard max error cnnkit {r['keras']['check']['cnnkit']['max']:.1e}, "
-                f"PyTorch {guard['torch']:.1e}, Keras {guard['keras']:.1e}"
-            )
+    for r in results:
+        c = r["keras"]["setup"].get("chosen", {})
+        guard = {p: r[p]["check"][p]["max"] for p in ("torch", "keras")}
+        print(
+            f"- {r['spec']}: Keras {c.get('train')}; {c.get('infer')}; probe "
+            f"{ {k: v for k, v in r['keras']['setup'].items() if k in ('train', 'infer')} }; "
+            f"guard max error cnnkit {r['keras']['check']['cnnkit']['max']:.1e}, "
+            f"PyTorch {guard['torch']:.1e}, Keras {guard['keras']:.1e}"
+        )
     print()
 
 
 def epoch() -> None:
-    print(
-        "| spec | round | cnnkit s | PyTorch s | Keras s | cnnkit / PyTorch | cnnkit / Keras "
-        "| cnnkit / faster |"
+    header(
+        "spec",
+        "round",
+        "cnnkit s",
+        "PyTorch s",
+        "Keras s",
+        "cnnkit / PyTorch",
+        "cnnkit / Keras",
+        "cnnkit / faster",
     )
-    print("|---|---|---|---|---|---|---|---|")
     for path in sorted(HERE.glob("epoch*.json")):
         for res in json.loads(path.read_text())["results"]:
             for row in res["rounds"]:
@@ -75,11 +93,14 @@ def evaluate() -> None:
     path = HERE / "evaluate.json"
     if not path.exists():
         return
-    print(
-        "| spec | cnnkit evaluate img/s | Keras model.evaluate img/s | ratio | per round "
-        "| whole api.evaluate img/s |"
+    header(
+        "spec",
+        "cnnkit evaluate img/s",
+        "Keras model.evaluate img/s",
+        "ratio",
+        "per round",
+        "whole api.evaluate img/s",
     )
-    print("|---|---|---|---|---|---|")
     for res in json.loads(path.read_text())["results"]:
         m = res["median"]
         rounds = ", ".join(f"{row['ratio']:.2f}" for row in res["rounds"])

@@ -5,8 +5,8 @@ Each round starts all three as fresh processes one after the other (interpreter 
 imports, data loading, the Numba cache, the test-set evaluation and cnnkit's checkpoints
 included) and times them; the ratio cnnkit / peer of the wall times is printed per round and as
 the median, and cnnkit / the faster peer (the issue's bar: at most 1.00). Every process gets the
-same thread count (CNNKIT_NUM_THREADS, --threads) and OMP_WAIT_POLICY (passive by default: on
-shared cores, spinning OpenMP pools slowed both cnnkit and PyTorch 1.5-3x). One untimed cnnkit
+same thread count (CNNKIT_NUM_THREADS, --threads), OMP_WAIT_POLICY and GOMP_SPINCOUNT (cnnkit's
+defaults: a few ms of spinning, then sleep; cnnkit.threads says why). One untimed cnnkit
 run first fills the Numba cache and the page cache. Replaces train_vs_torch.py (mnist_basic
 against PyTorch only).
 
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cnnkit.threads import SPIN_COUNT
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ["configs/mnist_basic.yaml", "configs/mnist_two_conv.yaml", "configs/mnist_lenet.yaml"]
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peers", default="torch,keras", help="torch, keras or torch,keras")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE"))
+    parser.add_argument("--gomp-spincount", default=SPIN_COUNT, help="cnnkit's by default")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
         "--no-warm-up", action="store_true", help="skip the untimed cnnkit run (a warm cache)"
@@ -99,6 +102,7 @@ def main() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    env["GOMP_SPINCOUNT"] = args.gomp_spincount  # PyTorch's libgomp reads it too
     env["CNNKIT_NUM_THREADS"] = str(args.threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results = []

@@ -25,6 +25,9 @@ _configured = False
 
 ENV_THREADS = "CNNKIT_NUM_THREADS"
 
+# libgomp's spins before an idle thread sleeps (GOMP_SPINCOUNT; see configure_threads)
+SPIN_COUNT = "3000000"
+
 
 def requested_threads(threads: int | None = None) -> int | None:
     """`threads`, else CNNKIT_NUM_THREADS, else None (all cores). A bad value is a user error."""
@@ -52,11 +55,15 @@ def configure_threads(threads: int | None = None) -> int:
     thread count (`threads`, CNNKIT_NUM_THREADS, or all cores, capped at Numba's maximum).
     Returns the number of Numba threads in use."""
     global _configured
-    # Idle OpenMP threads sleep instead of spinning (must be set before libgomp loads: Numba
-    # loads it at the first parallel kernel). On the shared 2-core machines, spinning pools
-    # (Numba's, and PyTorch's in `bench --vs torch`) made both frameworks 1.5-3x slower;
-    # a sleeping thread costs a few microseconds to wake, per kernel of milliseconds.
+    # Idle OpenMP threads spin a bounded while, then sleep (both must be set before libgomp
+    # loads: Numba loads it at the first parallel kernel). Spinning for good (ACTIVE) made
+    # cnnkit and PyTorch (in `bench --vs torch`) 1.5-3x slower on shared 2-core machines;
+    # sleeping at once (PASSIVE alone) costs 85-130 us to wake a thread on these VMs, per
+    # parallel region, and a training step runs dozens of them: f2's epoch (4 Conv2D with
+    # BatchNormalization, Fashion-MNIST, 2 threads) 739 img/s passive, 960 with the spin
+    # (a few ms of spinning after each kernel; libgomp counts about 100,000 spins a ms).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     if not _configured:
         import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call: limit it too)
 

@@ -616,11 +616,15 @@ def _image_source(x1, xp, n, h, wd, c_n, hp, wp, pt, pl, padded):
     if not padded:
         return x1, n * h * wd * c_n, wd * c_n
     rs = wp * c_n
+    span = min(wd, wp - pl) * c_n
     for ih in range(min(h, hp - pt)):
-        src = (n * h + ih) * wd * c_n
-        dst = (ih + pt) * rs + pl * c_n
-        for q in range(min(wd, wp - pl) * c_n):
-            xp[dst + q] = x1[src + q]
+        # each row through slices indexed by the loop counter alone: with an index like
+        # dst + q, whose sign LLVM cannot prove, Numba's negative-index check stays in the
+        # loop and the copy is scalar (1.39 -> 0.2 ms for 128 images of 14x14x64)
+        src = x1[(n * h + ih) * wd * c_n :][:span]
+        dst = xp[(ih + pt) * rs + pl * c_n :][:span]
+        for q in range(span):
+            dst[q] = src[q]
     return xp, 0, rs
 
 
@@ -735,9 +739,10 @@ def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
         for n in range(n0, n1):
             src, base, rs = _image_source(x1, xp, n, h, wd, c_n, hp, wp, pt, pl, padded)
             ob = n * oh_n * ow_n * f_n
+            image = o1[ob:][: oh_n * ow_n * f_n]  # (a slice: see _image_source)
             for q in range(oh_n * ow_n):
                 for f in range(f_n):
-                    o1[ob + q * f_n + f] = b[f]
+                    image[q * f_n + f] = b[f]
             n6, n4 = _blocks(oh_n * ow_n)
             for t in range(n6):
                 _forward_pixels(
@@ -753,8 +758,8 @@ def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
                     src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, 1
                 )
             if relu:
-                for q in range(ob, ob + oh_n * ow_n * f_n):
-                    o1[q] = max(o1[q], 0)
+                for q in range(image.shape[0]):
+                    image[q] = max(image[q], 0)
 
 
 # Output rows per weight-gradient microkernel call: about this many pixels, so that the x and
@@ -800,9 +805,10 @@ def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out):
                             ow_n, r_n, pw, i * span * f_n + f0, f_n, span, f_n,
                         )  # fmt: skip
             d0 = n * oh_n * ow_n * f_n
+            image = d1[d0:][: oh_n * ow_n * f_n]  # (a slice: see _image_source)
             for q in range(oh_n * ow_n):
                 for f in range(f_n):
-                    pb[f] += d1[d0 + q * f_n + f]
+                    pb[f] += image[q * f_n + f]
     r = 0
     for i in range(kh):
         for j in range(kw):

@@ -372,6 +372,31 @@ def conv2d_backward_input_cols(dout, w, sh, sw, dh, dw, pt, pl, dx):
 
 
 @numba.njit(cache=True, parallel=True)
+def _sum_partials(part_w, part_b, dw_out, db_out):
+    """dw_out[i, j, c, f] = sum over k in order of part_w[k, ((i*KW + j)*C + c)*F + f], and
+    db_out from part_b alike: each element's sum in chunk order (bitwise reproducible), the
+    kernel rows spread over the threads (the partials of a 64 -> 128 3x3 kernel are 16 x
+    295 KB, a serial pass the other threads would wait for). Indexed 4D (no reshape) so a
+    non-contiguous dw_out also works."""
+    n_chunks = part_w.shape[0]
+    kh, kw, c_n, f_n = dw_out.shape
+    for r in prange(kh * kw * c_n):
+        i, jc = r // (kw * c_n), r % (kw * c_n)
+        j, c = jc // c_n, jc % c_n
+        row = part_w[0, r * f_n :][:f_n]
+        for f in range(f_n):
+            s = row[f]
+            for k in range(1, n_chunks):
+                s += part_w[k, r * f_n + f]
+            dw_out[i, j, c, f] = s
+    for f in range(f_n):
+        s = part_b[0, f]
+        for k in range(1, n_chunks):
+            s += part_b[k, f]
+        db_out[f] = s
+
+
+@numba.njit(cache=True, parallel=True)
 def conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
     """dw_out[i, j, c, f] = sum_{n, oh, ow} x[n, ih, iw, c] * dout[n, oh, ow, f];
     db_out[f] = sum_{n, oh, ow} dout[n, oh, ow, f]. x and dout must be C-contiguous.
@@ -427,23 +452,7 @@ def conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out
             g = d_flat[p]
             for f in range(f_n):
                 pb[f] += g[f]
-    # Fixed-order reduction over chunks (serial: the buffers are small).
-    # Indexed 4D (no reshape) so a non-contiguous dw_out also works.
-    r = 0
-    for i in range(kh):
-        for j in range(kw):
-            for c in range(c_in):
-                for f in range(f_n):
-                    s = part_w[0, r, f]
-                    for k in range(1, n_chunks):
-                        s += part_w[k, r, f]
-                    dw_out[i, j, c, f] = s
-                r += 1
-    for f in range(f_n):
-        s = part_b[0, f]
-        for k in range(1, n_chunks):
-            s += part_b[k, f]
-        db_out[f] = s
+    _sum_partials(part_w.reshape(n_chunks, kk * f_n), part_b, dw_out, db_out)
 
 
 # --------------------------------------------------------------------------- direct, float32
@@ -809,21 +818,7 @@ def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out):
             for q in range(oh_n * ow_n):
                 for f in range(f_n):
                     pb[f] += image[q * f_n + f]
-    r = 0
-    for i in range(kh):
-        for j in range(kw):
-            for c in range(c_n):
-                for f in range(f_n):
-                    s = part_w[0, r * f_n + f]
-                    for k in range(1, n_chunks):
-                        s += part_w[k, r * f_n + f]
-                    dw_out[i, j, c, f] = s
-                r += 1
-    for f in range(f_n):
-        s = part_b[0, f]
-        for k in range(1, n_chunks):
-            s += part_b[k, f]
-        db_out[f] = s
+    _sum_partials(part_w, part_b, dw_out, db_out)
 
 
 def _direct(x, w, f_n, ow_n, dh, dw):

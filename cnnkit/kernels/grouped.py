@@ -12,8 +12,10 @@ likewise) with out-of-range taps contributing zero, loops over the contiguous ch
 innermost (vectorized by LLVM), and no fastmath: the summation order of each output is fixed
 (taps i, j, then channels increasing), so every result is bitwise reproducible.
 
-How each case runs (the same products, arranged so the innermost loop is long and
-contiguous; measured on the 2-core AVX2 machine, benchmarks/results/2026-12-02-epyc-avx2-depthwise):
+How each case runs (float32 depthwise convolutions with a multiple of 8 output channels take
+the vector kernels of cnnkit.kernels.depthwise instead; the rest, the same products, arranged
+so the innermost loop is long and contiguous; measured on the 2-core AVX2 machine,
+benchmarks/results/2026-12-02-epyc-avx2-depthwise):
 - groups of >= _GEMM_MIN_CHANNELS channels: each group as an ordinary convolution on a
   contiguous copy of its channels (cnnkit.kernels.conv, im2col + BLAS): ~5x the direct
   loops' backward on a 4-group 3x3 conv of 128 channels;
@@ -31,6 +33,12 @@ import numpy as np
 from numba import prange
 
 from cnnkit.kernels.conv import conv2d_backward_input, conv2d_backward_weights, conv2d_forward
+from cnnkit.kernels.depthwise import (
+    depthwise_backward_input,
+    depthwise_backward_weights,
+    depthwise_forward,
+    simd_depthwise,
+)
 
 # Batch chunks of the weight-gradient reduction: fixed (not the thread count), so the float
 # summation order, and the result, does not depend on the machine (as kernels.conv).
@@ -58,6 +66,10 @@ def grouped_conv2d_forward(x, w, b, groups, sh, sw, dh, dw, pt, pl, out, relu=Fa
     (c' = c - g*Cg), then max(out, 0) when relu (the fused activation). out is overwritten;
     x must be C-contiguous. Groups of >= _GEMM_MIN_CHANNELS channels run one by one on
     conv2d_forward; fewer, on the direct loops."""
+    if simd_depthwise(x, w, groups, out):
+        b32 = np.ascontiguousarray(b, dtype=np.float32)
+        depthwise_forward(x, w, b32, sh, sw, dh, dw, pt, pl, out, relu)
+        return
     if w.shape[2] < _GEMM_MIN_CHANNELS:
         grouped_conv2d_forward_direct(x, w, b, groups, sh, sw, dh, dw, pt, pl, out, relu)
         return
@@ -71,6 +83,9 @@ def grouped_conv2d_forward(x, w, b, groups, sh, sw, dh, dw, pt, pl, out, relu=Fa
 def grouped_conv2d_backward_input(dout, w, groups, sh, sw, dh, dw, pt, pl, dx):
     """dx[n, ih, iw, c] = sum of dout[n, oh, ow, f] * w[i, j, c', f] over every (oh, ow, i,
     j) whose tap reads (ih, iw) and every f of c's group. dx is fully overwritten."""
+    if simd_depthwise(dx, w, groups, dout):
+        depthwise_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx)
+        return
     if w.shape[2] < _GEMM_MIN_CHANNELS:
         grouped_conv2d_backward_input_direct(dout, w, groups, sh, sw, dh, dw, pt, pl, dx)
         return
@@ -84,6 +99,9 @@ def grouped_conv2d_backward_input(dout, w, groups, sh, sw, dh, dw, pt, pl, dx):
 def grouped_conv2d_backward_weights(x, dout, groups, sh, sw, dh, dw, pt, pl, dw_out, db_out):
     """dw_out[i, j, c', f] = sum_{n, oh, ow} x[n, ih, iw, c] * dout[n, oh, ow, f] for each c
     of f's group; db_out[f] = sum_{n, oh, ow} dout[n, oh, ow, f]. Both are overwritten."""
+    if simd_depthwise(x, dw_out, groups, dout) and db_out.dtype == np.float32:
+        depthwise_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out)
+        return
     if dw_out.shape[2] < _GEMM_MIN_CHANNELS:
         grouped_conv2d_backward_weights_direct(
             x, dout, groups, sh, sw, dh, dw, pt, pl, dw_out, db_out

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cnnkit.kernels import grouped
+from cnnkit.kernels.depthwise import simd_depthwise
 from cnnkit.kernels.grouped import (
     grouped_conv2d_backward_input,
     grouped_conv2d_backward_weights,
@@ -171,3 +172,51 @@ def test_direct_loops_take_any_group_size(dtype, monkeypatch):
     shape = (3, 7, 6, 16, 3, 2, 2, 6)
     x, wt, b, out_hw, pad, dout = grouped_case(shape, "same", (2, 1), (1, 2), dtype)
     check_against_reference(x, wt, b, 2, (2, 1), (1, 2), pad, out_hw, dout, close)
+
+
+# (batch, H, W, C, KH, KW, depth_multiplier) for the float32 vector kernels
+# (cnnkit.kernels.depthwise): C*M a multiple of 8; odd widths leave pixels after the blocks of
+# 4; batch 17 > the weight gradient's 16 chunks.
+SIMD_DEPTHWISE_SHAPES = [
+    (3, 9, 7, 8, 3, 3, 1),
+    (2, 8, 9, 8, 3, 2, 2),
+    (17, 10, 10, 16, 3, 3, 1),
+    (2, 7, 8, 4, 3, 3, 2),
+    (2, 6, 6, 24, 5, 5, 1),
+]
+
+
+@pytest.mark.parametrize("padding, stride, dilation", GEOMETRIES)
+@pytest.mark.parametrize("shape", SIMD_DEPTHWISE_SHAPES)
+def test_vector_depthwise_kernels_against_reference(shape, padding, stride, dilation):
+    n, h, w, c, kh, kw, m = shape
+    out_hw, pad = geometry(h, w, kh, kw, padding, stride, dilation)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    view = rng.standard_normal((kh, kw, 1, c * m)).astype(np.float32)
+    b = rng.standard_normal(c * m).astype(np.float32)
+    dout = rng.standard_normal((n, *out_hw, c * m)).astype(np.float32)
+    assert simd_depthwise(x, view, c, dout)  # these arrays take the vector kernels
+    check_against_reference(x, view, b, c, stride, dilation, pad, out_hw, dout, close)
+    out, *_ = run_kernels(x, view, b, c, stride, dilation, pad, out_hw, dout, relu=True)
+    expected = ref.grouped_conv2d_forward(x, view, b, c, stride, dilation, pad, out_hw)
+    close(out, np.maximum(expected, 0), np.float32)
+
+
+def test_vector_depthwise_kernels_bitwise_deterministic():
+    x, wt, b, out_hw, pad, dout = grouped_case((40, 9, 8, 16, 3, 3, 16, 32), "same", (1, 1),
+                                               (1, 1), np.float32, seed=4)  # fmt: skip
+    first = run_kernels(x, wt, b, 16, (1, 1), (1, 1), pad, out_hw, dout)
+    again = run_kernels(x, wt, b, 16, (1, 1), (1, 1), pad, out_hw, dout)
+    assert all(a.tobytes() == b_.tobytes() for a, b_ in zip(first, again, strict=True))
+
+
+def test_vector_depthwise_takes_only_its_arrays():
+    """float32, one channel per group, a multiple of 8 filters; anything else: the loops."""
+    x = np.zeros((1, 4, 4, 8), np.float32)
+    out = np.zeros((1, 4, 4, 8), np.float32)
+    assert simd_depthwise(x, np.zeros((3, 3, 1, 8), np.float32), 8, out)
+    assert not simd_depthwise(x.astype(np.float64), np.zeros((3, 3, 1, 8)), 8, out)
+    assert not simd_depthwise(x, np.zeros((3, 3, 2, 8), np.float32), 4, out)  # Cg = 2
+    x6 = np.zeros((1, 4, 4, 6), np.float32)
+    assert not simd_depthwise(x6, np.zeros((3, 3, 1, 6), np.float32), 6, out[..., :6].copy())

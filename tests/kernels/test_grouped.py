@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnkit.kernels import grouped
-from cnnkit.kernels.depthwise import simd_depthwise
+from cnnkit.kernels.depthwise import depthwise_backward_input, simd_depthwise
 from cnnkit.kernels.grouped import (
     grouped_conv2d_backward_input,
     grouped_conv2d_backward_weights,
@@ -198,6 +198,11 @@ def test_vector_depthwise_kernels_against_reference(shape, padding, stride, dila
     dout = rng.standard_normal((n, *out_hw, c * m)).astype(np.float32)
     assert simd_depthwise(x, view, c, dout)  # these arrays take the vector kernels
     check_against_reference(x, view, b, c, stride, dilation, pad, out_hw, dout, close)
+    # the vector input gradient itself (grouped dispatches it for multiplier 1 only)
+    dx = np.full(x.shape, np.nan, np.float32)
+    depthwise_backward_input(dout, view, *stride, *dilation, *pad, dx)
+    expected_dx = ref.grouped_conv2d_backward_input(dout, view, c, x.shape, stride, dilation, pad)
+    close(dx, expected_dx, np.float32)
     out, *_ = run_kernels(x, view, b, c, stride, dilation, pad, out_hw, dout, relu=True)
     expected = ref.grouped_conv2d_forward(x, view, b, c, stride, dilation, pad, out_hw)
     close(out, np.maximum(expected, 0), np.float32)

@@ -311,7 +311,8 @@ def conv2d_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
     (reduction F) and a scatter. Measured 1.5-2x on the two_conv/lenet layers. Other strides
     take the column-gradient path below, and so do small valid convolutions whose padded
     gradient would be mostly zeros (12x12 -> 8x8 with 5x5 kernels: 2.25x the multiplications,
-    measured 2.3x slower): the convolution path needs H*W <= 1.25 * OH*OW.
+    measured 2.3x slower): the convolution path needs H*W <= 1.25 * OH*OW. Strides > 1 with
+    dilation 1 split into one stride-1 convolution per phase (_backward_input_by_phases).
     """
     kh, kw = w.shape[0], w.shape[1]
     h, wd = dx.shape[1], dx.shape[2]
@@ -324,8 +325,54 @@ def conv2d_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
         wt = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
         zero = np.zeros(wt.shape[3], dtype=dx.dtype)
         conv2d_forward(dout, wt, zero, 1, 1, dh, dw, (kh - 1) * dh - pt, (kw - 1) * dw - pl, dx)
-    else:
+    elif not _backward_input_by_phases(dout, w, sh, sw, dh, dw, pt, pl, dx):
         conv2d_backward_input_cols(dout, w, sh, sw, dh, dw, pt, pl, dx)
+
+
+def _phase(k_n, s, p, r, n_in):
+    """Kernel taps, first row and count of the input rows (ih + p = q*s + r) of phase r, and
+    the forward padding that puts that phase's first row at output 0 (negative: it starts
+    that many rows into dout)."""
+    taps = max(0, -(-(k_n - r) // s))  # i = r, r + s, ... < k_n
+    q_lo = -(-(p - r) // s)  # the first q with ih = q*s + r - p >= 0
+    q_hi = (n_in + p - 1 - r) // s
+    first = q_lo * s + r - p
+    return taps, first, max(0, q_hi - q_lo + 1), taps - 1 - q_lo
+
+
+def _backward_input_by_phases(dout, w, sh, sw, dh, dw, pt, pl, dx) -> bool:
+    """The input gradient of a strided convolution (dilation 1) as sh*sw stride-1 ones: the
+    input rows ih with (ih + pt) % sh == r (and columns alike) read only the taps i = r, r + sh,
+    ..., so each phase is the forward convolution of dout with that sub-kernel, rotated by 180
+    degrees and its channel axes swapped, written into every sh-th row and sw-th column of dx.
+    The same multiplications as the column-gradient path, without col2im's scatter: on the
+    forward kernels. False (nothing written) where it does not apply: stride 1, dilation."""
+    if (sh == 1 and sw == 1) or dh != 1 or dw != 1:
+        return False
+    kh, kw = w.shape[0], w.shape[1]
+    n_b, h, wd, c_n = dx.shape
+    rows = [_phase(kh, sh, pt, r, h) for r in range(sh)]
+    cols = [_phase(kw, sw, pl, r, wd) for r in range(sw)]
+    for ry, (ty, iy, ny, py) in enumerate(rows):
+        for rx, (tx, ix, nx, px) in enumerate(cols):
+            if ny == 0 or nx == 0:
+                continue
+            if ty == 0 or tx == 0:  # no tap reads these positions (a 1x1 kernel, stride 2)
+                dx[:, iy::sh, ix::sw, :] = 0
+                continue
+            sub = w[ry::sh, rx::sw][::-1, ::-1].transpose(0, 1, 3, 2)
+            src = dout  # a negative padding: the phase's first rows read from further down
+            if py < 0 or px < 0:
+                src = np.ascontiguousarray(dout[:, max(-py, 0) :, max(-px, 0) :])
+            if src.shape[1] == 0 or src.shape[2] == 0:
+                dx[:, iy::sh, ix::sw, :] = 0
+                continue
+            part = np.empty((n_b, ny, nx, c_n), dx.dtype)
+            zero = np.zeros(c_n, dtype=dx.dtype)
+            sub = np.ascontiguousarray(sub)
+            conv2d_forward(src, sub, zero, 1, 1, 1, 1, max(py, 0), max(px, 0), part)
+            dx[:, iy::sh, ix::sw, :] = part
+    return True
 
 
 @numba.njit(cache=True, parallel=True)

@@ -280,3 +280,26 @@ def test_direct_microkernel_keeps_its_accumulators_in_ymm_registers():
     assert len(fmas) >= 12 and all("ymm" in f for f in fmas), fmas
     # all three operands registers: accumulators, weights and broadcasts never in memory
     assert all(re.fullmatch(r"%ymm\d+, %ymm\d+, %ymm\d+", f.strip()) for f in fmas), fmas
+
+
+# (batch, H, W, C, KH, KW, F), padding, stride: strided input gradients by phases, one
+# stride-1 forward convolution per (row, column) phase; strides 3 and (1, 2); a 1x1 kernel at
+# stride 2, whose odd rows and columns no tap reads; 16 filters (the direct kernels) and 5.
+PHASE_CASES = [
+    ((3, 8, 8, 16, 3, 3, 32), "same", (2, 2)),
+    ((2, 9, 8, 16, 3, 3, 16), "valid", (2, 2)),
+    ((2, 7, 9, 3, 3, 2, 5), "same", (3, 2)),
+    ((2, 8, 8, 16, 1, 1, 32), "valid", (2, 2)),
+    ((2, 10, 10, 8, 5, 5, 16), "same", (1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, padding, stride", PHASE_CASES)
+def test_strided_input_gradient_by_phases_against_reference(shape, padding, stride, dtype):
+    from cnnkit.kernels.conv import _backward_input_by_phases
+
+    x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, (1, 1), dtype)
+    dx = np.full(x.shape, np.nan, dtype=dtype)
+    assert _backward_input_by_phases(dout, wt, *stride, 1, 1, *pad, dx)  # the path applies
+    close(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, (1, 1), pad), dtype)

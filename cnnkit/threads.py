@@ -58,10 +58,10 @@ def configure_threads(threads: int | None = None) -> int:
     # Idle OpenMP threads spin a bounded while, then sleep (both must be set before libgomp
     # loads: Numba loads it at the first parallel kernel). Spinning for good (ACTIVE) made
     # cnnkit and PyTorch (in `bench --vs torch`) 1.5-3x slower on shared 2-core machines;
-    # sleeping at once (PASSIVE alone) costs 85-130 us to wake a thread on these VMs, per
-    # parallel region, and a training step runs dozens of them: f2's epoch (4 Conv2D with
-    # BatchNormalization, Fashion-MNIST, 2 threads) 739 img/s passive, 960 with the spin
-    # (a few ms of spinning after each kernel; libgomp counts about 100,000 spins a ms).
+    # sleeping at once (PASSIVE alone) costs 40-130 us to wake a thread on these VMs, per
+    # parallel region (benchmarks/omp_wake.py), and a training step runs dozens: an epoch of
+    # 4 Conv2D with BatchNormalization (Fashion-MNIST, 2 threads) 739 img/s passive, 960 with
+    # the spin (a few ms of spinning after each kernel; libgomp counts ~100,000 spins a ms).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     if not _configured:

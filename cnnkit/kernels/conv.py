@@ -353,6 +353,7 @@ def _backward_input_by_phases(dout, w, sh, sw, dh, dw, pt, pl, dx) -> bool:
     n_b, h, wd, c_n = dx.shape
     rows = [_phase(kh, sh, pt, r, h) for r in range(sh)]
     cols = [_phase(kw, sw, pl, r, wd) for r in range(sw)]
+    zero = np.zeros(c_n, dtype=dx.dtype)
     for ry, (ty, iy, ny, py) in enumerate(rows):
         for rx, (tx, ix, nx, px) in enumerate(cols):
             if ny == 0 or nx == 0:
@@ -368,7 +369,6 @@ def _backward_input_by_phases(dout, w, sh, sw, dh, dw, pt, pl, dx) -> bool:
                 dx[:, iy::sh, ix::sw, :] = 0
                 continue
             part = np.empty((n_b, ny, nx, c_n), dx.dtype)
-            zero = np.zeros(c_n, dtype=dx.dtype)
             sub = np.ascontiguousarray(sub)
             conv2d_forward(src, sub, zero, 1, 1, 1, 1, max(py, 0), max(px, 0), part)
             dx[:, iy::sh, ix::sw, :] = part
@@ -419,7 +419,7 @@ def conv2d_backward_input_cols(dout, w, sh, sw, dh, dw, pt, pl, dx):
 
 
 @numba.njit(cache=True, parallel=True)
-def _sum_partials(part_w, part_b, dw_out, db_out):
+def sum_chunk_partials(part_w, part_b, dw_out, db_out):
     """dw_out[i, j, c, f] = sum over k in order of part_w[k, ((i*KW + j)*C + c)*F + f], and
     db_out from part_b alike: each element's sum in chunk order (bitwise reproducible), the
     kernel rows spread over the threads (the partials of a 64 -> 128 3x3 kernel are 16 x
@@ -499,7 +499,7 @@ def conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out
             g = d_flat[p]
             for f in range(f_n):
                 pb[f] += g[f]
-    _sum_partials(part_w.reshape(n_chunks, kk * f_n), part_b, dw_out, db_out)
+    sum_chunk_partials(part_w.reshape(n_chunks, kk * f_n), part_b, dw_out, db_out)
 
 
 # --------------------------------------------------------------------------- direct, float32
@@ -865,7 +865,7 @@ def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out):
             for q in range(oh_n * ow_n):
                 for f in range(f_n):
                     pb[f] += image[q * f_n + f]
-    _sum_partials(part_w, part_b, dw_out, db_out)
+    sum_chunk_partials(part_w, part_b, dw_out, db_out)
 
 
 def _direct(x, w, f_n, ow_n, dh, dw):

@@ -8,8 +8,8 @@ always reads input channel f. Every loop runs over 8 channels at once, the lanes
 
 - forward: 4 output pixels a pass, their 4 accumulators in registers across all taps (one
   kernel vector load serves 4 FMAs);
-- input gradient: the scatter of each output pixel's gradient over the taps it read, into a
-  zero-bordered copy of the image's gradient (so that no tap needs a bounds check);
+- input gradient (multiplier 1): the scatter of each output pixel's gradient over the taps it
+  read, into a zero-bordered copy of the image's gradient (so that no tap needs a bounds check);
 - kernel gradient: per tap and 8 channels, one accumulator over all of an image's pixels.
 
 Why: the grouped loops run a call per pixel and tap over C contiguous floats, with runtime
@@ -26,6 +26,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from cnnkit.kernels.conv import _chunk, sum_chunk_partials
 from cnnkit.kernels.simd import LANES, vadd, vfma, vload, vstore, vzero
 
 # Fixed batch chunks (not the thread count): see cnnkit.kernels.grouped.
@@ -46,11 +47,6 @@ def simd_depthwise(x, w, groups, out) -> bool:
         and x.flags.c_contiguous
         and out.flags.c_contiguous
     )
-
-
-@numba.njit(cache=True)
-def _chunk(k, n_b, n_chunks):
-    return (k * n_b) // n_chunks, ((k + 1) * n_b) // n_chunks
 
 
 @numba.njit(cache=True)
@@ -155,12 +151,12 @@ def depthwise_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
 
 @numba.njit(cache=True, parallel=True)
 def depthwise_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
-    """dx[n, ih, iw, c] = sum of dout[n, oh, ow, f] * w[i, j, 0, f] over the (oh, ow, i, j)
-    whose tap reads (ih, iw) and the M filters f of channel c; dx is overwritten. Output
-    pixels in raster order, taps (i, j) increasing, then the M filters in order."""
-    n_b, h, wd, c_n = dx.shape
-    kh, kw, _, f_n = w.shape
-    m_n = f_n // c_n
+    """dx[n, ih, iw, c] = sum of dout[n, oh, ow, c] * w[i, j, 0, c] over the (oh, ow, i, j)
+    whose tap reads (ih, iw), for multiplier 1 (F = C; with M > 1 the scatter into the M times
+    wider gradient ran from L2, slower than grouped's loops); dx is overwritten. Output
+    pixels in raster order, taps (i, j) increasing."""
+    n_b, h, wd, f_n = dx.shape
+    kh, kw = w.shape[0], w.shape[1]
     oh_n, ow_n = dout.shape[1], dout.shape[2]
     hp, wp = max(_extent(oh_n, kh, sh, dh), h + pt), max(_extent(ow_n, kw, sw, dw), wd + pl)
     w1 = np.ascontiguousarray(w).reshape(-1)
@@ -185,14 +181,11 @@ def depthwise_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx):
                                 p = r + j * dw * f_n
                                 wv = vload(w1, (i * kw + j) * f_n + c0)
                                 vstore(g1, p, vfma(g, wv, vload(g1, p)))
-            for ih in range(h):  # the interior, each channel's M filters summed in order
-                src = g1[((pt + ih) * wp + pl) * f_n :][: wd * f_n]
-                dst = dx1[(n * h + ih) * wd * c_n :][: wd * c_n]
-                for q in range(wd * c_n):  # (slices: see _pad_into)
-                    s = src[q * m_n]
-                    for m in range(1, m_n):
-                        s += src[q * m_n + m]
-                    dst[q] = s
+            for ih in range(h):  # the interior (slices: see _pad_into)
+                row = g1[((pt + ih) * wp + pl) * f_n :][: wd * f_n]
+                dst = dx1[(n * h + ih) * wd * f_n :][: wd * f_n]
+                for q in range(wd * f_n):
+                    dst[q] = row[q]
 
 
 @numba.njit(cache=True)
@@ -241,14 +234,4 @@ def depthwise_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
             for q in range(oh_n * ow_n):
                 for f in range(f_n):
                     pb[f] += image[q * f_n + f]
-    for t in range(kh * kw):
-        for f in range(f_n):
-            s = part_w[0, t * f_n + f]
-            for k in range(1, n_chunks):
-                s += part_w[k, t * f_n + f]
-            dw_out[t // kw, t % kw, 0, f] = s
-    for f in range(f_n):
-        s = part_b[0, f]
-        for k in range(1, n_chunks):
-            s += part_b[k, f]
-        db_out[f] = s
+    sum_chunk_partials(part_w, part_b, dw_out, db_out)

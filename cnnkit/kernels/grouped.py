@@ -32,7 +32,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from cnnkit.kernels.conv import conv2d_backward_input, conv2d_backward_weights, conv2d_forward
+from cnnkit.kernels.conv import (
+    conv2d_backward_input,
+    conv2d_backward_weights,
+    conv2d_forward,
+    sum_chunk_partials,
+)
 from cnnkit.kernels.depthwise import (
     depthwise_backward_input,
     depthwise_backward_weights,
@@ -83,8 +88,8 @@ def grouped_conv2d_forward(x, w, b, groups, sh, sw, dh, dw, pt, pl, out, relu=Fa
 def grouped_conv2d_backward_input(dout, w, groups, sh, sw, dh, dw, pt, pl, dx):
     """dx[n, ih, iw, c] = sum of dout[n, oh, ow, f] * w[i, j, c', f] over every (oh, ow, i,
     j) whose tap reads (ih, iw) and every f of c's group. dx is fully overwritten."""
-    # multiplier 1 only: with M > 1 the scatter into the expanded (M times wider) gradient
-    # runs from L2 (mobilenet_tiny's 16x16x64, M = 2, stride 2: 2.37 ms against the loops' 2.15)
+    # the vector kernel is for multiplier 1 only (with M > 1 its scatter into the M times wider
+    # gradient ran from L2: mobilenet_tiny's 16x16x64, M = 2, stride 2, 2.37 ms, loops 2.15)
     if simd_depthwise(dx, w, groups, dout) and w.shape[3] == dx.shape[3]:
         depthwise_backward_input(dout, w, sh, sw, dh, dw, pt, pl, dx)
         return
@@ -347,17 +352,4 @@ def grouped_conv2d_backward_weights_direct(x, dout, groups, sh, sw, dh, dw, pt, 
                     drow = dout[n, oh, ow]
                     for f in range(f_n):
                         pb[f] += drow[f]
-    for i in range(kh):
-        for j in range(kw):
-            for c in range(cg_n):
-                r = (i * kw + j) * cg_n + c
-                for f in range(f_n):
-                    s = part_w[0, r, f]
-                    for k in range(1, n_chunks):
-                        s += part_w[k, r, f]
-                    dw_out[i, j, c, f] = s
-    for f in range(f_n):
-        s = part_b[0, f]
-        for k in range(1, n_chunks):
-            s += part_b[k, f]
-        db_out[f] = s
+    sum_chunk_partials(part_w.reshape(n_chunks, kh * kw * cg_n * f_n), part_b, dw_out, db_out)

@@ -36,6 +36,26 @@ def conv_output_size(
     raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
 
 
+def pool_tiles(
+    pool: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int],
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int],
+) -> bool:
+    """Whether pooling windows tile the input, the condition of cnnkit.kernels.pool's *_tiles
+    kernels: stride = pool size, no padding before, every window inside the input ("same"
+    padding on an odd size pads after: no), at most 127 positions a window (an int8)."""
+    (ph, pw), (oh, ow), (h, w) = pool, output_hw, input_hw
+    return (
+        tuple(strides) == (ph, pw)
+        and tuple(pads) == (0, 0)
+        and oh * ph <= h
+        and ow * pw <= w
+        and ph * pw <= 127
+    )
+
+
 def lazy(module: str, *names: str) -> tuple[Callable[..., Any], ...]:
     """Stand-ins for `from module import names` that import the module on their first call.
 

@@ -7,12 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from cnnkit.kernels.nojit import conv_output_size
+from cnnkit.kernels.nojit import conv_output_size, pool_tiles
 from cnnkit.kernels.pool import (
     avgpool2d_backward,
     avgpool2d_forward,
     maxpool2d_backward,
+    maxpool2d_backward_tiles,
     maxpool2d_forward,
+    maxpool2d_forward_tiles,
 )
 from tests import reference as ref
 from tests.reference import DTYPES, close
@@ -151,3 +153,55 @@ def test_pool_kernels_bitwise_deterministic(dtype):
     for _ in range(3):
         for a, b_ in zip(first, run_all(), strict=True):
             assert a.tobytes() == b_.tobytes()
+
+
+# (batch, H, W, C, PH, PW) whose windows tile the input: even and odd sizes (a last row or
+# column no window reads), non-square windows, one channel, batch > the 16 prange chunks.
+TILE_SHAPES = [
+    (2, 24, 24, 32, 2, 2),
+    (3, 7, 9, 5, 2, 2),
+    (1, 9, 9, 16, 3, 3),
+    (4, 8, 6, 8, 2, 1),
+    (17, 5, 8, 1, 1, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TILE_SHAPES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_maxpool_tiles_against_reference_and_the_general_kernels(shape, ties, dtype):
+    """The tiling kernels: the reference's values and winners, and bitwise the general
+    kernels' outputs and gradients (which they replace for these windows)."""
+    n, h, w, c, ph, pw = shape
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (n, h, w, c)) if ties else rng.standard_normal((n, h, w, c))
+    x = x.astype(dtype)
+    out_hw, pad = pool_geometry(h, w, ph, pw, (ph, pw), "valid")
+    assert pool_tiles((ph, pw), (ph, pw), pad, (h, w), out_hw)
+    dout = rng.standard_normal((n, *out_hw, c)).astype(dtype)
+    dout[0, 0, 0, 0] = -0.0  # lands as +0.0 in both (0 + g)
+    out = np.full((n, *out_hw, c), np.nan, dtype=dtype)
+    win = np.full((n, *out_hw, c), -7, dtype=np.int8)
+    maxpool2d_forward_tiles(x, ph, pw, out, win)
+    dx = np.full(x.shape, np.nan, dtype=dtype)
+    maxpool2d_backward_tiles(dout, win, ph, pw, dx)
+
+    out_ref, argmax_ref = ref.maxpool2d_forward(x, (ph, pw), (ph, pw), pad, out_hw)
+    np.testing.assert_array_equal(out, out_ref)
+    oh = np.arange(out_hw[0])[None, :, None, None]
+    ow = np.arange(out_hw[1])[None, None, :, None]
+    i, j = win // pw, win % pw
+    np.testing.assert_array_equal((oh * ph + i) * w + ow * pw + j, argmax_ref)
+    close(dx, ref.maxpool2d_backward(dout, x, (ph, pw), (ph, pw), pad), dtype)
+
+    general_out, _, general_dx = run_maxpool(x, (ph, pw), (ph, pw), pad, out_hw, dout)
+    assert out.tobytes() == general_out.tobytes() and dx.tobytes() == general_dx.tobytes()
+
+
+def test_pool_tiles_condition():
+    assert pool_tiles((2, 2), (2, 2), (0, 0), (24, 24), (12, 12))
+    assert pool_tiles((3, 1), (3, 1), (0, 0), (7, 5), (2, 5))  # a last row no window reads
+    assert not pool_tiles((3, 3), (2, 2), (0, 0), (7, 7), (3, 3))  # overlapping windows
+    assert not pool_tiles((2, 2), (2, 2), (1, 0), (6, 6), (4, 3))  # padding before
+    assert not pool_tiles((2, 2), (2, 2), (0, 0), (7, 5), (4, 3))  # "same": pads after
+    assert not pool_tiles((12, 12), (12, 12), (0, 0), (24, 24), (2, 2))  # 144 > int8

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.kernels.nojit import conv_output_size, lazy
+from cnnkit.kernels.nojit import conv_output_size, lazy, pool_tiles
 from cnnkit.nn.layers.base import Layer, SavedArray, Shape
 from cnnkit.options import Option, checker, nullable
 
 # numba is imported on the first call, not when a spec is checked (cnnkit.kernels.nojit)
-avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward = lazy(
+(
+    avgpool2d_backward,
+    avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_backward_tiles,
+    maxpool2d_forward,
+    maxpool2d_forward_tiles,
+) = lazy(
     "cnnkit.kernels.pool",
     "avgpool2d_backward",
     "avgpool2d_forward",
     "maxpool2d_backward",
+    "maxpool2d_backward_tiles",
     "maxpool2d_forward",
+    "maxpool2d_forward_tiles",
 )
 
 
@@ -73,25 +82,43 @@ class MaxPooling2D(_Pooling2D):
     torch_name = "MaxPool2d"
     aliases = ("MaxPool2D", "max_pool2d")
 
+    def _tiles(self) -> bool:
+        """Windows that tile the input (stride = pool size, no padding): the kernels that
+        keep each winner as an int8 position in its window (cnnkit.kernels.pool)."""
+        return pool_tiles(
+            self.options["pool_size"], self.strides, (self.pad_top, self.pad_left),
+            self.input_shape[:2], self.output_shape[:2],
+        )  # fmt: skip
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         shape = (x.shape[0], *self.output_shape)
+        tiled = self._tiles()
+        winners = np.int8 if tiled else np.int64
         if training:  # reused from step to step (see Layer.workspace)
             out = self.workspace("out", shape, x.dtype)
-            self._argmax = self.workspace("argmax", shape, np.int64)
+            self._argmax = self.workspace("argmax", shape, winners)
         else:
             out = np.empty(shape, dtype=x.dtype)
-            self._argmax = np.empty(shape, dtype=np.int64)
+            self._argmax = np.empty(shape, dtype=winners)
         (ph, pw), (sh, sw) = self.options["pool_size"], self.strides
-        maxpool2d_forward(x, ph, pw, sh, sw, self.pad_top, self.pad_left, out, self._argmax)
+        if tiled:
+            maxpool2d_forward_tiles(np.ascontiguousarray(x), ph, pw, out, self._argmax)
+        else:
+            maxpool2d_forward(x, ph, pw, sh, sw, self.pad_top, self.pad_left, out, self._argmax)
         self._x_shape = x.shape
         return out
 
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
-        return [SavedArray(self.output_shape), SavedArray(self.output_shape, np.int64)]
+        winners = np.int8 if self._tiles() else np.int64
+        return [SavedArray(self.output_shape), SavedArray(self.output_shape, winners)]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dx = self.workspace("dx", self._x_shape, dy.dtype)
-        maxpool2d_backward(np.ascontiguousarray(dy), self._argmax, dx)
+        if self._argmax.dtype == np.int8:
+            ph, pw = self.options["pool_size"]
+            maxpool2d_backward_tiles(np.ascontiguousarray(dy), self._argmax, ph, pw, dx)
+        else:
+            maxpool2d_backward(np.ascontiguousarray(dy), self._argmax, dx)
         return dx
 
 

@@ -94,3 +94,17 @@ def test_a_named_pooling_layer_keeps_its_name_and_inputs_in_the_resolved_spec(na
     config = spec.to_dict()["model"]["layers"][1][name]
     assert (config["name"], config["inputs"], config["strides"]) == ("pooled", ["stem"], [2, 2])
     assert build_model(spec).layers[2].sources == (1,)
+
+
+@pytest.mark.parametrize(
+    "options, winners",
+    [({"pool_size": 2}, np.int8), ({"pool_size": 3, "strides": 2}, np.int64)],
+)
+def test_max_pooling_keeps_small_winners_where_its_windows_tile(options, winners):
+    """Windows that tile the input take the kernels that keep an int8 position per window
+    (an eighth of the memory the general kernels' int64 index takes), in training and in
+    the memory plan; overlapping windows keep the general ones."""
+    layer = make_layer(MaxPooling2D, options, (6, 6, 4))
+    layer.forward(np.random.default_rng(0).random((2, 6, 6, 4)), training=True)
+    assert layer._argmax.dtype == winners
+    assert layer.saved_arrays(True)[1].dtype == winners

@@ -15,7 +15,17 @@ import numba
 import numpy as np
 from numba import prange
 
-from cnnkit.kernels.simd import vadd, vbroadcast, vfma, vload, vstore, vzero
+from cnnkit.kernels.simd import (
+    WIDE_LANES,
+    vadd,
+    vbroadcast_like,
+    vfma,
+    vlanes,
+    vload_like,
+    vstore,
+    vzeros,
+    width_tag,
+)
 
 # Number of batch chunks for the weight-gradient reduction. Fixed (not the thread count), so
 # the float summation order, and hence the result, does not depend on the machine.
@@ -506,13 +516,14 @@ def conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out
 # A register-blocked direct convolution for float32 (the training and inference dtype): the
 # GEMM of each kernel row i, out[6 pixels, 16 filters] += x[6 pixels, KW*C] @ w[i][KW*C, 16],
 # runs as one microkernel whose 12 accumulators (6 pixels x 2 vectors of 8 filters) stay in
-# ymm registers for the whole reduction (cnnkit.kernels.simd): per step 2 loads of w, 6
+# ymm registers (32 filters in zmm on AVX-512: direct_lanes) for the whole reduction
+# (cnnkit.kernels.simd): per step 2 loads of w, 6
 # broadcasts of x, 12 FMAs. No im2col copy: with dilation 1, the KW taps of kernel row i read
 # KW*C consecutive floats of an input row, and the next pixel's start sw*C floats further. A
 # padded input is copied once per image into a zero-bordered buffer. Measured against the
 # im2col + OpenBLAS path above (benchmarks/results/2026-12-02-epyc-avx2-kernels).
 
-_MICRO_FILTERS = 16  # 2 vectors of 8
+_MICRO_FILTERS = 16  # the fewest filters a call takes: 2 vectors of 8
 # the direct path's conditions (else the im2col + BLAS path above): every channel count,
 # the first layer's one channel included (measured 1.5-4x the one-channel and C < 8 loops
 # above on the MNIST first layers and resnet20's 3-channel input)
@@ -520,143 +531,146 @@ _DIRECT_MIN_CHANNELS = 1
 
 
 @numba.njit(cache=True)
-def _micro6x16(a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+def _micro6(z, a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
     """c[c0 + p*cp + f] += sum_{k2 < kn2, k < kn} a[a_p + k2*ak2 + k*ak] *
-    b[b0 + k2*bk2 + k*bk + f] for the 6 rows p (starting at a0 ... a5 in a) and f < 16,
-    one FMA a step in increasing (k2, k). a, b, c: flat float32 arrays; the 12
-    accumulators stay in registers throughout. fresh: the sum starts at zero and is
-    added to c at the end (a partial sum of its own: the weight gradient's long
-    reductions are summed in two levels, not as one running sum)."""
-    c00 = vzero() if fresh else vload(c, c0)
-    c01 = vzero() if fresh else vload(c, c0 + 8)
-    c10 = vzero() if fresh else vload(c, c0 + cp)
-    c11 = vzero() if fresh else vload(c, c0 + cp + 8)
-    c20 = vzero() if fresh else vload(c, c0 + 2 * cp)
-    c21 = vzero() if fresh else vload(c, c0 + 2 * cp + 8)
-    c30 = vzero() if fresh else vload(c, c0 + 3 * cp)
-    c31 = vzero() if fresh else vload(c, c0 + 3 * cp + 8)
-    c40 = vzero() if fresh else vload(c, c0 + 4 * cp)
-    c41 = vzero() if fresh else vload(c, c0 + 4 * cp + 8)
-    c50 = vzero() if fresh else vload(c, c0 + 5 * cp)
-    c51 = vzero() if fresh else vload(c, c0 + 5 * cp + 8)
+    b[b0 + k2*bk2 + k*bk + f] for the 6 rows p (starting at a0 ... a5 in a) and f < 2L,
+    L the lanes of z (a zero vector: 8 or 16), one FMA a step in increasing (k2, k). a, b,
+    c: flat float32 arrays; the 12 accumulators stay in registers throughout. fresh: the
+    sum starts at zero and is added to c at the end (a partial sum of its own: the weight
+    gradient's long reductions are summed in two levels, not as one running sum)."""
+    L = vlanes(z)
+    c00 = z if fresh else vload_like(z, c, c0)
+    c01 = z if fresh else vload_like(z, c, c0 + L)
+    c10 = z if fresh else vload_like(z, c, c0 + cp)
+    c11 = z if fresh else vload_like(z, c, c0 + cp + L)
+    c20 = z if fresh else vload_like(z, c, c0 + 2 * cp)
+    c21 = z if fresh else vload_like(z, c, c0 + 2 * cp + L)
+    c30 = z if fresh else vload_like(z, c, c0 + 3 * cp)
+    c31 = z if fresh else vload_like(z, c, c0 + 3 * cp + L)
+    c40 = z if fresh else vload_like(z, c, c0 + 4 * cp)
+    c41 = z if fresh else vload_like(z, c, c0 + 4 * cp + L)
+    c50 = z if fresh else vload_like(z, c, c0 + 5 * cp)
+    c51 = z if fresh else vload_like(z, c, c0 + 5 * cp + L)
     for k2 in range(kn2):
         for k in range(kn):
             bi = b0 + k2 * bk2 + k * bk
-            w0 = vload(b, bi)
-            w1 = vload(b, bi + 8)
+            w0 = vload_like(z, b, bi)
+            w1 = vload_like(z, b, bi + L)
             ai = k2 * ak2 + k * ak
-            u = vbroadcast(a, a0 + ai)
+            u = vbroadcast_like(z, a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
-            u = vbroadcast(a, a1 + ai)
+            u = vbroadcast_like(z, a, a1 + ai)
             c10 = vfma(u, w0, c10)
             c11 = vfma(u, w1, c11)
-            u = vbroadcast(a, a2 + ai)
+            u = vbroadcast_like(z, a, a2 + ai)
             c20 = vfma(u, w0, c20)
             c21 = vfma(u, w1, c21)
-            u = vbroadcast(a, a3 + ai)
+            u = vbroadcast_like(z, a, a3 + ai)
             c30 = vfma(u, w0, c30)
             c31 = vfma(u, w1, c31)
-            u = vbroadcast(a, a4 + ai)
+            u = vbroadcast_like(z, a, a4 + ai)
             c40 = vfma(u, w0, c40)
             c41 = vfma(u, w1, c41)
-            u = vbroadcast(a, a5 + ai)
+            u = vbroadcast_like(z, a, a5 + ai)
             c50 = vfma(u, w0, c50)
             c51 = vfma(u, w1, c51)
     if fresh:
-        c00 = vadd(vload(c, c0), c00)
-        c01 = vadd(vload(c, c0 + 8), c01)
-        c10 = vadd(vload(c, c0 + cp), c10)
-        c11 = vadd(vload(c, c0 + cp + 8), c11)
-        c20 = vadd(vload(c, c0 + 2 * cp), c20)
-        c21 = vadd(vload(c, c0 + 2 * cp + 8), c21)
-        c30 = vadd(vload(c, c0 + 3 * cp), c30)
-        c31 = vadd(vload(c, c0 + 3 * cp + 8), c31)
-        c40 = vadd(vload(c, c0 + 4 * cp), c40)
-        c41 = vadd(vload(c, c0 + 4 * cp + 8), c41)
-        c50 = vadd(vload(c, c0 + 5 * cp), c50)
-        c51 = vadd(vload(c, c0 + 5 * cp + 8), c51)
+        c00 = vadd(vload_like(z, c, c0), c00)
+        c01 = vadd(vload_like(z, c, c0 + L), c01)
+        c10 = vadd(vload_like(z, c, c0 + cp), c10)
+        c11 = vadd(vload_like(z, c, c0 + cp + L), c11)
+        c20 = vadd(vload_like(z, c, c0 + 2 * cp), c20)
+        c21 = vadd(vload_like(z, c, c0 + 2 * cp + L), c21)
+        c30 = vadd(vload_like(z, c, c0 + 3 * cp), c30)
+        c31 = vadd(vload_like(z, c, c0 + 3 * cp + L), c31)
+        c40 = vadd(vload_like(z, c, c0 + 4 * cp), c40)
+        c41 = vadd(vload_like(z, c, c0 + 4 * cp + L), c41)
+        c50 = vadd(vload_like(z, c, c0 + 5 * cp), c50)
+        c51 = vadd(vload_like(z, c, c0 + 5 * cp + L), c51)
     vstore(c, c0, c00)
-    vstore(c, c0 + 8, c01)
+    vstore(c, c0 + L, c01)
     vstore(c, c0 + cp, c10)
-    vstore(c, c0 + cp + 8, c11)
+    vstore(c, c0 + cp + L, c11)
     vstore(c, c0 + 2 * cp, c20)
-    vstore(c, c0 + 2 * cp + 8, c21)
+    vstore(c, c0 + 2 * cp + L, c21)
     vstore(c, c0 + 3 * cp, c30)
-    vstore(c, c0 + 3 * cp + 8, c31)
+    vstore(c, c0 + 3 * cp + L, c31)
     vstore(c, c0 + 4 * cp, c40)
-    vstore(c, c0 + 4 * cp + 8, c41)
+    vstore(c, c0 + 4 * cp + L, c41)
     vstore(c, c0 + 5 * cp, c50)
-    vstore(c, c0 + 5 * cp + 8, c51)
+    vstore(c, c0 + 5 * cp + L, c51)
 
 
 @numba.njit(cache=True)
-def _micro4x16(a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
-    """_micro6x16 for 4 rows p."""
-    c00 = vzero() if fresh else vload(c, c0)
-    c01 = vzero() if fresh else vload(c, c0 + 8)
-    c10 = vzero() if fresh else vload(c, c0 + cp)
-    c11 = vzero() if fresh else vload(c, c0 + cp + 8)
-    c20 = vzero() if fresh else vload(c, c0 + 2 * cp)
-    c21 = vzero() if fresh else vload(c, c0 + 2 * cp + 8)
-    c30 = vzero() if fresh else vload(c, c0 + 3 * cp)
-    c31 = vzero() if fresh else vload(c, c0 + 3 * cp + 8)
+def _micro4(z, a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    """_micro6 for 4 rows p."""
+    L = vlanes(z)
+    c00 = z if fresh else vload_like(z, c, c0)
+    c01 = z if fresh else vload_like(z, c, c0 + L)
+    c10 = z if fresh else vload_like(z, c, c0 + cp)
+    c11 = z if fresh else vload_like(z, c, c0 + cp + L)
+    c20 = z if fresh else vload_like(z, c, c0 + 2 * cp)
+    c21 = z if fresh else vload_like(z, c, c0 + 2 * cp + L)
+    c30 = z if fresh else vload_like(z, c, c0 + 3 * cp)
+    c31 = z if fresh else vload_like(z, c, c0 + 3 * cp + L)
     for k2 in range(kn2):
         for k in range(kn):
             bi = b0 + k2 * bk2 + k * bk
-            w0 = vload(b, bi)
-            w1 = vload(b, bi + 8)
+            w0 = vload_like(z, b, bi)
+            w1 = vload_like(z, b, bi + L)
             ai = k2 * ak2 + k * ak
-            u = vbroadcast(a, a0 + ai)
+            u = vbroadcast_like(z, a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
-            u = vbroadcast(a, a1 + ai)
+            u = vbroadcast_like(z, a, a1 + ai)
             c10 = vfma(u, w0, c10)
             c11 = vfma(u, w1, c11)
-            u = vbroadcast(a, a2 + ai)
+            u = vbroadcast_like(z, a, a2 + ai)
             c20 = vfma(u, w0, c20)
             c21 = vfma(u, w1, c21)
-            u = vbroadcast(a, a3 + ai)
+            u = vbroadcast_like(z, a, a3 + ai)
             c30 = vfma(u, w0, c30)
             c31 = vfma(u, w1, c31)
     if fresh:
-        c00 = vadd(vload(c, c0), c00)
-        c01 = vadd(vload(c, c0 + 8), c01)
-        c10 = vadd(vload(c, c0 + cp), c10)
-        c11 = vadd(vload(c, c0 + cp + 8), c11)
-        c20 = vadd(vload(c, c0 + 2 * cp), c20)
-        c21 = vadd(vload(c, c0 + 2 * cp + 8), c21)
-        c30 = vadd(vload(c, c0 + 3 * cp), c30)
-        c31 = vadd(vload(c, c0 + 3 * cp + 8), c31)
+        c00 = vadd(vload_like(z, c, c0), c00)
+        c01 = vadd(vload_like(z, c, c0 + L), c01)
+        c10 = vadd(vload_like(z, c, c0 + cp), c10)
+        c11 = vadd(vload_like(z, c, c0 + cp + L), c11)
+        c20 = vadd(vload_like(z, c, c0 + 2 * cp), c20)
+        c21 = vadd(vload_like(z, c, c0 + 2 * cp + L), c21)
+        c30 = vadd(vload_like(z, c, c0 + 3 * cp), c30)
+        c31 = vadd(vload_like(z, c, c0 + 3 * cp + L), c31)
     vstore(c, c0, c00)
-    vstore(c, c0 + 8, c01)
+    vstore(c, c0 + L, c01)
     vstore(c, c0 + cp, c10)
-    vstore(c, c0 + cp + 8, c11)
+    vstore(c, c0 + cp + L, c11)
     vstore(c, c0 + 2 * cp, c20)
-    vstore(c, c0 + 2 * cp + 8, c21)
+    vstore(c, c0 + 2 * cp + L, c21)
     vstore(c, c0 + 3 * cp, c30)
-    vstore(c, c0 + 3 * cp + 8, c31)
+    vstore(c, c0 + 3 * cp + L, c31)
 
 
 @numba.njit(cache=True)
-def _micro1x16(a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
-    """_micro6x16 for 1 row p."""
-    c00 = vzero() if fresh else vload(c, c0)
-    c01 = vzero() if fresh else vload(c, c0 + 8)
+def _micro1(z, a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    """_micro6 for 1 row p."""
+    L = vlanes(z)
+    c00 = z if fresh else vload_like(z, c, c0)
+    c01 = z if fresh else vload_like(z, c, c0 + L)
     for k2 in range(kn2):
         for k in range(kn):
             bi = b0 + k2 * bk2 + k * bk
-            w0 = vload(b, bi)
-            w1 = vload(b, bi + 8)
+            w0 = vload_like(z, b, bi)
+            w1 = vload_like(z, b, bi + L)
             ai = k2 * ak2 + k * ak
-            u = vbroadcast(a, a0 + ai)
+            u = vbroadcast_like(z, a, a0 + ai)
             c00 = vfma(u, w0, c00)
             c01 = vfma(u, w1, c01)
     if fresh:
-        c00 = vadd(vload(c, c0), c00)
-        c01 = vadd(vload(c, c0 + 8), c01)
+        c00 = vadd(vload_like(z, c, c0), c00)
+        c01 = vadd(vload_like(z, c, c0 + L), c01)
     vstore(c, c0, c00)
-    vstore(c, c0 + 8, c01)
+    vstore(c, c0 + L, c01)
 
 
 @numba.njit(cache=True)
@@ -697,27 +711,27 @@ def _blocks(m):
 
 
 @numba.njit(cache=True)
-def _micro_blocks(a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cstep):
+def _micro_blocks(z, a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cstep):
     """The microkernels over m rows p of c (row p at c0 + p*cstep, reading a0 + p*ap):
     blocks of 6, then of 4, then single rows; each call's sum added to c as a whole."""
     n6, n4 = _blocks(m)
     p = 0
     for _ in range(n6):
         q = a0 + p * ap
-        _micro6x16(
-            a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, ak, ak2,
+        _micro6(
+            z, a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, ak, ak2,
             b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
         )  # fmt: skip
         p += 6
     for _ in range(n4):
         q = a0 + p * ap
-        _micro4x16(
-            a, q, q + ap, q + 2 * ap, q + 3 * ap, ak, ak2,
+        _micro4(
+            z, a, q, q + ap, q + 2 * ap, q + 3 * ap, ak, ak2,
             b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
         )  # fmt: skip
         p += 4
     for r in range(p, m):
-        _micro1x16(a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp, True)
+        _micro1(z, a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp, True)
 
 
 @numba.njit(cache=True)
@@ -735,9 +749,9 @@ def _tap_rows(oh, sh, pt, h, kh):
 
 
 @numba.njit(cache=True)
-def _forward_pixels(src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, m):
+def _forward_pixels(z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, m):
     """Adds the convolution to m (6, 4 or 1) output pixels q, q+1, ... (raster order: a block
-    may span two output rows) for every block of 16 filters: kernel rows that read padding
+    may span two output rows) for every block of 2 vectors of filters: kernel rows that read padding
     only are skipped when all the block's pixels skip the same (their values are zeros)."""
     i0, i1 = _tap_rows(q // ow_n, sh, pt, h, kh)
     j0, j1 = _tap_rows((q + m - 1) // ow_n, sh, pt, h, kh)
@@ -747,10 +761,10 @@ def _forward_pixels(src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, 
     c0 = ob + q * f_n
     b0 = i0 * span * f_n
     kn2 = i1 - i0
-    for f0 in range(0, f_n, _MICRO_FILTERS):
+    for f0 in range(0, f_n, 2 * vlanes(z)):
         if m == 6:
-            _micro6x16(
-                src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
+            _micro6(
+                z, src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 4, ow_n, sh, sw, c_n, rs, base, i0),
@@ -758,27 +772,29 @@ def _forward_pixels(src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, 
                 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         elif m == 4:
-            _micro4x16(
-                src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
+            _micro4(
+                z, src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
                 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         else:
-            _micro1x16(
-                src, a0, 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False
+            _micro1(
+                z, src, a0, 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False
             )
 
 
 @numba.njit(cache=True, parallel=True)
-def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
-    """conv2d_forward for float32, dilation 1, F % 16 == 0 (see above).
+def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu, lanes):
+    """conv2d_forward for float32, dilation 1, F a multiple of 2 * L (see above), L the vector
+    width that lanes, a width_tag (8 or 16), gives; direct_lanes chooses it.
 
     Per image: the outputs start at the bias, then each block of 6 (or 4, or 1) pixels in
     raster order (a block may span two output rows: 8x8 outputs take ten blocks of 6 and one
     of 4, not eight blocks of 4 with 8 accumulators, too few to hide the FMA latency) and each
-    block of 16 filters adds all kernel rows (i, then (j, c) increasing) in one microkernel
-    call."""
+    block of 2 * L filters adds all kernel rows (i, then (j, c) increasing) in one
+    microkernel call."""
+    z = vzeros(lanes)
     n_b, h, wd, c_n = x.shape
     kh, kw, _, f_n = w.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
@@ -802,16 +818,16 @@ def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu=False):
             n6, n4 = _blocks(oh_n * ow_n)
             for t in range(n6):
                 _forward_pixels(
-                    src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, 6 * t, 6
+                    z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, 6 * t, 6
                 )
             for t in range(n4):
                 _forward_pixels(
-                    src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
+                    z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
                     6 * n6 + 4 * t, 4,
                 )  # fmt: skip
             for q in range(6 * n6 + 4 * n4, oh_n * ow_n):
                 _forward_pixels(
-                    src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, 1
+                    z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, 1
                 )
             if relu:
                 for q in range(image.shape[0]):
@@ -824,12 +840,14 @@ _WGRAD_PIXELS = 96
 
 
 @numba.njit(cache=True, parallel=True)
-def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out):
-    """conv2d_backward_weights for float32, dilation 1, F % 16 == 0 (see above): per image,
-    group of output rows, kernel row i and block of 16 filters, the microkernels add 6 (or 4,
+def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out, lanes):
+    """conv2d_backward_weights for float32, dilation 1, F a multiple of 2 * L (L and
+    lanes as in conv2d_forward_direct): per image, group of output rows, kernel row i and block of
+    2 * L filters, the microkernels add 6 (or 4,
     or 1) consecutive (j, c) rows of the kernel gradient, dW[i, (j, c), f] += sum over the
     group's pixels of x[ih, ow*sw + ..] * dout[oh, ow, f]. Fixed batch chunks, each with its
     own partial sums, summed in chunk order (as the GEMM path): bitwise reproducible."""
+    z = vzeros(lanes)
     n_b, h, wd, c_n = x.shape
     kh, kw, _, f_n = dw_out.shape
     oh_n, ow_n = dout.shape[1], dout.shape[2]
@@ -855,9 +873,9 @@ def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out):
                 db0 = (n * oh_n + oh0) * ow_n * f_n
                 for i in range(kh):
                     a0 = base + (oh0 * sh + i) * rs
-                    for f0 in range(0, f_n, _MICRO_FILTERS):
+                    for f0 in range(0, f_n, 2 * vlanes(z)):
                         _micro_blocks(
-                            src, a0, 1, sw * c_n, sh * rs, d1, db0 + f0, f_n, ow_n * f_n,
+                            z, src, a0, 1, sw * c_n, sh * rs, d1, db0 + f0, f_n, ow_n * f_n,
                             ow_n, r_n, pw, i * span * f_n + f0, f_n, span, f_n,
                         )  # fmt: skip
             d0 = n * oh_n * ow_n * f_n
@@ -881,16 +899,26 @@ def _direct(x, w, f_n, ow_n, dh, dw):
     )
 
 
+def direct_lanes(f_n: int) -> tuple[int, ...]:
+    """The vector width of the direct kernels for F filters, as a width_tag: the machine's widest
+    (cnnkit.kernels.simd.WIDE_LANES: 16 on AVX-512) where 2 such vectors divide F, else 8.
+    Either width gives bitwise the same results (the same sums in the same order per lane)."""
+    return _WIDTH_TAGS[WIDE_LANES if f_n % (2 * WIDE_LANES) == 0 else 8]
+
+
+_WIDTH_TAGS = {8: width_tag(8), 16: width_tag(16)}
+
+
 def conv2d_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):
     """out[n, oh, ow, f] = b[f] + sum_{i, j, c} x[n, ih, iw, c] * w[i, j, c, f], then
     max(out, 0) when relu (the fused activation). x and out must be C-contiguous.
 
     float32 with dilation 1 and F % 16 == 0: the register-blocked direct kernel
-    (conv2d_forward_direct); otherwise im2col + BLAS, or direct loops for few input channels
-    (conv2d_forward_gemm)."""
+    (conv2d_forward_direct, on zmm registers where AVX-512 and F % 32 == 0 allow); otherwise
+    im2col + BLAS, or direct loops for few input channels (conv2d_forward_gemm)."""
     if _direct(x, w, w.shape[3], out.shape[2], dh, dw) and out.flags.c_contiguous:
         b32 = np.ascontiguousarray(b, dtype=np.float32)
-        conv2d_forward_direct(x, w, b32, sh, sw, pt, pl, out, relu)
+        conv2d_forward_direct(x, w, b32, sh, sw, pt, pl, out, relu, direct_lanes(w.shape[3]))
     else:
         conv2d_forward_gemm(x, w, b, sh, sw, dh, dw, pt, pl, out, relu)
 
@@ -905,6 +933,7 @@ def conv2d_backward_weights(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out):
         and dout.dtype == np.float32
         and dout.flags.c_contiguous
     ):
-        conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out)
+        lanes = direct_lanes(dw_out.shape[3])
+        conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out, lanes)
     else:
         conv2d_backward_weights_gemm(x, dout, sh, sw, dh, dw, pt, pl, dw_out, db_out)

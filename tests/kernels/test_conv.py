@@ -8,7 +8,7 @@ import pytest
 from cnnkit.kernels.conv import conv2d_backward_input, conv2d_backward_weights, conv2d_forward
 from cnnkit.kernels.nojit import conv_output_size
 from tests import reference as ref
-from tests.kernels import NEEDS_AVX2_FMA
+from tests.kernels import HAS_AVX512F, NEEDS_AVX2_FMA
 from tests.reference import DTYPES, close
 
 
@@ -263,23 +263,58 @@ def test_conv2d_direct_bitwise_deterministic():
 
 
 @NEEDS_AVX2_FMA
-def test_direct_microkernel_keeps_its_accumulators_in_ymm_registers():
-    """The inner loop of the 6x16 microkernel: 12 vfmadd on ymm registers with no load or
-    store of an accumulator (compiled afresh: Numba does not disassemble cached code)."""
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_direct_microkernel_keeps_its_accumulators_in_vector_registers(lanes):
+    """The inner loop of the 6-pixel microkernel: 12 vfmadd on ymm registers (8 lanes) or
+    zmm (16, on AVX-512) with no load or store of an accumulator (compiled afresh: Numba
+    does not disassemble cached code)."""
     import re
 
     import numba
 
     from cnnkit.kernels import conv
+    from cnnkit.kernels.simd import vzeros, width_tag
 
-    fn = numba.njit(conv._micro6x16.py_func)
-    a = np.zeros(64, np.float32)
-    fn(a, 0, 1, 2, 3, 4, 5, 1, 1, a, 0, 1, 1, 1, 1, a, 0, 16, False)
-    asm = fn.inspect_asm(fn.signatures[0])
+    if lanes == 16 and not HAS_AVX512F:
+        pytest.skip("zmm registers need AVX-512F (16 lanes run as two ymm halves here)")
+
+    @numba.njit
+    def call(a, tag, a0, a1, a2, a3, a4, a5, ak, ak2, b0, bk, bk2, kn, kn2, c0, cp, fresh):
+        z = vzeros(tag)
+        conv._micro6(
+            z, a, a0, a1, a2, a3, a4, a5, ak, ak2, a, b0, bk, bk2, kn, kn2, a, c0, cp, fresh
+        )
+
+    a = np.zeros(256, np.float32)
+    call(a, width_tag(lanes), 0, 1, 2, 3, 4, 5, 1, 1, 0, 1, 1, 1, 1, 0, 32, False)
+    asm = call.inspect_asm(call.signatures[0])
+    reg = "ymm" if lanes == 8 else "zmm"
     fmas = re.findall(r"vfmadd\d+ps\s+([^\n]*)", asm)
-    assert len(fmas) >= 12 and all("ymm" in f for f in fmas), fmas
+    assert len(fmas) >= 12 and all(reg in f for f in fmas), fmas
     # all three operands registers: accumulators, weights and broadcasts never in memory
-    assert all(re.fullmatch(r"%ymm\d+, %ymm\d+, %ymm\d+", f.strip()) for f in fmas), fmas
+    # (AVX-512 may fold the broadcast of x into the FMA: a {1to16} memory operand is no
+    # accumulator)
+    operands = rf"%{reg}\d+, %{reg}\d+, %{reg}\d+|\S+\{{1to16\}}, %{reg}\d+, %{reg}\d+"
+    assert all(re.fullmatch(operands, f.strip()) for f in fmas), fmas
+
+
+@pytest.mark.parametrize("shape, padding, stride", [c for c in DIRECT_CASES if c[0][6] % 32 == 0])
+def test_direct_kernels_give_the_same_bytes_at_either_width(shape, padding, stride):
+    """8-lane and 16-lane vectors (direct_lanes picks 16 on AVX-512 where F % 32 == 0): each
+    output element is the same sum in the same order, so the bytes are equal; on a machine
+    without AVX-512 the 16-lane code runs as two 8-lane halves, still equal."""
+    from cnnkit.kernels import conv
+    from cnnkit.kernels.simd import width_tag
+
+    x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, (1, 1), np.float32, seed=3)
+    results = []
+    for lanes in (8, 16):
+        out = np.empty((x.shape[0], *out_hw, wt.shape[3]), np.float32)
+        conv.conv2d_forward_direct(x, wt, b, *stride, *pad, out, True, width_tag(lanes))
+        dw, db = np.empty_like(wt), np.empty_like(b)
+        conv.conv2d_backward_weights_direct(x, dout, *stride, *pad, dw, db, width_tag(lanes))
+        results.append([a.tobytes() for a in (out, dw, db)])
+    assert results[0] == results[1]
 
 
 # (batch, H, W, C, KH, KW, F), padding, stride: strided input gradients by phases, one

@@ -205,10 +205,11 @@ def test_conv_kernels_bitwise_deterministic(dtype):
 # The register-blocked direct float32 kernels (conv2d_forward_direct and
 # conv2d_backward_weights_direct; the stride-1 input gradient runs on the former): F a
 # multiple of 16, dilation 1, any channel count. Output widths 1, 2, 5, 8, 10 and 13 take
-# every mix of the 6-, 4- and 1-pixel microkernels (the weight gradient's KW*C = 3 ... 57
-# rows, every mix of 6-, 4- and 1-row blocks); channels 1, 3 and odd counts, non-square
-# kernels, batch 1, batch > the chunk count (17), stride 2 and (2, 1), valid and same
-# padding, and a small valid layer whose input gradient skips the rotated kernel's zero rows.
+# every mix of the 12- (F % 32 == 0 on AVX-512), 6-, 4- and 1-pixel microkernels (the
+# weight gradient's KW*C = 3 ... 57 rows, every mix of 12-, 6-, 4- and 1-row blocks);
+# channels 1, 3 and odd counts, non-square kernels, batch 1, batch > the chunk count (17),
+# stride 2 and (2, 1), valid and same padding, and a small valid layer whose input gradient
+# skips the rotated kernel's zero rows.
 DIRECT_CASES = [
     ((2, 7, 7, 8, 3, 3, 16), "valid", (1, 1)),  # OW 5
     ((1, 6, 10, 9, 2, 3, 32), "same", (1, 1)),  # OW 10, KW*C 27
@@ -263,11 +264,11 @@ def test_conv2d_direct_bitwise_deterministic():
 
 
 @NEEDS_AVX2_FMA
-@pytest.mark.parametrize("lanes", [8, 16])
-def test_direct_microkernel_keeps_its_accumulators_in_vector_registers(lanes):
+@pytest.mark.parametrize("lanes, pixels", [(8, 6), (16, 6), (16, 12)])
+def test_direct_microkernel_keeps_its_accumulators_in_vector_registers(lanes, pixels):
     """The inner loop of the 6-pixel microkernel: 12 vfmadd on ymm registers (8 lanes) or
-    zmm (16, on AVX-512) with no load or store of an accumulator (compiled afresh: Numba
-    does not disassemble cached code)."""
+    zmm (16, on AVX-512); of the 12-pixel one (16 lanes only): 24 on zmm. No load or store
+    of an accumulator (compiled afresh: Numba does not disassemble cached code)."""
     import re
 
     import numba
@@ -279,18 +280,27 @@ def test_direct_microkernel_keeps_its_accumulators_in_vector_registers(lanes):
         pytest.skip("zmm registers need AVX-512F (16 lanes run as two ymm halves here)")
 
     @numba.njit
-    def call(a, tag, a0, a1, a2, a3, a4, a5, ak, ak2, b0, bk, bk2, kn, kn2, c0, cp, fresh):
+    def call6(a, tag, a0, a1, a2, a3, a4, a5, ak, ak2, b0, bk, bk2, kn, kn2, c0, cp, fresh):
         z = vzeros(tag)
         conv._micro6(
             z, a, a0, a1, a2, a3, a4, a5, ak, ak2, a, b0, bk, bk2, kn, kn2, a, c0, cp, fresh
         )
 
-    a = np.zeros(256, np.float32)
+    @numba.njit
+    def call12(a, tag, a0, a1, a2, a3, a4, a5, ak, ak2, b0, bk, bk2, kn, kn2, c0, cp, fresh):
+        z = vzeros(tag)
+        conv._micro12(
+            z, a, a0, a1, a2, a3, a4, a5, a0 + 6, a1 + 6, a2 + 6, a3 + 6, a4 + 6, a5 + 6,
+            ak, ak2, a, b0, bk, bk2, kn, kn2, a, c0, cp, fresh,
+        )  # fmt: skip
+
+    call = call6 if pixels == 6 else call12
+    a = np.zeros(1024, np.float32)
     call(a, width_tag(lanes), 0, 1, 2, 3, 4, 5, 1, 1, 0, 1, 1, 1, 1, 0, 32, False)
     asm = call.inspect_asm(call.signatures[0])
     reg = "ymm" if lanes == 8 else "zmm"
     fmas = re.findall(r"vfmadd\d+ps\s+([^\n]*)", asm)
-    assert len(fmas) >= 12 and all(reg in f for f in fmas), fmas
+    assert len(fmas) >= 2 * pixels and all(reg in f for f in fmas), fmas
     # all three operands registers: accumulators, weights and broadcasts never in memory
     # (AVX-512 may fold the broadcast of x into the FMA: a {1to16} memory operand is no
     # accumulator)

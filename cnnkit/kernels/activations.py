@@ -16,6 +16,16 @@ def erf_into(x, out):
 
 
 @numba.njit(cache=True, parallel=True)
+def relu_into(x, out):
+    """out[i] = max(x[i], 0) over flat contiguous arrays, over the threads: bitwise
+    np.maximum(x, 0) (-0.0 gives +0.0, NaN stays NaN), in one pass into an array the caller
+    keeps (numpy allocates its result: 8 MB a layer on resnet20, page faults each step)."""
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if v > 0 or v != v else 0
+
+
+@numba.njit(cache=True, parallel=True)
 def relu_backward_into(dy, y, out):
     """out[i] = dy[i] where y[i] > 0, else 0, over flat contiguous arrays: relu's backward from
     its output y (y > 0 exactly where its input is), in one pass and no temporary."""

@@ -87,7 +87,8 @@ def check_layer_gradients(layer, x, training=False, before_forward=None, tol=TOL
             before_forward(layer)
         return layer.forward(xs if many else xs[0], training)
 
-    y = forward()
+    # a copy: in training a layer may write its next forward into the same array (workspace)
+    y = forward().copy()
     assert y.dtype == np.float64
     assert y.shape == (xs[0].shape[0], *layer.output_shape)
     r = np.random.default_rng(1234).standard_normal(y.shape)

@@ -31,10 +31,16 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from cnnkit.errors import SpecError
+from cnnkit.kernels.nojit import lazy
 from cnnkit.nn.activations import ACTIVATIONS
 from cnnkit.nn.initializers import check_initializer, initialize
 from cnnkit.nn.regularizers import check_regularizer
 from cnnkit.options import Option, checker
+
+# numba is imported on the first call (cnnkit.kernels.nojit)
+relu_into, relu_backward_into = lazy(
+    "cnnkit.kernels.activations", "relu_into", "relu_backward_into"
+)
 
 Shape = tuple[int, ...]  # one sample's shape, without the batch axis
 
@@ -303,17 +309,35 @@ class ActivationMixin:
         """Options of a parameterised activation (LeakyReLU's negative_slope)."""
         return {}
 
-    def activate(self, z: np.ndarray) -> np.ndarray:
+    def activate(self, z: np.ndarray, training: bool = False) -> np.ndarray:
         self._z = z
         if self.returns_logits:
             self._a = z
             return z
+        if self._relu_kernels(z):
+            # one parallel pass; in training into an array kept from step to step
+            z = self._z = np.ascontiguousarray(z)
+            out = self.workspace("activation", z.shape, z.dtype) if training else np.empty_like(z)
+            relu_into(z.reshape(-1), out.reshape(-1))
+            self._a = out
+            return out
         self._a = ACTIVATIONS[self._activation_name()][0](z, **self._activation_kwargs())
         return self._a
+
+    def _relu_kernels(self, z: np.ndarray) -> bool:
+        """relu on floats: cnnkit.kernels.activations' kernels, bitwise numpy's maximum and
+        its gradient (dy where the output is positive, 0 elsewhere)."""
+        return self._activation_name() == "relu" and z.dtype in (np.float32, np.float64)
 
     def activate_backward(self, dy: np.ndarray) -> np.ndarray:
         if self.returns_logits:
             return dy
+        if self._relu_kernels(self._a):
+            dz = self.workspace("activation_grad", dy.shape, dy.dtype)
+            relu_backward_into(
+                np.ascontiguousarray(dy).reshape(-1), self._a.reshape(-1), dz.reshape(-1)
+            )
+            return dz
         backward = ACTIVATIONS[self._activation_name()][1]
         return backward(self._z, self._a, dy, **self._activation_kwargs())
 

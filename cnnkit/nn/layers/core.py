@@ -175,7 +175,7 @@ class Activation(ActivationMixin, Layer):
     }
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        return self.activate(x)
+        return self.activate(x, training)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return self.activate_backward(dy)

@@ -112,8 +112,11 @@ class BatchNormalization(Layer):
             var = self.state["moving_variance"].astype(np.float64)
         inv = (1.0 / np.sqrt(var + self.options["epsilon"])).astype(x.dtype)
         gamma, beta = self._affine(x.shape[-1], x.dtype)
-        xhat = np.empty_like(x2)
-        y = np.empty_like(x2)
+        if training:  # kept from step to step: numpy's fresh arrays page-faulted each step
+            xhat = self.workspace("xhat", x2.shape, x2.dtype)
+            y = self.workspace("out", x2.shape, x2.dtype)
+        else:
+            xhat, y = np.empty_like(x2), np.empty_like(x2)
         normalize(x2, mean.astype(x.dtype), inv, gamma, beta, xhat, y)
         self._inv, self._xhat, self._training = inv, xhat, training
         return y.reshape(x.shape)
@@ -152,7 +155,7 @@ class BatchNormalization(Layer):
             world().sum_(both, "synchronized batch normalization")
             c = dy2.shape[1]
             sum_dy, sum_dy_xhat = both[:c], both[c:]
-        dx = np.empty_like(dy2)
+        dx = self.workspace("dx", dy2.shape, dy2.dtype)
         backward_input(
             dy2,
             self._xhat,

@@ -150,11 +150,15 @@ class KerasRunner:
             layer.keras_name in ("Dropout", "SpatialDropout2D") and layer.options["rate"] > 0
             for layer in model.layers
         )
-        self.x = tf.constant(x)
-        self.y = tf.constant(self._labels(y, np.float32))
+        self.set_batch(x, y)
         self.jit = {"train": False, "infer": False}
         self._compile(self.model, jit=False)
         self._infer = self._infer_function(self.model, jit=False)
+
+    def set_batch(self, x, y) -> None:
+        """The batch (cnnkit's NHWC images, integer labels) timed and checked from now on."""
+        self.x = self.tf.constant(x)
+        self.y = self.tf.constant(self._labels(y, np.float32))
 
     # -- building -----------------------------------------------------------------------------
     def _twin(self, dtype: str):

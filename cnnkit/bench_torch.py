@@ -203,6 +203,11 @@ class TorchRunner:
         self.copy_weights(model)
         self.loss = self._loss(spec, loss_fn)
         self.optimizer = self._optimizer(spec)
+        self.set_batch(x, y)
+
+    def set_batch(self, x, y) -> None:
+        """The batch (cnnkit's NHWC images, integer labels) timed and checked from now on."""
+        torch = self.torch
         # a fresh copy: np.ascontiguousarray keeps the transposed strides of a one-channel
         # batch (numpy calls it contiguous: the size-1 axis's stride does not matter to it),
         # and PyTorch 2.13's convolution backward corrupted the heap on such a tensor

@@ -907,6 +907,11 @@ def _guard_line(check: dict[str, Any]) -> str:
             f", or as close as {label} float32 ({mine['worst']}: {mine['max']:.1e}, "
             "ill-conditioned)"
         )
+    if check.get("first_batch"):
+        guard += (
+            " on a second batch (the first refused: a near-tie that float32 and float64 break"
+            f" differently, as a max-pooling window within rounding; {check['first_batch']})"
+        )
     if theirs["ok"]:
         return guard + f", {label} float32 too"
     return guard + (

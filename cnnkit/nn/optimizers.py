@@ -26,7 +26,26 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from cnnkit.errors import CheckpointError, SpecError
+from cnnkit.kernels.nojit import lazy
 from cnnkit.options import Option
+
+# one pass over each parameter (cnnkit.kernels.optimizers); numba is imported on the first call
+adam_update, momentum_update = lazy("cnnkit.kernels.optimizers", "adam_update", "momentum_update")
+
+# below this many values numpy's few passes cost less than a kernel call
+_FUSED_MIN_SIZE = 4096
+
+
+def _fused(p: np.ndarray, g: np.ndarray) -> bool:
+    """Whether the one-pass kernels take this parameter: a large float array, contiguous, its
+    gradient of the same dtype and contiguous."""
+    return (
+        p.size >= _FUSED_MIN_SIZE
+        and p.dtype in (np.float32, np.float64)
+        and g.dtype == p.dtype
+        and p.flags.c_contiguous
+        and g.flags.c_contiguous
+    )
 
 
 class LearningRateSchedule(Protocol):
@@ -216,6 +235,9 @@ class SGD(Optimizer):
             p -= scaled
             return
         v = self._slot("momentum", key, p)
+        if _fused(p, g) and not self.options["nesterov"]:
+            momentum_update(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, momentum)
+            return
         v *= momentum
         v -= scaled
         if self.options["nesterov"]:
@@ -290,6 +312,14 @@ class Adam(Optimizer):
         dt = p.dtype.type
         b1, b2 = dt(self.options["beta_1"]), dt(self.options["beta_2"])
         m, v = self._slot("m", key, p), self._slot("v", key, p)
+        if _fused(p, g):
+            v_hat = self._slot("vhat", key, p) if self.options["amsgrad"] else v
+            adam_update(
+                p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), v_hat.reshape(-1),
+                self.options["amsgrad"], 1 - b1, 1 - b2, dt(self.options["epsilon"]),
+                dt(self._alpha),
+            )  # fmt: skip
+            return
         # the same operations, in the same order, as m += (g - m) * (1 - b1) and so on, into
         # two reused work arrays: bitwise the same result, no allocation per step
         work, step = self._scratch(0, key, p), self._scratch(1, key, p)

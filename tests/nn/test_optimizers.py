@@ -640,3 +640,45 @@ def test_an_update_allocates_no_parameter_sized_array(cls, options):
     finally:
         tracemalloc.stop()
     assert peak < p["w"].nbytes // 4, peak
+
+
+# ----------------------------------------------------------------------------- one-pass kernels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        (Adam, {}),
+        (Adam, {"amsgrad": True}),
+        (AdamW, {"learning_rate": 0.01}),
+        (SGD, {"learning_rate": 0.05, "momentum": 0.9}),
+        (SGD, {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}),
+        (SGD, {"learning_rate": 0.05}),
+    ],
+)
+def test_one_pass_kernels_are_bitwise_the_numpy_updates(cls, options, dtype, monkeypatch):
+    """Large parameters take cnnkit.kernels.optimizers' one-pass updates: over five steps
+    (the slots warm up, AMSGrad's maximum switches sides) the parameters and slots are
+    bitwise those of the numpy in-place sequence they replace (NaN included)."""
+    import cnnkit.nn.optimizers as optimizers
+
+    rng = np.random.default_rng(4)
+    start = {"kernel": rng.standard_normal((96, 128)).astype(dtype)}
+    start["kernel"][0, 0] = np.nan  # np.maximum and the kernel both keep a NaN
+    grads = [{"kernel": rng.standard_normal((96, 128)).astype(dtype)} for _ in range(5)]
+
+    def run(min_size):
+        monkeypatch.setattr(optimizers, "_FUSED_MIN_SIZE", min_size)
+        opt, params = make(cls, **options), {k: v.copy() for k, v in start.items()}
+        for g in grads:
+            opt.step(params, g)
+        slots = {k: v.copy() for k, v in opt.state_dict()[0].items()}
+        return params["kernel"], slots
+
+    fused, fused_slots = run(4096)
+    plain, plain_slots = run(10**9)
+    assert fused.tobytes() == plain.tobytes()
+    assert fused_slots.keys() == plain_slots.keys()
+    for key in plain_slots:
+        assert fused_slots[key].tobytes() == plain_slots[key].tobytes(), key

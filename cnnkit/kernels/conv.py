@@ -827,6 +827,167 @@ def _micro1(z, a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
 
 
 @numba.njit(cache=True)
+def _micro12v1(
+    z,
+    a,
+    a0,
+    a1,
+    a2,
+    a3,
+    a4,
+    a5,
+    a6,
+    a7,
+    a8,
+    a9,
+    a10,
+    a11,
+    ak,
+    ak2,
+    b,
+    b0,
+    bk,
+    bk2,
+    kn,
+    kn2,
+    c,
+    c0,
+    cp,
+    fresh,
+):
+    """_micro6 with one vector of filters a pixel (16 filters on 16 lanes: F = 16 on
+    AVX-512), for 12 pixels: 12 accumulators, each weight vector loaded serving 12
+    FMAs."""
+    c00 = z if fresh else vload_like(z, c, c0)
+    c01 = z if fresh else vload_like(z, c, c0 + cp)
+    c02 = z if fresh else vload_like(z, c, c0 + 2 * cp)
+    c03 = z if fresh else vload_like(z, c, c0 + 3 * cp)
+    c04 = z if fresh else vload_like(z, c, c0 + 4 * cp)
+    c05 = z if fresh else vload_like(z, c, c0 + 5 * cp)
+    c06 = z if fresh else vload_like(z, c, c0 + 6 * cp)
+    c07 = z if fresh else vload_like(z, c, c0 + 7 * cp)
+    c08 = z if fresh else vload_like(z, c, c0 + 8 * cp)
+    c09 = z if fresh else vload_like(z, c, c0 + 9 * cp)
+    c10 = z if fresh else vload_like(z, c, c0 + 10 * cp)
+    c11 = z if fresh else vload_like(z, c, c0 + 11 * cp)
+    for k2 in range(kn2):
+        for k in range(kn):
+            w0 = vload_like(z, b, b0 + k2 * bk2 + k * bk)
+            ai = k2 * ak2 + k * ak
+            c00 = vfma(vbroadcast_like(z, a, a0 + ai), w0, c00)
+            c01 = vfma(vbroadcast_like(z, a, a1 + ai), w0, c01)
+            c02 = vfma(vbroadcast_like(z, a, a2 + ai), w0, c02)
+            c03 = vfma(vbroadcast_like(z, a, a3 + ai), w0, c03)
+            c04 = vfma(vbroadcast_like(z, a, a4 + ai), w0, c04)
+            c05 = vfma(vbroadcast_like(z, a, a5 + ai), w0, c05)
+            c06 = vfma(vbroadcast_like(z, a, a6 + ai), w0, c06)
+            c07 = vfma(vbroadcast_like(z, a, a7 + ai), w0, c07)
+            c08 = vfma(vbroadcast_like(z, a, a8 + ai), w0, c08)
+            c09 = vfma(vbroadcast_like(z, a, a9 + ai), w0, c09)
+            c10 = vfma(vbroadcast_like(z, a, a10 + ai), w0, c10)
+            c11 = vfma(vbroadcast_like(z, a, a11 + ai), w0, c11)
+    if fresh:
+        c00 = vadd(vload_like(z, c, c0), c00)
+        c01 = vadd(vload_like(z, c, c0 + cp), c01)
+        c02 = vadd(vload_like(z, c, c0 + 2 * cp), c02)
+        c03 = vadd(vload_like(z, c, c0 + 3 * cp), c03)
+        c04 = vadd(vload_like(z, c, c0 + 4 * cp), c04)
+        c05 = vadd(vload_like(z, c, c0 + 5 * cp), c05)
+        c06 = vadd(vload_like(z, c, c0 + 6 * cp), c06)
+        c07 = vadd(vload_like(z, c, c0 + 7 * cp), c07)
+        c08 = vadd(vload_like(z, c, c0 + 8 * cp), c08)
+        c09 = vadd(vload_like(z, c, c0 + 9 * cp), c09)
+        c10 = vadd(vload_like(z, c, c0 + 10 * cp), c10)
+        c11 = vadd(vload_like(z, c, c0 + 11 * cp), c11)
+    vstore(c, c0, c00)
+    vstore(c, c0 + cp, c01)
+    vstore(c, c0 + 2 * cp, c02)
+    vstore(c, c0 + 3 * cp, c03)
+    vstore(c, c0 + 4 * cp, c04)
+    vstore(c, c0 + 5 * cp, c05)
+    vstore(c, c0 + 6 * cp, c06)
+    vstore(c, c0 + 7 * cp, c07)
+    vstore(c, c0 + 8 * cp, c08)
+    vstore(c, c0 + 9 * cp, c09)
+    vstore(c, c0 + 10 * cp, c10)
+    vstore(c, c0 + 11 * cp, c11)
+
+
+@numba.njit(cache=True)
+def _micro6v1(z, a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    """_micro12v1 for 6 rows p."""
+    c00 = z if fresh else vload_like(z, c, c0)
+    c01 = z if fresh else vload_like(z, c, c0 + cp)
+    c02 = z if fresh else vload_like(z, c, c0 + 2 * cp)
+    c03 = z if fresh else vload_like(z, c, c0 + 3 * cp)
+    c04 = z if fresh else vload_like(z, c, c0 + 4 * cp)
+    c05 = z if fresh else vload_like(z, c, c0 + 5 * cp)
+    for k2 in range(kn2):
+        for k in range(kn):
+            w0 = vload_like(z, b, b0 + k2 * bk2 + k * bk)
+            ai = k2 * ak2 + k * ak
+            c00 = vfma(vbroadcast_like(z, a, a0 + ai), w0, c00)
+            c01 = vfma(vbroadcast_like(z, a, a1 + ai), w0, c01)
+            c02 = vfma(vbroadcast_like(z, a, a2 + ai), w0, c02)
+            c03 = vfma(vbroadcast_like(z, a, a3 + ai), w0, c03)
+            c04 = vfma(vbroadcast_like(z, a, a4 + ai), w0, c04)
+            c05 = vfma(vbroadcast_like(z, a, a5 + ai), w0, c05)
+    if fresh:
+        c00 = vadd(vload_like(z, c, c0), c00)
+        c01 = vadd(vload_like(z, c, c0 + cp), c01)
+        c02 = vadd(vload_like(z, c, c0 + 2 * cp), c02)
+        c03 = vadd(vload_like(z, c, c0 + 3 * cp), c03)
+        c04 = vadd(vload_like(z, c, c0 + 4 * cp), c04)
+        c05 = vadd(vload_like(z, c, c0 + 5 * cp), c05)
+    vstore(c, c0, c00)
+    vstore(c, c0 + cp, c01)
+    vstore(c, c0 + 2 * cp, c02)
+    vstore(c, c0 + 3 * cp, c03)
+    vstore(c, c0 + 4 * cp, c04)
+    vstore(c, c0 + 5 * cp, c05)
+
+
+@numba.njit(cache=True)
+def _micro4v1(z, a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    """_micro12v1 for 4 rows p."""
+    c00 = z if fresh else vload_like(z, c, c0)
+    c01 = z if fresh else vload_like(z, c, c0 + cp)
+    c02 = z if fresh else vload_like(z, c, c0 + 2 * cp)
+    c03 = z if fresh else vload_like(z, c, c0 + 3 * cp)
+    for k2 in range(kn2):
+        for k in range(kn):
+            w0 = vload_like(z, b, b0 + k2 * bk2 + k * bk)
+            ai = k2 * ak2 + k * ak
+            c00 = vfma(vbroadcast_like(z, a, a0 + ai), w0, c00)
+            c01 = vfma(vbroadcast_like(z, a, a1 + ai), w0, c01)
+            c02 = vfma(vbroadcast_like(z, a, a2 + ai), w0, c02)
+            c03 = vfma(vbroadcast_like(z, a, a3 + ai), w0, c03)
+    if fresh:
+        c00 = vadd(vload_like(z, c, c0), c00)
+        c01 = vadd(vload_like(z, c, c0 + cp), c01)
+        c02 = vadd(vload_like(z, c, c0 + 2 * cp), c02)
+        c03 = vadd(vload_like(z, c, c0 + 3 * cp), c03)
+    vstore(c, c0, c00)
+    vstore(c, c0 + cp, c01)
+    vstore(c, c0 + 2 * cp, c02)
+    vstore(c, c0 + 3 * cp, c03)
+
+
+@numba.njit(cache=True)
+def _micro1v1(z, a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    """_micro12v1 for 1 row p."""
+    c00 = z if fresh else vload_like(z, c, c0)
+    for k2 in range(kn2):
+        for k in range(kn):
+            w0 = vload_like(z, b, b0 + k2 * bk2 + k * bk)
+            ai = k2 * ak2 + k * ak
+            c00 = vfma(vbroadcast_like(z, a, a0 + ai), w0, c00)
+    if fresh:
+        c00 = vadd(vload_like(z, c, c0), c00)
+    vstore(c, c0, c00)
+
+
+@numba.njit(cache=True)
 def _padded_extent(oh_n, ow_n, kh, kw, sh, sw):
     """Rows and columns of input the outputs read (dilation 1), padding included."""
     return (oh_n - 1) * sh + kh, (ow_n - 1) * sw + kw
@@ -863,8 +1024,49 @@ def _blocks(m):
     return (even - 4 * n4) // 6, n4
 
 
+# One vector of filters a pixel or two: `v`, a tuple of that length (its length is a constant
+# of its type, so each specialisation keeps one branch). F = 16 on 16 lanes takes one.
 @numba.njit(cache=True)
-def _micro_blocks(z, a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cstep):
+def _mk12(z, v, a, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ak, ak2,
+          b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):  # fmt: skip
+    if len(v) == 2:
+        _micro12(
+            z, a, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ak, ak2,
+            b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh,
+        )  # fmt: skip
+    else:
+        _micro12v1(
+            z, a, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ak, ak2,
+            b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True)
+def _mk6(z, v, a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    if len(v) == 2:
+        _micro6(z, a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh)
+    else:
+        _micro6v1(z, a, a0, a1, a2, a3, a4, a5, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh)
+
+
+@numba.njit(cache=True)
+def _mk4(z, v, a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    if len(v) == 2:
+        _micro4(z, a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh)
+    else:
+        _micro4v1(z, a, a0, a1, a2, a3, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh)
+
+
+@numba.njit(cache=True)
+def _mk1(z, v, a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh):
+    if len(v) == 2:
+        _micro1(z, a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh)
+    else:
+        _micro1v1(z, a, a0, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, fresh)
+
+
+@numba.njit(cache=True)
+def _micro_blocks(z, v, a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, cstep):
     """The microkernels over m rows p of c (row p at c0 + p*cstep, reading a0 + p*ap):
     blocks of 12 (16-lane vectors only), then of 6, then of 4, then single rows; each call's
     sum added to c as a whole."""
@@ -872,8 +1074,8 @@ def _micro_blocks(z, a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, 
     if vlanes(z) == 16:  # a constant: the 8-lane specialisation drops this loop
         for _ in range(m // 12):
             q = a0 + p * ap
-            _micro12(
-                z, a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, q + 6 * ap,
+            _mk12(
+                z, v, a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, q + 6 * ap,
                 q + 7 * ap, q + 8 * ap, q + 9 * ap, q + 10 * ap, q + 11 * ap, ak, ak2,
                 b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
             )  # fmt: skip
@@ -881,20 +1083,20 @@ def _micro_blocks(z, a, a0, ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0, cp, m, 
     n6, n4 = _blocks(m - p)
     for _ in range(n6):
         q = a0 + p * ap
-        _micro6(
-            z, a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, ak, ak2,
+        _mk6(
+            z, v, a, q, q + ap, q + 2 * ap, q + 3 * ap, q + 4 * ap, q + 5 * ap, ak, ak2,
             b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
         )  # fmt: skip
         p += 6
     for _ in range(n4):
         q = a0 + p * ap
-        _micro4(
-            z, a, q, q + ap, q + 2 * ap, q + 3 * ap, ak, ak2,
+        _mk4(
+            z, v, a, q, q + ap, q + 2 * ap, q + 3 * ap, ak, ak2,
             b, b0, bk, bk2, kn, kn2, c, c0 + p * cstep, cp, True,
         )  # fmt: skip
         p += 4
     for r in range(p, m):
-        _micro1(z, a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp, True)
+        _mk1(z, v, a, a0 + r * ap, ak, ak2, b, b0, bk, bk2, kn, kn2, c, c0 + r * cstep, cp, True)
 
 
 @numba.njit(cache=True)
@@ -930,10 +1132,11 @@ def _tap_rows(oh, sh, pt, h, kh):
 
 
 @numba.njit(cache=True)
-def _forward_pixels(z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, m):
-    """Adds the convolution to m (12, 6, 4 or 1) output pixels q, q+1, ... (raster order: a block
-    may span two output rows) for every block of 2 vectors of filters: kernel rows that read padding
-    only are skipped when all the block's pixels skip the same (their values are zeros)."""
+def _forward_pixels(z, v, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, m):
+    """Adds the convolution to m (12, 6, 4 or 1) output pixels q, q+1, ... (raster order: a
+    block may span two output rows) for every block of len(v) vectors of filters: kernel rows
+    that read padding only are skipped when all the block's pixels skip the same (their values
+    are zeros)."""
     i0, i1 = _tap_rows(q // ow_n, sh, pt, h, kh)
     j0, j1 = _tap_rows((q + m - 1) // ow_n, sh, pt, h, kh)
     if i0 != j0 or i1 != j1:
@@ -942,16 +1145,16 @@ def _forward_pixels(z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_
     c0 = ob + q * f_n
     b0 = i0 * span * f_n
     kn2 = i1 - i0
-    for f0 in range(0, f_n, 2 * vlanes(z)):
+    for f0 in range(0, f_n, len(v) * vlanes(z)):
         if m == 12:
             p = _pixel_offsets12(q, ow_n, sh, sw, c_n, rs, base, i0)
-            _micro12(
-                z, src, a0, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
+            _mk12(
+                z, v, src, a0, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
                 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         elif m == 6:
-            _micro6(
-                z, src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
+            _mk6(
+                z, v, src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 4, ow_n, sh, sw, c_n, rs, base, i0),
@@ -959,15 +1162,30 @@ def _forward_pixels(z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_
                 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         elif m == 4:
-            _micro4(
-                z, src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
+            _mk4(
+                z, v, src, a0, _pixel_offset(q + 1, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 2, ow_n, sh, sw, c_n, rs, base, i0),
                 _pixel_offset(q + 3, ow_n, sh, sw, c_n, rs, base, i0),
                 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False,
             )  # fmt: skip
         else:
-            _micro1(
-                z, src, a0, 1, rs, w1, b0 + f0, f_n, span * f_n, span, kn2, o1, c0 + f0, f_n, False
+            _mk1(
+                z,
+                v,
+                src,
+                a0,
+                1,
+                rs,
+                w1,
+                b0 + f0,
+                f_n,
+                span * f_n,
+                span,
+                kn2,
+                o1,
+                c0 + f0,
+                f_n,
+                False,
             )
 
 
@@ -981,7 +1199,7 @@ def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu, lanes):
     of 4, not eight blocks of 4 with 8 accumulators, too few to hide the FMA latency) and each
     block of 2 * L filters adds all kernel rows (i, then (j, c) increasing) in one
     microkernel call."""
-    z = vzeros(lanes)
+    z, v = vzeros(lanes[0]), lanes[1]
     n_b, h, wd, c_n = x.shape
     kh, kw, _, f_n = w.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
@@ -1006,24 +1224,24 @@ def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu, lanes):
             if vlanes(z) == 16:  # a constant (see _micro_blocks)
                 for t in range(oh_n * ow_n // 12):
                     _forward_pixels(
-                        z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
+                        z, v, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
                         12 * t, 12,
                     )  # fmt: skip
                 q0 = oh_n * ow_n // 12 * 12
             n6, n4 = _blocks(oh_n * ow_n - q0)
             for t in range(n6):
                 _forward_pixels(
-                    z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
+                    z, v, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
                     q0 + 6 * t, 6,
                 )  # fmt: skip
             for t in range(n4):
                 _forward_pixels(
-                    z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
+                    z, v, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob,
                     q0 + 6 * n6 + 4 * t, 4,
                 )  # fmt: skip
             for q in range(q0 + 6 * n6 + 4 * n4, oh_n * ow_n):
                 _forward_pixels(
-                    z, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, 1
+                    z, v, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, ow_n, o1, ob, q, 1
                 )
             if relu:
                 for q in range(image.shape[0]):
@@ -1043,7 +1261,7 @@ def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out, lane
     or 1) consecutive (j, c) rows of the kernel gradient, dW[i, (j, c), f] += sum over the
     group's pixels of x[ih, ow*sw + ..] * dout[oh, ow, f]. Fixed batch chunks, each with its
     own partial sums, summed in chunk order (as the GEMM path): bitwise reproducible."""
-    z = vzeros(lanes)
+    z, v = vzeros(lanes[0]), lanes[1]
     n_b, h, wd, c_n = x.shape
     kh, kw, _, f_n = dw_out.shape
     oh_n, ow_n = dout.shape[1], dout.shape[2]
@@ -1069,9 +1287,9 @@ def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out, lane
                 db0 = (n * oh_n + oh0) * ow_n * f_n
                 for i in range(kh):
                     a0 = base + (oh0 * sh + i) * rs
-                    for f0 in range(0, f_n, 2 * vlanes(z)):
+                    for f0 in range(0, f_n, len(v) * vlanes(z)):
                         _micro_blocks(
-                            z, src, a0, 1, sw * c_n, sh * rs, d1, db0 + f0, f_n, ow_n * f_n,
+                            z, v, src, a0, 1, sw * c_n, sh * rs, d1, db0 + f0, f_n, ow_n * f_n,
                             ow_n, r_n, pw, i * span * f_n + f0, f_n, span, f_n,
                         )  # fmt: skip
             d0 = n * oh_n * ow_n * f_n
@@ -1095,14 +1313,23 @@ def _direct(x, w, f_n, ow_n, dh, dw):
     )
 
 
-def direct_lanes(f_n: int) -> tuple[int, ...]:
-    """The vector width of the direct kernels for F filters, as a width_tag: the machine's widest
-    (cnnkit.kernels.simd.WIDE_LANES: 16 on AVX-512) where 2 such vectors divide F, else 8.
-    Either width gives bitwise the same results (the same sums in the same order per lane)."""
-    return _WIDTH_TAGS[WIDE_LANES if f_n % (2 * WIDE_LANES) == 0 else 8]
+def direct_tag(lanes: int, vectors: int) -> tuple:
+    """What the direct kernels take as `lanes`: (width_tag(lanes), a tuple of `vectors`), the
+    vector width and the vectors of filters a pixel, each a constant of the tuple's type."""
+    return (width_tag(lanes), (0,) * vectors)
 
 
-_WIDTH_TAGS = {8: width_tag(8), 16: width_tag(16)}
+def direct_lanes(f_n: int) -> tuple:
+    """The direct kernels' direct_tag for F filters: two vectors of the machine's widest
+    (cnnkit.kernels.simd.WIDE_LANES: 16 on AVX-512) where they divide F, else one of them
+    where that divides F (F = 16 on AVX-512), else two of 8. Every choice gives bitwise the
+    same results (the same sums in the same order per lane)."""
+    if f_n % (2 * WIDE_LANES) == 0:
+        return _TAGS[WIDE_LANES, 2]
+    return _TAGS[WIDE_LANES, 1] if f_n % WIDE_LANES == 0 else _TAGS[8, 2]
+
+
+_TAGS = {(lanes, vectors): direct_tag(lanes, vectors) for lanes in (8, 16) for vectors in (1, 2)}
 
 
 def conv2d_forward(x, w, b, sh, sw, dh, dw, pt, pl, out, relu=False):

@@ -308,23 +308,26 @@ def test_direct_microkernel_keeps_its_accumulators_in_vector_registers(lanes, pi
     assert all(re.fullmatch(operands, f.strip()) for f in fmas), fmas
 
 
-@pytest.mark.parametrize("shape, padding, stride", [c for c in DIRECT_CASES if c[0][6] % 32 == 0])
-def test_direct_kernels_give_the_same_bytes_at_either_width(shape, padding, stride):
-    """8-lane and 16-lane vectors (direct_lanes picks 16 on AVX-512 where F % 32 == 0): each
-    output element is the same sum in the same order, so the bytes are equal; on a machine
-    without AVX-512 the 16-lane code runs as two 8-lane halves, still equal."""
+@pytest.mark.parametrize("shape, padding, stride", DIRECT_CASES)
+def test_direct_kernels_give_the_same_bytes_at_every_width(shape, padding, stride):
+    """Two 8-lane vectors of filters a pixel, two 16-lane ones (direct_lanes' choice on
+    AVX-512 where F % 32 == 0) and one 16-lane one (F % 16 == 0): each output element is the
+    same sum in the same order, so the bytes are equal (without AVX-512 the 16-lane code runs
+    as two 8-lane halves, still equal)."""
     from cnnkit.kernels import conv
-    from cnnkit.kernels.simd import width_tag
 
     x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, (1, 1), np.float32, seed=3)
+    f_n = wt.shape[3]
+    widths = [(8, 2), (16, 1)] + ([(16, 2)] if f_n % 32 == 0 else [])
     results = []
-    for lanes in (8, 16):
-        out = np.empty((x.shape[0], *out_hw, wt.shape[3]), np.float32)
-        conv.conv2d_forward_direct(x, wt, b, *stride, *pad, out, True, width_tag(lanes))
+    for lanes, vectors in widths:
+        tag = conv.direct_tag(lanes, vectors)
+        out = np.empty((x.shape[0], *out_hw, f_n), np.float32)
+        conv.conv2d_forward_direct(x, wt, b, *stride, *pad, out, True, tag)
         dw, db = np.empty_like(wt), np.empty_like(b)
-        conv.conv2d_backward_weights_direct(x, dout, *stride, *pad, dw, db, width_tag(lanes))
+        conv.conv2d_backward_weights_direct(x, dout, *stride, *pad, dw, db, tag)
         results.append([a.tobytes() for a in (out, dw, db)])
-    assert results[0] == results[1]
+    assert all(r == results[0] for r in results[1:])
 
 
 # (batch, H, W, C, KH, KW, F), padding, stride: strided input gradients by phases, one

@@ -1,4 +1,5 @@
-"""Element-wise functions numpy lacks (erf, for the exact GELU) or does in several passes."""
+"""Element-wise functions numpy lacks (erf, for the exact GELU), does in several passes, or
+runs on one thread (a sum of two arrays)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,11 @@ def relu_backward_into(dy, y, out):
     its output y (y > 0 exactly where its input is), in one pass and no temporary."""
     for i in prange(dy.size):
         out[i] = dy[i] if y[i] > 0 else 0
+
+
+@numba.njit(cache=True, parallel=True)
+def add_into(a, b, out):
+    """out[i] = a[i] + b[i] over flat contiguous arrays of one dtype, over the threads (numpy's
+    add runs on one: 1.1 ms for resnet20's 8 MB sums); out may be a (in place)."""
+    for i in prange(a.size):
+        out[i] = a[i] + b[i]

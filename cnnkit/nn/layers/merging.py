@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.kernels.nojit import lazy
 from cnnkit.nn.layers.base import Layer, SavedArray, Shape, format_shape
 from cnnkit.options import Option
+
+(add_into,) = lazy("cnnkit.kernels.activations", "add_into")  # numba on the first call
 
 
 def _unbroadcast(grad: np.ndarray, shape: Shape) -> np.ndarray:
@@ -25,6 +28,15 @@ def _unbroadcast(grad: np.ndarray, shape: Shape) -> np.ndarray:
         if s == 1 and g != 1
     )
     return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
+def _one_float_dtype(xs: list[np.ndarray]) -> bool:
+    """Whether the arrays are C-contiguous floats of one dtype (cnnkit.kernels.activations'
+    add_into takes them)."""
+    dtype = xs[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        x.dtype == dtype and x.flags.c_contiguous for x in xs
+    )
 
 
 class _Merge(Layer):
@@ -93,6 +105,12 @@ class _Merge(Layer):
         if not (self._training and all(x.shape == xs[0].shape for x in xs)):
             return reduce(ufunc, xs)
         out = self.workspace("out", xs[0].shape, np.result_type(*xs))
+        if ufunc is np.add and _one_float_dtype(xs):  # over the threads (same sums)
+            flat = out.reshape(-1)
+            add_into(xs[0].reshape(-1), xs[1].reshape(-1), flat)
+            for x in xs[2:]:
+                add_into(flat, x.reshape(-1), flat)
+            return out
         ufunc(xs[0], xs[1], out=out)
         for x in xs[2:]:
             ufunc(out, x, out=out)

@@ -323,3 +323,18 @@ def test_torch_twin_computes_the_same_function(cls, sample):
     elif out.ndim == 4:
         out = out.transpose(0, 2, 3, 1)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_and_multiply_in_training_are_bitwise_numpy(dtype):
+    """Add (over the threads, into a workspace) and Multiply (into a workspace) in training:
+    bitwise the left-to-right numpy reduction of their inputs, as in inference."""
+    from functools import reduce
+
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((4, 6, 5, 3)).astype(dtype) for _ in range(3)]
+    for cls, ufunc in ((Add, np.add), (Multiply, np.multiply)):
+        layer = make_layer(cls, {}, [x.shape[1:] for x in xs])
+        expected = reduce(ufunc, xs)
+        assert layer.forward(xs, training=True).tobytes() == expected.tobytes()
+        assert layer.forward(xs, training=False).tobytes() == expected.tobytes()

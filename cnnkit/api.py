@@ -344,6 +344,7 @@ def _warm_up(setup: _Setup, reporter: Reporter | None, run_dir: Path | None = No
         setup.splits.train.y,
         on_compiling=lambda estimate: say("compiling", estimate),
         run_dir=run_dir,
+        optimizer=setup.optimizer,
     )
     say("compiled" if done.compiled else "loaded", done.seconds)
 

@@ -112,6 +112,16 @@ class Optimizer:
             return float(self.schedule(self.iterations))
         return self.learning_rate
 
+    def kernels(self, params: dict[str, np.ndarray]) -> list[str]:
+        """The compiled kernels (qualified names) a step on these parameters calls: what the
+        training warm-up checks the cache for (cnnkit.train.warmup)."""
+        if not any(_fused(p, p) for p in params.values()):
+            return []
+        return [f"cnnkit.kernels.optimizers.{name}" for name in self._fused_kernels()]
+
+    def _fused_kernels(self) -> tuple[str, ...]:
+        return ()
+
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         """Apply one update to every parameter (keys like 'layers.0.kernel'), in place."""
         lr = self.lr = self.current_learning_rate()
@@ -227,6 +237,10 @@ class SGD(Optimizer):
         **COMMON_OPTIONS,
     }
 
+    def _fused_kernels(self) -> tuple[str, ...]:
+        plain = self.options["momentum"] == 0 or self.options["nesterov"]
+        return () if plain else ("momentum_update",)
+
     def update(self, key: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         dt = p.dtype.type
         lr, momentum = dt(lr), dt(self.options["momentum"])
@@ -302,6 +316,9 @@ class Adam(Optimizer):
         "amsgrad": Option("bool", default=False),
         **COMMON_OPTIONS,
     }
+
+    def _fused_kernels(self) -> tuple[str, ...]:
+        return ("adam_update",)
 
     def _begin_step(self, lr: float) -> None:
         t = self.iterations

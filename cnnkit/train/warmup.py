@@ -55,6 +55,14 @@ COMPILE_SECONDS = {
     "cnnkit.kernels.fused.maxpool2d_infer": 3.0,
     "cnnkit.kernels.fused.scale_shift": 1.9,
     "cnnkit.kernels.fused.add_relu": 1.6,
+    # one after another in a process whose Numba had started (cold cache, 2026-12-02, the
+    # AVX-512 Xeon, scaled by its machine_slowness 0.66)
+    "cnnkit.kernels.pool.maxpool2d_forward_tiles": 2.1,
+    "cnnkit.kernels.pool.maxpool2d_backward_tiles": 1.6,
+    "cnnkit.kernels.activations.relu_into": 0.3,
+    "cnnkit.kernels.activations.add_into": 0.3,
+    "cnnkit.kernels.optimizers.adam_update": 0.8,
+    "cnnkit.kernels.optimizers.momentum_update": 0.5,
 }
 DEFAULT_SECONDS = 2.0
 
@@ -65,20 +73,27 @@ class WarmUp:
     compiled: bool  # something was compiled (not everything came from the cache)
 
 
-def kernels_used(model: Any, augmenter: Any = None) -> list[str]:
+def kernels_used(model: Any, augmenter: Any = None, optimizer: Any = None) -> list[str]:
     """Qualified names of the kernels (cnnkit.kernels.nojit.lazy stand-ins) that the methods
-    of the model's layer classes, the activations they use and the augmenter call: what a
-    training step may need to compile."""
-    owners: list[Any] = [(type(layer), layer.unused_kernel_modules()) for layer in model.layers]
+    of the model's layer classes, the activations they use, the augmenter and the optimizer
+    call: what a training step may need to compile."""
+    owners: list[Any] = [
+        (type(layer), layer.unused_kernel_modules(), layer.unused_kernels())
+        for layer in model.layers
+    ]
     if augmenter is not None:
-        owners.append((type(augmenter), ()))
+        owners.append((type(augmenter), (), ()))
     names: list[str] = []
-    for owner, unused in owners:
+    for owner, modules, kernels in owners:
         for cls in owner.__mro__:
             for function in vars(cls).values():
                 names += [
-                    k for k in _kernels_called(function) if k.rpartition(".")[0] not in unused
+                    k
+                    for k in _kernels_called(function)
+                    if k.rpartition(".")[0] not in modules and k not in kernels
                 ]
+    if optimizer is not None:
+        names += optimizer.kernels(model.named_params())
     names += plan_kernels(model.layers)  # the inference pass's fused kernels
     if any(getattr(layer, "options", {}).get("activation") == "gelu" for layer in model.layers):
         from cnnkit.nn import activations
@@ -180,9 +195,11 @@ def warm_up(
     y: np.ndarray,
     on_compiling: Callable[[float], None] | None = None,
     run_dir: Any = None,
+    optimizer: Any = None,
 ) -> WarmUp:
-    """Run one training and one inference pass of x[:2] on a copy of the model, so that every
-    kernel is compiled or loaded before the first timed step.
+    """Run one training and one inference pass of x[:2] on a copy of the model, and one
+    update of a copy of the optimizer on the copy's gradients, so that every kernel is
+    compiled or loaded before the first timed step.
 
     on_compiling(estimate_s) is called (in this thread) as soon as Numba starts compiling
     something, with the estimated total; never when every kernel comes from the cache.
@@ -214,13 +231,15 @@ def warm_up(
                 logits = twin.forward(preprocessor.training(np.random.default_rng(0))(xb), True)
                 _, dlogits = loss_fn(logits, yb)
                 twin.backward(dlogits)
+                if optimizer is not None:  # its one-pass kernels (the real one untouched)
+                    copy.deepcopy(optimizer).step(twin.named_params(), twin.named_grads())
                 twin.forward(preprocessor(xb), False)
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
         finally:
             finished.set()
 
-    pending = uncached(kernels_used(model, getattr(preprocessor, "augmenter", None)))
+    pending = uncached(kernels_used(model, getattr(preprocessor, "augmenter", None), optimizer))
     estimate = estimate_seconds(pending) if pending else DEFAULT_SECONDS
     listener = Listener()
     event.register("numba:compile", listener)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit.spec.build import build_loss, build_model
+from cnnkit.spec.build import build_loss, build_model, build_optimizer
 from cnnkit.spec.config import load_spec
 from cnnkit.train import warmup
 from tests.clitools import start_subprocess, tiny_pool_spec
@@ -151,7 +151,11 @@ def test_estimate_counts_the_kernels_of_the_model_not_in_the_cache(monkeypatch):
     spec = load_spec("configs/mnist_lenet.yaml")
     kernels = warmup.kernels_used(build_model(spec))
     assert "cnnkit.kernels.conv.conv2d_forward" in kernels
-    assert "cnnkit.kernels.pool.maxpool2d_backward" in kernels
+    # lenet's 2x2 pools tile their inputs: the tiling kernels, not the general ones
+    assert "cnnkit.kernels.pool.maxpool2d_backward_tiles" in kernels
+    assert "cnnkit.kernels.pool.maxpool2d_backward" not in kernels
+    with_sgd = warmup.kernels_used(build_model(spec).build(0), optimizer=build_optimizer(spec))
+    assert set(with_sgd) - set(kernels) == {"cnnkit.kernels.optimizers.momentum_update"}
     assert not any("avgpool" in k or "batchnorm" in k or "affine" in k for k in kernels), kernels
     reference = sum(warmup.COMPILE_SECONDS[k] for k in kernels)
     # scaled by how much slower than the reference machine a calibration loop runs now

@@ -232,6 +232,12 @@ class Layer:
         with groups 1 never runs the grouped kernels): left out of the compile estimate."""
         return ()
 
+    def unused_kernels(self) -> tuple[str, ...]:
+        """Kernels (qualified names) this layer's methods name but this instance never calls
+        (max pooling whose windows tile the input never runs the general kernels): left out
+        of the compile estimate and of the warm-up's cache check."""
+        return ()
+
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
         """The arrays forward allocates and keeps until the next batch (for backward), per
         image: what the memory plan counts. `last`: the model's output layer, which hands

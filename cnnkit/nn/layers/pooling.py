@@ -108,6 +108,11 @@ class MaxPooling2D(_Pooling2D):
         self._x_shape = x.shape
         return out
 
+    def unused_kernels(self) -> tuple[str, ...]:
+        names = ("maxpool2d_forward", "maxpool2d_backward")
+        unused = names if self._tiles() else tuple(f"{n}_tiles" for n in names)
+        return tuple(f"cnnkit.kernels.pool.{n}" for n in unused)
+
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
         winners = np.int8 if self._tiles() else np.int64
         return [SavedArray(self.output_shape), SavedArray(self.output_shape, winners)]

@@ -364,25 +364,48 @@ def _backward_input_by_phases(dout, w, sh, sw, dh, dw, pt, pl, dx) -> bool:
     rows = [_phase(kh, sh, pt, r, h) for r in range(sh)]
     cols = [_phase(kw, sw, pl, r, wd) for r in range(sw)]
     zero = np.zeros(c_n, dtype=dx.dtype)
+    # one buffer for every phase's output (a view of its first rows and columns each time):
+    # a fresh array per phase page-faulted on every call
+    buffer = np.empty((n_b, max(r[2] for r in rows), max(c[2] for c in cols), c_n), dx.dtype)
     for ry, (ty, iy, ny, py) in enumerate(rows):
         for rx, (tx, ix, nx, px) in enumerate(cols):
             if ny == 0 or nx == 0:
                 continue
             if ty == 0 or tx == 0:  # no tap reads these positions (a 1x1 kernel, stride 2)
-                dx[:, iy::sh, ix::sw, :] = 0
+                _fill_phase(dx, iy, ix, sh, sw, ny, nx)
                 continue
             sub = w[ry::sh, rx::sw][::-1, ::-1].transpose(0, 1, 3, 2)
             src = dout  # a negative padding: the phase's first rows read from further down
             if py < 0 or px < 0:
                 src = np.ascontiguousarray(dout[:, max(-py, 0) :, max(-px, 0) :])
             if src.shape[1] == 0 or src.shape[2] == 0:
-                dx[:, iy::sh, ix::sw, :] = 0
+                _fill_phase(dx, iy, ix, sh, sw, ny, nx)
                 continue
-            part = np.empty((n_b, ny, nx, c_n), dx.dtype)
+            part = buffer.reshape(-1)[: n_b * ny * nx * c_n].reshape(n_b, ny, nx, c_n)
             sub = np.ascontiguousarray(sub)
             conv2d_forward(src, sub, zero, 1, 1, 1, 1, max(py, 0), max(px, 0), part)
-            dx[:, iy::sh, ix::sw, :] = part
+            _scatter_phase(part, dx, iy, ix, sh, sw)
     return True
+
+
+@numba.njit(cache=True, parallel=True)
+def _scatter_phase(part, dx, iy, ix, sh, sw):
+    """dx[:, iy::sh, ix::sw] = part (its rows and columns), over the threads: numpy's
+    strided copy ran on one (0.26 ms of resnet20's 2 MB phases, four per strided layer)."""
+    n_b, ny, nx = part.shape[0], part.shape[1], part.shape[2]
+    for n in prange(n_b):
+        for y in range(ny):
+            for x in range(nx):
+                dx[n, iy + y * sh, ix + x * sw, :] = part[n, y, x]
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_phase(dx, iy, ix, sh, sw, ny, nx):
+    """dx[:, iy::sh, ix::sw] = 0 (ny rows and nx columns of them), over the threads."""
+    for n in prange(dx.shape[0]):
+        for y in range(ny):
+            for x in range(nx):
+                dx[n, iy + y * sh, ix + x * sw, :] = 0
 
 
 @numba.njit(cache=True, parallel=True)

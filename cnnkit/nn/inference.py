@@ -41,6 +41,7 @@ from cnnkit.nn.layers.pooling import MaxPooling2D
 
 (conv2d_forward,) = lazy("cnnkit.kernels.conv", "conv2d_forward")
 (grouped_conv2d_forward,) = lazy("cnnkit.kernels.grouped", "grouped_conv2d_forward")
+(dense,) = lazy("cnnkit.kernels.dense", "dense")
 add_relu, maxpool2d_infer, scale_shift = lazy(
     "cnnkit.kernels.fused", "add_relu", "maxpool2d_infer", "scale_shift"
 )
@@ -110,10 +111,7 @@ class KernelStep(Step):
         x = np.ascontiguousarray(xs[0])
         y = self._out(out, x.shape[0], x.dtype)
         if not self.conv:
-            np.matmul(x, self.kernel, out=y)
-            y += self.bias
-            if self.relu:
-                np.maximum(y, 0, out=y)
+            dense(x, self.kernel, self.bias, y, self.relu)
         elif self.pool is None:
             self._convolve(x, y)
         else:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from cnnkit.distributed import batch_part
+from cnnkit.kernels.nojit import lazy
 from cnnkit.nn.activations import ACTIVATIONS
 from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, SavedArray, Shape
 from cnnkit.options import Option
+
+(dense,) = lazy("cnnkit.kernels.dense", "dense")  # numba is imported on the first call
 
 
 class Dense(KernelBiasMixin, ActivationMixin, Layer):
@@ -35,11 +38,13 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
         return self.input_shape[0] * self.options["units"]
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        self._x = x
-        z = x @ self.params["kernel"]
-        if "bias" in self.params:
-            z += self.params["bias"]
-        return self.activate(z)
+        self._x = x = np.ascontiguousarray(x)
+        kernel = self.params["kernel"]
+        shape, dtype = (x.shape[0], kernel.shape[1]), np.result_type(x, kernel)
+        # training: into an array kept from step to step (see Layer.workspace)
+        z = self.workspace("z", shape, dtype) if training else np.empty(shape, dtype)
+        dense(x, kernel, self.params.get("bias"), z)  # float32: over the threads, not BLAS
+        return self.activate(z, training)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dz = self.activate_backward(dy)

@@ -7,9 +7,9 @@ average (Keras/TF "same" semantics). Innermost loops run over the contiguous cha
 The general kernels are serial (no parallel=True): on the 2 shared cores prange was no faster
 before the OpenMP threads were kept spinning (cnnkit.threads), and the parfor pipeline more
 than doubled compile time. The usual case, windows that tile the input (stride = pool size,
-no padding: MaxPooling2D(2) on an even size), has kernels of its own below, parallel over
-the batch: they were 17-20% of an mnist_lenet training step. Fixed loop order -> bitwise
-reproducible.
+no padding: MaxPooling2D(2) in "valid" mode), has kernels of its own below, parallel over
+the batch: the general ones had taken 17-20% of an mnist_lenet training step. Fixed loop
+order -> bitwise reproducible.
 """
 
 from __future__ import annotations

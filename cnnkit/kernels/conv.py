@@ -1214,14 +1214,15 @@ def _forward_pixels(z, v, src, base, rs, w1, f_n, span, kh, h, sh, sw, pt, c_n, 
 
 @numba.njit(cache=True, parallel=True)
 def conv2d_forward_direct(x, w, b, sh, sw, pt, pl, out, relu, lanes):
-    """conv2d_forward for float32, dilation 1, F a multiple of 2 * L (see above), L the vector
-    width that lanes, a width_tag (8 or 16), gives; direct_lanes chooses it.
+    """conv2d_forward for float32, dilation 1, F a multiple of V * L (see above): lanes is a
+    direct_tag, L lanes (8 or 16) and V vectors of filters a pixel (1 or 2); direct_lanes
+    chooses it.
 
-    Per image: the outputs start at the bias, then each block of 6 (or 4, or 1) pixels in
-    raster order (a block may span two output rows: 8x8 outputs take ten blocks of 6 and one
-    of 4, not eight blocks of 4 with 8 accumulators, too few to hide the FMA latency) and each
-    block of 2 * L filters adds all kernel rows (i, then (j, c) increasing) in one
-    microkernel call."""
+    Per image: the outputs start at the bias, then each block of 12 (16 lanes only), 6, 4
+    or 1 pixels in raster order (a block may span two output rows: 8x8 outputs take ten
+    blocks of 6 and one of 4 on 8 lanes, not eight blocks of 4 with 8 accumulators, too few
+    to hide the FMA latency) and each block of V * L filters adds all kernel rows (i, then
+    (j, c) increasing) in one microkernel call."""
     z, v = vzeros(lanes[0]), lanes[1]
     n_b, h, wd, c_n = x.shape
     kh, kw, _, f_n = w.shape
@@ -1278,10 +1279,10 @@ _WGRAD_PIXELS = 96
 
 @numba.njit(cache=True, parallel=True)
 def conv2d_backward_weights_direct(x, dout, sh, sw, pt, pl, dw_out, db_out, lanes):
-    """conv2d_backward_weights for float32, dilation 1, F a multiple of 2 * L (L and
-    lanes as in conv2d_forward_direct): per image, group of output rows, kernel row i and block of
-    2 * L filters, the microkernels add 6 (or 4,
-    or 1) consecutive (j, c) rows of the kernel gradient, dW[i, (j, c), f] += sum over the
+    """conv2d_backward_weights for float32, dilation 1, F a multiple of V * L (V, L and
+    lanes as in conv2d_forward_direct): per image, group of output rows, kernel row i and
+    block of V * L filters, the microkernels add 12 (16 lanes only), 6, 4 or 1 consecutive
+    (j, c) rows of the kernel gradient, dW[i, (j, c), f] += sum over the
     group's pixels of x[ih, ow*sw + ..] * dout[oh, ow, f]. Fixed batch chunks, each with its
     own partial sums, summed in chunk order (as the GEMM path): bitwise reproducible."""
     z, v = vzeros(lanes[0]), lanes[1]

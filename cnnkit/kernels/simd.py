@@ -60,15 +60,11 @@ class F32Vec(types.Type):
         super().__init__(name=f"F32x{lanes}")
 
 
-f32x8 = F32Vec(8)
-f32x16 = F32Vec(16)
+f32x8 = F32Vec(8)  # the type vload, vbroadcast and vzero return
 
 
 def _ir_vector(lanes: int) -> ir.VectorType:
     return ir.VectorType(ir.FloatType(), lanes)
-
-
-_VEC = _ir_vector(LANES)
 
 
 @register_model(F32Vec)

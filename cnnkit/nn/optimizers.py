@@ -115,7 +115,7 @@ class Optimizer:
     def kernels(self, params: dict[str, np.ndarray]) -> list[str]:
         """The compiled kernels (qualified names) a step on these parameters calls: what the
         training warm-up checks the cache for (cnnkit.train.warmup)."""
-        if not any(_fused(p, p) for p in params.values()):
+        if not any(_fused(p, p) for p in params.values()):  # (a gradient is p's dtype and shape)
             return []
         return [f"cnnkit.kernels.optimizers.{name}" for name in self._fused_kernels()]
 

@@ -65,6 +65,9 @@ COMPILE_SECONDS = {
     "cnnkit.kernels.optimizers.momentum_update": 0.5,
     "cnnkit.kernels.dense.dense": 4.2,  # 2.8 s here, after the convolution's microkernels
 }
+# conv2d_backward_input (a Python function) also runs conv2d_backward_input_phases_direct for
+# strided layers: 2.3 s more on a cold cache on the Xeon (about 3.5 s on the reference
+# machine), left out of its figure, which mnist.yaml (no strides) measured
 DEFAULT_SECONDS = 2.0
 
 
@@ -77,11 +80,14 @@ class WarmUp:
 def kernels_used(model: Any, augmenter: Any = None, optimizer: Any = None) -> list[str]:
     """Qualified names of the kernels (cnnkit.kernels.nojit.lazy stand-ins) that the methods
     of the model's layer classes, the activations they use, the augmenter and the optimizer
-    call: what a training step may need to compile."""
+    call, and the model's where a layer's output has several readers: what a training step
+    may need to compile."""
     owners: list[Any] = [
         (type(layer), layer.unused_kernel_modules(), layer.unused_kernels())
         for layer in model.layers
     ]
+    if any(n > 1 for n in getattr(model, "readers", ())):  # backward sums their gradients
+        owners.append((type(model), (), ()))
     if augmenter is not None:
         owners.append((type(augmenter), (), ()))
     names: list[str] = []

@@ -339,6 +339,9 @@ PHASE_CASES = [
     ((2, 7, 9, 3, 3, 2, 5), "same", (3, 2)),
     ((2, 8, 8, 16, 1, 1, 32), "valid", (2, 2)),
     ((2, 10, 10, 8, 5, 5, 16), "same", (1, 2)),
+    ((3, 16, 16, 32, 3, 3, 64), "same", (2, 2)),  # resnet20's 32 -> 64 downsampling
+    ((2, 11, 13, 16, 4, 4, 48), "same", (3, 2)),
+    ((2, 7, 7, 16, 3, 3, 16), "valid", (3, 3)),  # the last row and column no output reads
 ]
 
 
@@ -351,3 +354,32 @@ def test_strided_input_gradient_by_phases_against_reference(shape, padding, stri
     dx = np.full(x.shape, np.nan, dtype=dtype)
     assert _backward_input_by_phases(dout, wt, *stride, 1, 1, *pad, dx)  # the path applies
     close(dx, ref.conv2d_backward_input(dout, wt, x.shape, stride, (1, 1), pad), dtype)
+
+
+@pytest.mark.parametrize("shape, padding, stride", PHASE_CASES)
+def test_strided_input_gradient_in_one_pass_gives_the_per_phase_bytes(shape, padding, stride):
+    """Where the direct kernels apply (float32, dx's channels a multiple of 16) every phase of
+    an image runs in one pass (conv2d_backward_input_phases_direct); a dx that is not
+    C-contiguous takes the per-phase forward convolutions and their scatter. Both give the
+    same bytes (the same sums in the same order), at one thread and at two."""
+    import numba
+
+    from cnnkit.kernels.conv import _backward_input_by_phases
+
+    x, wt, b, out_hw, pad, dout = conv_case(shape, padding, stride, (1, 1), np.float32, seed=4)
+    per_phase = np.full((*x.shape[:3], 2 * x.shape[3]), np.nan, np.float32)[..., ::2]
+    assert not per_phase.flags.c_contiguous
+    assert _backward_input_by_phases(dout, wt, *stride, 1, 1, *pad, per_phase)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            dx = np.full(x.shape, np.nan, dtype=np.float32)
+            assert _backward_input_by_phases(dout, wt, *stride, 1, 1, *pad, dx)
+            results.append(dx.tobytes())
+    finally:
+        numba.set_num_threads(before)
+    # exact zeros may differ in sign only (a phase that skips a row of padding adds no -0.0)
+    assert np.array_equal(np.frombuffer(results[0], np.float32), per_phase.reshape(-1))
+    assert all(r == results[0] for r in results)

@@ -393,6 +393,30 @@ def test_an_output_read_by_three_layers_gets_the_sum_of_their_gradients():
     np.testing.assert_allclose(seen, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_summed_gradients_reuse_one_array_and_give_numpys_sums():
+    """In float32 the three readers' gradients of trunk are summed into an array the model
+    keeps from step to step (not a fresh one each step), bitwise numpy's ((a + b) + c)."""
+    spec = parse_spec(spec_text(GRAPH_SPECS["three-readers"], seed=4))
+    model = build_model(spec).build(spec.seed)
+    trunk, x1, x2, multiply, flatten, dense = model.layers
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6, 6, 1)).astype(np.float32)
+    dlogits = rng.standard_normal((4, 3)).astype(np.float32)
+    received: list[np.ndarray] = []
+    original = trunk.backward
+    trunk.backward = lambda g: received.append(g) or original(g)
+    for _ in range(2):
+        model.forward(x, training=True)
+        model.backward(dlogits)
+        assert received[-1].dtype == np.float32
+    assert received[0] is received[1]  # the same array, step after step
+    graph_outputs(model, x)
+    d_x1, d_x2, d_trunk = multiply.backward(flatten.backward(dense.backward(dlogits)))
+    d_x2 = x2.backward(d_x2).copy()  # layers return their workspaces
+    expected = (d_trunk.copy() + d_x2) + x1.backward(d_x1)  # the readers' reverse order
+    assert received[1].tobytes() == expected.tobytes()
+
+
 class _Tracked(np.ndarray):
     """A view of a layer's output that a weak reference can follow (a plain ndarray cannot)."""
 

@@ -120,3 +120,53 @@ def dense_forward(x, w, b, out, relu, lanes, threads):
                 row = o1[r * f_n :][:f_n]
                 for f in range(f_n):
                     row[f] = max(row[f], 0)
+
+
+# Below this many multiply-adds a product stays one BLAS call: a parallel region's start
+# (tens of microseconds) would outweigh the split.
+_SPLIT_MACS = 1 << 20
+
+
+def dense_backward(x, dz, w, dkernel, dx) -> None:
+    """dkernel = x.T @ dz and, unless dx is None, dx = dz @ w.T. Over the threads where a
+    product has at least _SPLIT_MACS multiply-adds and the arrays are C-contiguous and of one
+    float dtype: each thread's block of the output's rows is one BLAS call (BLAS itself on one
+    thread, see cnnkit.threads); else numpy's matmul. Splitting the output's rows changes no
+    sum: each element is the same dot product in the same order, bitwise one call's (tested).
+    mnist_basic's 200 x 5408 -> 128 layer at 2 threads: dkernel 1.83 -> 1.26 ms (a block's
+    columns of x are copied to be contiguous), dx 1.93 -> 1.03 ms."""
+    arrays = (x, dz, w, dkernel) + (() if dx is None else (dx,))
+    split = (
+        all(a.dtype == x.dtype and a.flags.c_contiguous for a in arrays)
+        and x.dtype.kind == "f"
+        and x.shape[0] * w.shape[0] * w.shape[1] >= _SPLIT_MACS
+    )
+    threads = numba.get_num_threads()
+    if split and threads > 1:
+        _xt_dz_blocks(x, dz, dkernel, threads)
+        if dx is not None:
+            _rows_dot(dz, w.T, dx, threads)
+        return
+    np.matmul(x.T, dz, out=dkernel)
+    if dx is not None:
+        np.matmul(dz, w.T, out=dx)
+
+
+@numba.njit(cache=True, parallel=True)
+def _xt_dz_blocks(x, dz, out, blocks):
+    """out[k0:k1] = x[:, k0:k1].T @ dz for each of `blocks` blocks of k, over the threads."""
+    k_n = x.shape[1]
+    for c in prange(blocks):
+        k0, k1 = c * k_n // blocks, (c + 1) * k_n // blocks
+        if k1 > k0:
+            np.dot(np.ascontiguousarray(x[:, k0:k1]).T, dz, out[k0:k1])
+
+
+@numba.njit(cache=True, parallel=True)
+def _rows_dot(a, b, out, blocks):
+    """out[r0:r1] = a[r0:r1] @ b for each of `blocks` blocks of rows, over the threads."""
+    m = a.shape[0]
+    for c in prange(blocks):
+        r0, r1 = c * m // blocks, (c + 1) * m // blocks
+        if r1 > r0:
+            np.dot(a[r0:r1], b, out[r0:r1])

@@ -11,7 +11,9 @@ from cnnkit.nn.activations import ACTIVATIONS
 from cnnkit.nn.layers.base import ActivationMixin, KernelBiasMixin, Layer, SavedArray, Shape
 from cnnkit.options import Option
 
-(dense,) = lazy("cnnkit.kernels.dense", "dense")  # numba is imported on the first call
+dense, dense_backward = lazy(
+    "cnnkit.kernels.dense", "dense", "dense_backward"
+)  # numba: on first call
 
 
 class Dense(KernelBiasMixin, ActivationMixin, Layer):
@@ -51,11 +53,12 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
         kernel = self.params["kernel"]
         # into arrays reused from step to step (see Layer.workspace)
         dkernel = self.workspace("dkernel", kernel.shape, np.result_type(self._x, dz))
-        self.grads["kernel"] = np.matmul(self._x.T, dz, out=dkernel)
+        dx = self.workspace("dx", (dz.shape[0], kernel.shape[0]), np.result_type(dz, kernel))
+        dense_backward(self._x, dz, kernel, dkernel, dx)  # BLAS, over the threads where big
+        self.grads["kernel"] = dkernel
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0)
-        dx = self.workspace("dx", (dz.shape[0], kernel.shape[0]), np.result_type(dz, kernel))
-        return np.matmul(dz, kernel.T, out=dx)
+        return dx
 
     def torch_twin(self, twin) -> None:
         """nn.Linear holds (out, in): the kernel transposed; after a Flatten of an image its

@@ -17,16 +17,26 @@ import numpy as np
 
 from cnnkit.threads import configure_threads
 
-# (name, batch, H, C, F, kernel, stride, padding): the layers of the bench specs
+# (name, batch, H, C, F, kernel, stride, padding): the layers of the bench specs, their
+# padding as in the spec (same: Keras' output size ceil(H / stride), the odd pixel of
+# padding at the bottom and right, as resnet20's strided layers: 16x16 -> 8x8, top pad 0)
 SHAPES = [
-    ("mnist_two_conv conv2d_1", 32, 26, 64, 32, 3, 1, 0),
-    ("mnist_lenet conv2d_1", 100, 12, 32, 64, 5, 1, 0),
-    ("resnet20 32-channel", 128, 16, 32, 32, 3, 1, 1),
-    ("resnet20 64-channel", 128, 8, 64, 64, 3, 1, 1),
-    ("resnet20 strided 16 -> 32", 128, 32, 16, 32, 3, 2, 0),
-    ("resnet20 strided 32 -> 64", 128, 16, 32, 64, 3, 2, 0),
-    ("fashion_mnist conv2d_2", 128, 14, 64, 64, 3, 1, 1),
+    ("mnist_two_conv conv2d_1", 32, 26, 64, 32, 3, 1, "valid"),
+    ("mnist_lenet conv2d_1", 100, 12, 32, 64, 5, 1, "valid"),
+    ("resnet20 32-channel", 128, 16, 32, 32, 3, 1, "same"),
+    ("resnet20 64-channel", 128, 8, 64, 64, 3, 1, "same"),
+    ("resnet20 strided 16 -> 32", 128, 32, 16, 32, 3, 2, "same"),
+    ("resnet20 strided 32 -> 64", 128, 16, 32, 64, 3, 2, "same"),
+    ("fashion_mnist conv2d_2", 128, 14, 64, 64, 3, 1, "same"),
 ]
+
+
+def output_and_pad(h: int, k: int, s: int, padding: str) -> tuple[int, int]:
+    """Output size and top (= left) padding of a Keras convolution."""
+    if padding == "valid":
+        return (h - k) // s + 1, 0
+    oh = -(-h // s)
+    return oh, max((oh - 1) * s + k - h, 0) // 2
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -60,8 +70,8 @@ def main() -> None:
     peak = measure_peak_gflops(args.threads)
     print(f"FP32 peak, {args.threads} threads: {peak:.0f} GFLOP/s; shares: best (mean)")
     rng = np.random.default_rng(0)
-    for name, n, h, c, f, k, s, p in SHAPES:
-        oh = (h + 2 * p - k) // s + 1
+    for name, n, h, c, f, k, s, padding in SHAPES:
+        oh, p = output_and_pad(h, k, s, padding)
         x = rng.standard_normal((n, h, h, c), dtype=np.float32)
         w = rng.standard_normal((k, k, c, f), dtype=np.float32)
         b = np.zeros(f, np.float32)

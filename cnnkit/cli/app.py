@@ -472,7 +472,8 @@ def summary(
     """Keras-style model summary: layers, output shapes, parameters and MACs; no data needed.
 
     Also the memory per batch. Memory columns: what each layer keeps for a forward pass and
-    for a training step (activations kept for backward, gradients, optimizer state).
+    for a training step (activations kept for backward and the gradients kept from step to
+    step, weight gradients, optimizer state).
 
     Example: cnnkit summary configs/mnist.yaml --batch-size 256
     """

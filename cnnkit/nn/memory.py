@@ -7,7 +7,9 @@ declarations against the arrays a real step leaves on the layers):
 - forward: the arrays a layer's forward pass allocates and keeps until the next batch (its
   output, and e.g. MaxPooling2D's argmax, BatchNormalization's normalised input);
 - training: the same in training mode (plus Dropout's masks), which backward reads, plus the
-  layer's gradients and the optimizer's state for its weights.
+  gradients backward keeps from step to step (Layer.kept_gradients: input gradients, relu's
+  gradient; and the summed gradient of an output several layers read), plus the layer's
+  weight gradients and the optimizer's state for its weights.
 
 Totals add the input batch, the weights, and the largest transient of the backward pass (a
 layer's output gradient, its activation's gradient and its input gradient, alive together).
@@ -68,6 +70,14 @@ def kept_bytes(layer: Layer, training: bool, is_last: bool) -> int:
     )
 
 
+def gradient_bytes(layer: Layer, is_last: bool, readers: int) -> int:
+    """Bytes per image of the gradients a training step keeps for `layer` from step to step:
+    what its backward writes into workspaces (Layer.kept_gradients), and the sum of its
+    output's gradients where several layers read it (Model._gradient_sum)."""
+    kept = sum(_numel(a.shape) * np.dtype(a.dtype).itemsize for a in layer.kept_gradients(is_last))
+    return kept + (_numel(layer.output_shape) * FLOAT if readers > 1 else 0)
+
+
 def optimizer_slots(name: str, options: Mapping[str, Any]) -> int:
     """Arrays of the optimizer's state per trainable weight (Adam: m and v)."""
     if name == "sgd":
@@ -88,8 +98,11 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
     layers = spec.model.layers
     rows: list[LayerMemory] = []
     weights = gradients = state = 0
+    readers = reader_counts(layers)
     for i, layer in enumerate(layers):
         is_last = i == len(layers) - 1
+        if all(s < 0 for s in layer.sources):  # as Model.from_configs: no dLoss/dImage
+            layer.needs_input_grad = False
         trainable = sum(_numel(s) for s in layer.param_shapes().values())
         fixed = sum(_numel(s) for s in layer.state_shapes().values())
         weights += (trainable + fixed) * FLOAT
@@ -99,6 +112,7 @@ def plan(spec, batch_size: int | None = None) -> MemoryPlan:
             LayerMemory(
                 forward=batch * kept_bytes(layer, training=False, is_last=is_last),
                 training=batch * kept_bytes(layer, training=True, is_last=is_last)
+                + batch * gradient_bytes(layer, is_last, readers[i])
                 + trainable * (1 + slots) * FLOAT,
             )
         )

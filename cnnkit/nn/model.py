@@ -280,8 +280,14 @@ class Model:
         ):
             return a + b
         out = self._grad_sums.get(s)
-        if out is None or out.shape != a.shape or out.dtype != a.dtype:
+        if (
+            out is None
+            or out.shape[1:] != a.shape[1:]
+            or out.shape[0] < a.shape[0]
+            or out.dtype != a.dtype
+        ):
             out = self._grad_sums[s] = np.empty_like(a)
+        out = out[: a.shape[0]]  # an epoch's smaller last batch: the first rows, as workspaces
         add_into(a.reshape(-1), b.reshape(-1), out.reshape(-1))
         return out
 

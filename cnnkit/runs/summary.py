@@ -81,8 +81,8 @@ def _caption(totals: dict[str, int], memory: Any) -> Text:
             f"    input {human_bytes(memory.input)}, weights {human_bytes(memory.weights)}, "
             f"activations {human_bytes(activations)}",
             f"  training step: {human_bytes(memory.training_total)}",
-            f"    activations kept for backward {human_bytes(memory.activations_training)}, "
-            f"gradients {human_bytes(memory.gradients)},",
+            f"    activations and their gradients {human_bytes(memory.activations_training)}, "
+            f"weight gradients {human_bytes(memory.gradients)},",
             f"    optimizer state {human_bytes(memory.optimizer_state)}, weights "
             f"{human_bytes(memory.weights)}",
         ]

@@ -36,7 +36,8 @@ optimizer: {name: adam, amsgrad: true}
 
 def kept_bytes(model: Model, x: np.ndarray, training: bool) -> list[int]:
     """Bytes of the distinct arrays each layer keeps after a forward pass (its output and
-    its attributes), not counting its input: what the memory plan claims."""
+    its attributes), not counting its input, and in training the workspaces its backward
+    adds: what the memory plan claims."""
     kept = []
     for layer in model.layers:
         y = layer.forward(x, training)
@@ -50,6 +51,14 @@ def kept_bytes(model: Model, x: np.ndarray, training: bool) -> list[int]:
             total += array.nbytes
         kept.append(total)
         x = y
+    if training:  # and the gradients backward writes into workspaces, kept for the next step
+        dy = np.ones_like(x)
+        for i in reversed(range(len(model.layers))):
+            layer = model.layers[i]
+            before = sum(a.nbytes for a in vars(layer).get("_workspaces", {}).values())
+            dy = layer.backward(dy)
+            after = sum(a.nbytes for a in vars(layer).get("_workspaces", {}).values())
+            kept[i] += after - before
     return kept
 
 
@@ -64,8 +73,11 @@ def test_memory_plan_matches_the_arrays_layers_keep(spec_text):
     per_image = {}
     for training in (False, True):
         # the difference of two batch sizes: arrays that do not scale with the batch cancel
-        small = kept_bytes(model, rng.random((2, *shape), dtype=np.float32), training)
-        large = kept_bytes(model, rng.random((5, *shape), dtype=np.float32), training)
+        # (a fresh model each: workspaces grow with the batch and stay)
+        small, large = (
+            kept_bytes(build_model(spec).build(0), rng.random((n, *shape), np.float32), training)
+            for n in (2, 5)
+        )
         per_image[training] = [(b - a) // 3 for a, b in zip(small, large, strict=True)]
     one, two = plan(spec, 1), plan(spec, 2)
     forward = [b.forward - a.forward for a, b in zip(one.layers, two.layers, strict=True)]
@@ -151,3 +163,25 @@ def test_inference_keeps_an_output_alive_until_its_last_reader():
     assert graph.forward_total - graph.input - graph.weights == 10 * 3 * one_map
     # backward: the stem's summed gradient waits while the main path runs backward
     assert graph.backward_peak == stack.backward_peak + 10 * one_map
+
+
+def test_a_graph_plan_counts_the_summed_gradients_a_step_keeps():
+    """trunk's output is read by three layers: a training step keeps the sum of their
+    gradients in an array of the model's (Model._gradient_sum), which the plan counts."""
+    from cnnkit.nn.memory import gradient_bytes
+    from tests.nn.test_model import GRAPH_SPECS, spec_text
+
+    spec = parse_spec(spec_text(GRAPH_SPECS["three-readers"], seed=4))
+    sums = []
+    for n in (2, 5):
+        model = build_model(spec).build(0)
+        x = np.random.default_rng(0).random((n, *spec.model.input_shape), np.float32)
+        model.forward(x, training=True)
+        model.backward(np.ones((n, 3), np.float32))
+        sums.append(sum(a.nbytes for a in model._grad_sums.values()))
+    trunk = model.layers[0]
+    assert model.readers[0] == 3 and list(model._grad_sums) == [0]
+    per_image = (sums[1] - sums[0]) // 3
+    assert per_image == 4 * int(np.prod(trunk.output_shape)) > 0
+    layer = spec.model.layers[0]
+    assert gradient_bytes(layer, False, 3) - gradient_bytes(layer, False, 1) == per_image

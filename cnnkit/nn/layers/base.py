@@ -244,6 +244,12 @@ class Layer:
         logits to the loss (Model.from_configs). By default: the layer's output."""
         return [SavedArray(self.output_shape)]
 
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        """The gradients backward writes into workspaces, kept from step to step (see
+        workspace), per image: what the memory plan adds to saved_arrays. By default none
+        (a backward that returns a view, or a fresh array the next layer lets go)."""
+        return []
+
     def shape_error(self, input_shape: Shape, message: str, hint: str | None = None) -> SpecError:
         """The error of an input shape that does not fit (compute_output_shape raises it)."""
         return SpecError(
@@ -354,8 +360,18 @@ class ActivationMixin:
             return []
         return [SavedArray(self.output_shape)]
 
+    def activation_grad_kept(self, last: bool) -> list[SavedArray]:
+        """relu's gradient, a workspace of the output's size (none for a logits head)."""
+        logits = self.returns_logits or (last and self.fuses_head())
+        if self._activation_name() != "relu" or logits:
+            return []
+        return [SavedArray(self.output_shape)]
+
     def saved_arrays(self, training: bool, last: bool = False) -> list[SavedArray]:
         return self.activation_saved(last)  # its input is z: the previous layer's output
+
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        return self.activation_grad_kept(last)
 
 
 class KernelBiasMixin:

@@ -80,6 +80,11 @@ class ConvWindow(ActivationMixin):
         shape = (x.shape[0], *self.output_shape)
         return self.workspace("out", shape, x.dtype) if training else np.empty(shape, x.dtype)
 
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        """relu's gradient (fused or not) and the input gradient, where one is needed."""
+        dx = [SavedArray(self.input_shape)] if self.needs_input_grad else []
+        return [*self.activation_grad_kept(last), *dx]
+
     def _fuses_relu(self) -> bool:
         """relu fused into the kernel (one pass less over the output); relu's backward needs
         only where the output is positive, which the fused output tells as well as z."""

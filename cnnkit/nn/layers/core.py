@@ -60,6 +60,9 @@ class Dense(KernelBiasMixin, ActivationMixin, Layer):
             self.grads["bias"] = dz.sum(axis=0)
         return dx
 
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        return [*self.activation_grad_kept(last), SavedArray(self.input_shape)]
+
     def torch_twin(self, twin) -> None:
         """nn.Linear holds (out, in): the kernel transposed; after a Flatten of an image its
         rows are also permuted from cnnkit's (H, W, C) order to PyTorch's (C, H, W)."""

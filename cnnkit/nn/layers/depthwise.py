@@ -205,6 +205,9 @@ class SeparableConv2D(_Depthwise):
             return [middle, SavedArray(self.output_shape)]
         return [middle, SavedArray(self.output_shape), *self.activation_saved(last)]
 
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        return [*super().kept_gradients(last), SavedArray(self._middle_shape())]  # dmiddle
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         x = np.ascontiguousarray(x)
         shape = (x.shape[0], *self._middle_shape())

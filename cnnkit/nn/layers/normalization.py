@@ -135,6 +135,9 @@ class BatchNormalization(Layer):
         comm.sum_(squares, "synchronized batch normalization")
         return mean, squares / sums[c]
 
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        return [SavedArray(self.input_shape)] if self.needs_input_grad else []
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dy2 = np.ascontiguousarray(dy).reshape(-1, dy.shape[-1])
         sum_dy, sum_dy_xhat = backward_sums(dy2, self._xhat)

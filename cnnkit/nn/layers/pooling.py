@@ -117,6 +117,9 @@ class MaxPooling2D(_Pooling2D):
         winners = np.int8 if self._tiles() else np.int64
         return [SavedArray(self.output_shape), SavedArray(self.output_shape, winners)]
 
+    def kept_gradients(self, last: bool = False) -> list[SavedArray]:
+        return [SavedArray(self.input_shape)]
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         dx = self.workspace("dx", self._x_shape, dy.dtype)
         if self._argmax.dtype == np.int8:

@@ -292,6 +292,34 @@ def test_declared_saved_arrays_are_what_forward_keeps(cls, sample, last):
         assert (large - small) / 3 == declared, f"training={training}"
 
 
+def workspace_bytes(layer) -> int:
+    return sum(a.nbytes for a in vars(layer).get("_workspaces", {}).values())
+
+
+@pytest.mark.parametrize("cls, sample", CASES)
+@pytest.mark.parametrize("last", [False, True], ids=["inner", "last"])
+def test_declared_kept_gradients_are_the_workspaces_backward_adds(cls, sample, last):
+    """Per image, the workspaces a training step's backward adds to the forward's (weight
+    gradients do not scale with the batch and cancel) are what kept_gradients declares."""
+    per_batch = []
+    for n in (2, 5):
+        layer = cls(resolve_options(sample.options, cls.OPTIONS, "test"), index=0)
+        layer.infer_shape(sample.input_shape)
+        layer.create_weights(np.random.default_rng(0), np.dtype(np.float32))
+        layer.rng = np.random.default_rng(0)
+        if last and isinstance(layer, ActivationMixin) and layer.fuses_head():
+            layer.returns_logits = True
+        y = layer.forward(as32(sample_input(sample, n)), True)
+        before = workspace_bytes(layer)
+        dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+        layer.backward(dy)
+        per_batch.append(workspace_bytes(layer) - before)
+    declared = sum(
+        int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in layer.kept_gradients(last)
+    )
+    assert (per_batch[1] - per_batch[0]) / 3 == declared
+
+
 @pytest.mark.parametrize("cls, sample", CASES)
 def test_torch_twin_computes_the_same_function(cls, sample):
     torch = pytest.importorskip("torch")
